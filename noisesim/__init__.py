@@ -1,0 +1,22 @@
+"""noisesim — a simulator of noisy analog neuromorphic hardware.
+
+>>> import noisesim
+>>> dev = noisesim.DeviceConfig.preset("ideal", node_noise=1e-3)
+>>> net = noisesim.Network.mlp([64, 32, 10], device=dev, seed=0, backend="numpy")
+>>> p = net.forward(__import__("numpy").zeros((5, 64), "float32"))
+"""
+from ._version import __version__
+from .activation import Activation
+from .backend import Backend, Streams, cupy_available, get_array_module, get_backend, to_numpy
+from .config import ACCESS_LEVELS, DeviceConfig
+from .errors import AccessError, DivergenceError
+from .network import Network, Pass
+from .presets import PRESETS
+from .protocol import DeviceNetwork
+from .tile import Tile
+
+__all__ = [
+    "__version__", "Activation", "Backend", "Streams", "cupy_available", "get_array_module",
+    "get_backend", "to_numpy", "ACCESS_LEVELS", "DeviceConfig", "AccessError", "DivergenceError",
+    "Network", "Pass", "PRESETS", "DeviceNetwork", "Tile",
+]

@@ -1,0 +1,182 @@
+"""Array backends and named random streams.
+
+A backend is chosen once, when a network is built; numerical code afterwards asks
+its arrays for their module (:func:`get_array_module`), never a global.
+
+* ``numpy`` — CPU, with Numba-compiled kernels for the fused element-wise work.
+* ``cupy`` — CUDA GPU, with CuPy element-wise kernels of the same semantics.
+* ``auto`` — CuPy when a GPU is really usable (a tiny kernel runs), else NumPy.
+
+Randomness: every stochastic component draws from its own named stream derived from
+one seed (:class:`Streams`), so turning one non-ideality on never shifts the numbers
+another draws.
+"""
+from __future__ import annotations
+
+import logging
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("noisesim")
+
+BACKENDS = ("auto", "numpy", "cupy")
+DTYPES = {"float32": np.float32, "float64": np.float64}
+
+_cupy_probe: tuple[Any, BaseException | None] | None = None
+
+
+def _probe_cupy():
+    """Import CuPy and run a tiny kernel; return (module or None, error or None)."""
+    global _cupy_probe
+    if _cupy_probe is None:
+        try:
+            import cupy
+
+            a = cupy.arange(4, dtype=cupy.float32)
+            float((a * a).sum())  # forces a real kernel launch and a device sync
+            _cupy_probe = (cupy, None)
+        except Exception as exc:  # ImportError, CUDA driver/runtime errors, no device
+            _cupy_probe = (None, exc)
+    return _cupy_probe
+
+
+def cupy_available() -> bool:
+    """True when CuPy imports and a kernel runs on a GPU."""
+    return _probe_cupy()[0] is not None
+
+
+def get_array_module(*arrays):
+    """The array module (numpy or cupy) of the given arrays."""
+    for a in arrays:
+        if type(a).__module__.split(".")[0] == "cupy":
+            import cupy
+
+            return cupy
+    return np
+
+
+def to_numpy(a):
+    """A NumPy copy/view of a NumPy or CuPy array (scalars pass through)."""
+    if type(a).__module__.split(".")[0] == "cupy":
+        return a.get()
+    return np.asarray(a)
+
+
+@dataclass(frozen=True)
+class Backend:
+    """An array module plus the floating dtype every device array uses."""
+
+    name: str
+    xp: Any = field(repr=False, compare=False)
+    dtype: Any = np.float32
+
+    def asarray(self, a):
+        """``a`` as an array of this backend and dtype (copies only when needed)."""
+        return self.xp.asarray(a, dtype=self.dtype)
+
+    def rng(self, seed: int, name: str) -> "Generator":
+        return Streams(seed, self).get(name)
+
+
+def get_backend(name: str = "auto", dtype: str | Any = "float32") -> Backend:
+    """Resolve a backend by name.
+
+    ``auto`` logs one line saying what it chose and how to pin it. An explicit
+    ``cupy`` without a usable GPU raises ``RuntimeError`` carrying the original error.
+    """
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype={dtype!r} is not supported; allowed: {sorted(DTYPES)}")
+        dtype = DTYPES[dtype]
+    else:
+        dtype = np.dtype(dtype).type
+        if dtype not in DTYPES.values():
+            raise ValueError(f"dtype={np.dtype(dtype).name!r} is not supported; allowed: {sorted(DTYPES)}")
+    if name not in BACKENDS:
+        raise ValueError(f"backend={name!r} is not known; allowed: {list(BACKENDS)}")
+    if name == "numpy":
+        return Backend("numpy", np, dtype)
+    cupy, err = _probe_cupy()
+    if name == "cupy":
+        if cupy is None:
+            raise RuntimeError(
+                "backend='cupy' was requested but no usable GPU was found "
+                f"({type(err).__name__}: {err}); install the 'gpu' extra on a CUDA machine "
+                "or use backend='numpy'"
+            ) from err
+        return Backend("cupy", cupy, dtype)
+    if cupy is not None:
+        log.info("noisesim: backend 'auto' chose cupy (GPU found); pass backend='numpy' to pin the CPU")
+        return Backend("cupy", cupy, dtype)
+    log.info("noisesim: backend 'auto' chose numpy (no usable GPU); pass backend='cupy' to require one")
+    return Backend("numpy", np, dtype)
+
+
+# Stream names are fixed so that one seed gives the same numbers release after release.
+STREAM_NAMES = ("init", "programming", "read", "node", "inject", "update", "faults", "drift", "d2d", "data", "rule")
+
+
+class Streams:
+    """Independent named random streams derived from one seed.
+
+    ``Streams(seed, backend).get("read")`` always returns the same generator object for
+    one ``Streams`` instance; two instances with the same seed produce identical draws.
+    Each name gets its own ``SeedSequence`` child keyed by a CRC32 of the name, so a new
+    stream never shifts an existing one.
+    """
+
+    def __init__(self, seed: int, backend: Backend):
+        if not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed={seed!r} must be a non-negative integer")
+        self.seed = int(seed)
+        self.backend = backend
+        self._gens: dict[str, Generator] = {}
+
+    def get(self, name: str) -> "Generator":
+        if name not in self._gens:
+            key = zlib.crc32(name.encode())
+            ss = np.random.SeedSequence(self.seed, spawn_key=(key,))
+            self._gens[name] = Generator(ss, self.backend)
+        return self._gens[name]
+
+
+class Generator:
+    """A random generator producing arrays of one backend in its dtype.
+
+    NumPy: PCG64. CuPy: XORWOW (cupy.random.Generator), seeded from the same sequence.
+    Numbers therefore differ between backends but are reproducible within one.
+    """
+
+    def __init__(self, seed_seq: np.random.SeedSequence, backend: Backend):
+        self.backend = backend
+        if backend.name == "cupy":
+            import cupy
+
+            s = int(seed_seq.generate_state(1, np.uint64)[0])
+            self._g = cupy.random.Generator(cupy.random.XORWOW(s))
+        else:
+            self._g = np.random.Generator(np.random.PCG64(seed_seq))
+
+    def normal(self, shape, scale=1.0, dtype=None):
+        """Gaussian N(0, scale²) of the backend dtype."""
+        z = self._g.standard_normal(size=shape, dtype=dtype or self.backend.dtype)
+        if np.isscalar(scale) and scale == 1.0:
+            return z
+        z *= scale
+        return z
+
+    def uniform(self, shape, dtype=None):
+        """Uniform on [0, 1)."""
+        return self._g.random(size=shape, dtype=dtype or self.backend.dtype)
+
+    def permutation(self, n: int) -> np.ndarray:
+        """A host (NumPy) permutation of range(n) — used for data order."""
+        if self.backend.name == "cupy":
+            return self._g.permutation(n).get()
+        return self._g.permutation(n)
+
+    def integers(self, low, high, shape):
+        return self._g.integers(low, high, size=shape)

@@ -1,0 +1,294 @@
+"""A feed-forward network whose every matrix-vector product runs on a simulated crossbar.
+
+Layer ``l`` (1-based in the equations, 0-based in code) computes::
+
+    x*_{l-1} = R_{l-1} x_{l-1}          (digital decorrelation, identity when off)
+    a_l      = Tile_l.read(x*_{l-1})     (DAC → G·x + read noise + node noise → ADC)
+    x_l      = f(a_l)                    (linear on the output layer)
+
+``forward`` returns a :class:`Pass` of observables only — never the noise. Several passes
+of one batch are stacked along the batch axis so each layer runs one GEMM for all of them.
+Everything a learning rule may do to the device goes through the methods listed in
+:class:`noisesim.protocol.DeviceNetwork`, each checking the access it needs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from .activation import Activation
+from .backend import Backend, Streams, get_backend, to_numpy
+from .config import DeviceConfig
+from .errors import AccessError, DivergenceError
+from .tile import Tile
+
+
+@dataclass
+class Pass:
+    """Observables of one or more forward passes.
+
+    ``inputs[l]`` is the input fed to layer ``l``'s tile (after decorrelation),
+    ``pre[l]`` the observed pre-activation (ADC output), ``post[l]`` the activation.
+    Single pass: arrays of shape ``(B, n)``; stacked: ``(P, B, n)`` with ``passes = P``.
+    """
+
+    inputs: list
+    pre: list
+    post: list
+    passes: int = 1
+    stacked: bool = False
+
+    @property
+    def out(self):
+        return self.post[-1]
+
+    def __getitem__(self, k: int) -> "Pass":
+        if not self.stacked:
+            raise IndexError("a single Pass cannot be indexed; use forward_stacked for several passes")
+        return Pass([a[k] for a in self.inputs], [a[k] for a in self.pre], [a[k] for a in self.post])
+
+
+class Network:
+    """A stack of crossbar tiles with activations and optional input decorrelation.
+
+    Build one with :meth:`Network.mlp`. Weights change only through :meth:`apply_update`.
+    """
+
+    def __init__(
+        self,
+        weights: Sequence[np.ndarray],
+        device: DeviceConfig | None = None,
+        *,
+        seed: int = 0,
+        backend: str | Backend = "auto",
+        dtype: str = "float32",
+        activation: str = "leaky_relu",
+        slope: float = 0.2,
+        output_activation: str = "linear",
+        decorrelate: bool = False,
+    ):
+        if device is None:
+            device = DeviceConfig.preset("ideal")
+        if not isinstance(device, DeviceConfig):
+            raise TypeError(f"device must be a DeviceConfig, got {type(device).__name__}")
+        self.device = device
+        self.backend = backend if isinstance(backend, Backend) else get_backend(backend, dtype)
+        self.xp = self.backend.xp
+        self.dtype = self.backend.dtype
+        self.seed = int(seed)
+        self.streams = Streams(self.seed, self.backend)
+        self.activation = Activation(activation, slope)
+        self.output_activation = Activation(output_activation, slope)
+        weights = [np.asarray(w) for w in weights]
+        for l in range(1, len(weights)):
+            if weights[l].shape[1] != weights[l - 1].shape[0]:
+                raise ValueError(f"layer {l} expects {weights[l].shape[1]} inputs but layer {l-1} has {weights[l-1].shape[0]} outputs")
+        self.tiles = [Tile(w, device, self.backend) for w in weights]
+        self.sizes = [weights[0].shape[1]] + [w.shape[0] for w in weights]
+        self._R: list = [None] * len(self.tiles)
+        if decorrelate:
+            self.enable_decorrelation()
+
+    @classmethod
+    def mlp(
+        cls,
+        sizes: Sequence[int],
+        device: DeviceConfig | None = None,
+        *,
+        seed: int = 0,
+        backend: str | Backend = "auto",
+        dtype: str = "float32",
+        activation: str = "leaky_relu",
+        slope: float = 0.2,
+        output_activation: str = "linear",
+        decorrelate: bool = False,
+        init: str = "he",
+    ) -> "Network":
+        """A fully connected network ``sizes[0] → … → sizes[-1]`` (no biases, as in the paper).
+
+        ``init="he"``: ``W ~ N(0, 2/n_in)``; ``"glorot"``: ``N(0, 2/(n_in+n_out))``. Initial
+        weights come from the ``init`` stream on the host, so backends start identical.
+        """
+        sizes = [int(s) for s in sizes]
+        if len(sizes) < 2 or min(sizes) < 1:
+            raise ValueError(f"sizes={sizes!r} must list at least two positive layer widths")
+        if init not in ("he", "glorot"):
+            raise ValueError(f"init={init!r} is not known; allowed: ['he', 'glorot']")
+        rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(int(seed), spawn_key=(0x1417,))))
+        ws = []
+        for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+            var = 2.0 / n_in if init == "he" else 2.0 / (n_in + n_out)
+            ws.append(rng.standard_normal((n_out, n_in)) * np.sqrt(var))
+        return cls(ws, device, seed=seed, backend=backend, dtype=dtype, activation=activation,
+                   slope=slope, output_activation=output_activation, decorrelate=decorrelate)
+
+    # -- description ------------------------------------------------------------------------
+    @property
+    def n_layers(self) -> int:
+        return len(self.tiles)
+
+    @property
+    def grants(self) -> frozenset:
+        """Access levels this device grants to learning rules."""
+        return frozenset(self.device.access)
+
+    def require(self, who: str, needs) -> None:
+        """Raise :class:`AccessError` unless every level in ``needs`` is granted."""
+        missing = [n for n in needs if n not in self.grants]
+        if missing:
+            raise AccessError(
+                f"{who} needs access {sorted(needs)} but the device grants only {sorted(self.grants)} "
+                f"(missing: {missing}); choose a device preset or config whose 'access' includes them"
+            )
+
+    def _activation(self, l: int) -> Activation:
+        return self.output_activation if l == self.n_layers - 1 else self.activation
+
+    def act(self, l: int, a):
+        """``f_l(a)`` of layer ``l`` (linear output layer by default)."""
+        return self._activation(l)(a)
+
+    def act_grad(self, l: int, a):
+        """``f_l′(a)`` of layer ``l``."""
+        return self._activation(l).grad(a)
+
+    def random(self, name: str):
+        """The named random stream ``name`` (e.g. ``"inject"`` for known perturbations)."""
+        return self.streams.get(name)
+
+    # -- forward ------------------------------------------------------------------------------
+    def _check_input(self, x):
+        x = self.backend.asarray(x)
+        if x.ndim != 2 or x.shape[1] != self.sizes[0]:
+            raise ValueError(f"input of shape {tuple(x.shape)}; expected (batch, {self.sizes[0]})")
+        if not bool(self.xp.isfinite(x).all()):
+            raise ValueError("input contains NaN or Inf")
+        return x
+
+    def forward(self, x, *, purpose: str = "train") -> Pass:
+        """One noisy forward pass of a batch ``x`` of shape ``(B, n_in)``."""
+        p = self.forward_stacked(x, 1, purpose=purpose)
+        return p[0]
+
+    def forward_stacked(self, x, passes: int, *, clean: Sequence[bool] | None = None,
+                        inject: Sequence | None = None, purpose: str = "train") -> Pass:
+        """``passes`` forward passes of one batch, one GEMM per layer for all of them.
+
+        Parameters
+        ----------
+        clean : sequence of bool, optional
+            Per pass, gate the intrinsic node noise off (needs ``clean`` access).
+        inject : sequence, optional
+            Per layer, a known perturbation of shape ``(passes, B, n_l)`` (or ``None`` for a
+            layer left alone) added to the pre-activations before the ADC (needs ``inject``).
+        purpose : {"train", "eval"}
+            Which family of noise streams to draw from, so evaluation never shifts training.
+        """
+        x = self._check_input(x)
+        P, B = int(passes), x.shape[0]
+        if P < 1:
+            raise ValueError(f"passes={passes!r} must be at least 1")
+        xp = self.xp
+        prefix = "" if purpose == "train" else f"{purpose}/"
+        node_std = None
+        if self.device.node_noise > 0:
+            node_std = xp.full(P * B, self.device.node_noise, dtype=self.dtype)
+        if clean is not None and any(clean):
+            self.require("a clean (noise-gated) pass", ["clean"])
+            if len(clean) != P:
+                raise ValueError(f"clean has {len(clean)} entries for {P} passes")
+            if node_std is not None:
+                for k, c in enumerate(clean):
+                    if c:
+                        node_std[k * B:(k + 1) * B] = 0
+        if inject is not None:
+            self.require("an injected perturbation", ["inject"])
+            if len(inject) != self.n_layers:
+                raise ValueError(f"inject has {len(inject)} entries for {self.n_layers} layers")
+        read_rng, node_rng = self.streams.get(prefix + "read"), self.streams.get(prefix + "node")
+        h = xp.tile(x, (P, 1)) if P > 1 else x
+        inputs, pre, post = [], [], []
+        for l, tile in enumerate(self.tiles):
+            R = self._R[l]
+            xs = h @ R.T if R is not None else h
+            inj = None
+            if inject is not None and inject[l] is not None:
+                inj = self.backend.asarray(inject[l]).reshape(P * B, tile.n_out)
+            a = tile.read(xs, read_rng=read_rng, node_rng=node_rng, node_std=node_std, inject=inj)
+            h = self.act(l, a)
+            inputs.append(xs.reshape(P, B, -1))
+            pre.append(a.reshape(P, B, -1))
+            post.append(h.reshape(P, B, -1))
+        return Pass(inputs, pre, post, passes=P, stacked=True)
+
+    # -- transposed reads and references --------------------------------------------------------
+    def backward_read(self, l: int, d):
+        """``Wᵀ_l d`` per row through a transposed crossbar read (needs ``backward``)."""
+        self.require("a transposed crossbar read", ["backward"])
+        return self.tiles[l].read_transposed(self.backend.asarray(d), read_rng=self.streams.get("backward"))
+
+    def weights(self, l: int):
+        """Exact current weights of layer ``l`` (needs ``oracle``; a copy)."""
+        self.require("reading exact weights", ["oracle"])
+        return self.tiles[l].weights().copy()
+
+    def decorrelation(self, l: int):
+        """The digital decorrelation matrix ``R_l`` of layer ``l``'s input, or ``None``."""
+        return self._R[l]
+
+    @property
+    def decorrelated(self) -> bool:
+        return self._R[0] is not None
+
+    def enable_decorrelation(self) -> None:
+        """Put ``R_l = I`` in front of every layer input (no-op if already on)."""
+        for l, n in enumerate(self.sizes[:-1]):
+            if self._R[l] is None:
+                self._R[l] = self.xp.eye(n, dtype=self.dtype)
+
+    # -- updates --------------------------------------------------------------------------------
+    def _check_delta(self, what: str, l: int, delta, shape):
+        delta = self.backend.asarray(delta)
+        if delta.shape != shape:
+            raise ValueError(f"{what} for layer {l} has shape {tuple(delta.shape)}, expected {shape}")
+        if not bool(self.xp.isfinite(delta).all()):
+            raise DivergenceError(
+                f"{what} for layer {l} contains NaN or Inf; the update was not applied and the "
+                "network keeps its last good state (lower the learning rate)"
+            )
+        return delta
+
+    def apply_update(self, l: int, delta) -> None:
+        """``W_l ← W_l + delta`` through the device update model (the only weight write)."""
+        tile = self.tiles[l]
+        tile.apply(self._check_delta("weight update", l, delta, (tile.n_out, tile.n_in)))
+
+    def apply_decorrelation_update(self, l: int, delta) -> None:
+        """``R_l ← R_l + delta`` (digital)."""
+        if self._R[l] is None:
+            raise RuntimeError("decorrelation is off; call enable_decorrelation() first")
+        R = self._R[l]
+        delta = self._check_delta("decorrelation update", l, delta, R.shape)
+        new = R + delta
+        if not bool(self.xp.isfinite(new).all()):
+            raise DivergenceError(f"decorrelation matrix of layer {l} overflowed; state kept")
+        self._R[l] = new
+
+    # -- state ------------------------------------------------------------------------------------
+    def get_state(self) -> dict:
+        """Host copies of every weight and decorrelation matrix (exact; for traces/checkpoints)."""
+        state = {f"W{l}": to_numpy(t.weights()).copy() for l, t in enumerate(self.tiles)}
+        for l, R in enumerate(self._R):
+            if R is not None:
+                state[f"R{l}"] = to_numpy(R).copy()
+        return state
+
+    def set_state(self, state: dict) -> None:
+        """Restore weights (reprogrammed, bypassing the update model) and decorrelation."""
+        for l, t in enumerate(self.tiles):
+            t.restore(state[f"W{l}"])
+        for l in range(self.n_layers):
+            key = f"R{l}"
+            self._R[l] = self.backend.asarray(state[key]).copy() if key in state else None

@@ -1,0 +1,154 @@
+"""What every learning rule shares: declared access, the optimizer, decorrelation, one step.
+
+A rule *computes* updates (:meth:`Rule.estimate`) and never writes device state itself;
+:meth:`Rule.step` hands them to the optimizer and then to ``Network.apply_update`` —
+the one place weights change. Sign convention: ``W_l ← W_l − η·ΔW_l`` (through the optimizer).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from noisesim.errors import DivergenceError
+
+from .decorrelation import check_decorrelation, decorrelation_delta
+from .losses import Loss
+from .optim import OPTIMIZERS, make_optimizer
+
+
+@dataclass
+class Estimate:
+    """One batch's update directions and what the rule observed to make them.
+
+    ``updates[l]`` is ``ΔW_l`` (shape of ``W_l``); ``inputs[l]`` the decorrelated input
+    ``x*_{l-1}`` of the reference pass, shape ``(B, n_{l-1})``; ``outputs`` the reference
+    pass's network output; ``record`` the arrays the rule consumed (what a trace stores).
+    """
+
+    updates: list
+    loss: float
+    forward_passes: int
+    inputs: list
+    outputs: Any
+    losses: Any = None
+    record: dict = field(default_factory=dict)
+
+
+class Rule:
+    """Base class of learning rules. Subclasses set ``name``, ``needs`` and ``estimate``.
+
+    Parameters
+    ----------
+    lr : float
+        Learning rate η of the optimizer.
+    optimizer : {"adam", "sgd"}
+    momentum : float
+        SGD momentum.
+    loss : {"cce", "mse"}
+        See :mod:`rules.losses` for the reductions.
+    decorrelate : bool
+        Decorrelate every layer input (the ``D`` variants), ``R_l`` updated with rate ``alpha``.
+    alpha : float
+        Decorrelation learning rate α.
+    """
+
+    name = "rule"
+    needs: tuple = ("observe",)
+
+    def __init__(self, *, lr: float = 1e-3, optimizer: str = "adam", momentum: float = 0.0,
+                 loss: str = "cce", decorrelate: bool = False, alpha: float = 1e-3):
+        if not (isinstance(lr, (int, float)) and lr > 0 and np.isfinite(lr)):
+            raise ValueError(f"{self.name}: lr={lr!r} is out of range; allowed range: (0, ∞)")
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"{self.name}: optimizer={optimizer!r} is not known; allowed: {list(OPTIMIZERS)}")
+        if not 0 <= momentum < 1:
+            raise ValueError(f"{self.name}: momentum={momentum!r} is out of range; allowed range: [0, 1)")
+        if not (isinstance(alpha, (int, float)) and alpha >= 0):
+            raise ValueError(f"{self.name}: alpha={alpha!r} is out of range; allowed range: [0, ∞)")
+        self.lr, self.optimizer_name, self.momentum = float(lr), optimizer, float(momentum)
+        self.loss = Loss(loss)
+        self.decorrelate, self.alpha = bool(decorrelate), float(alpha)
+        self.optimizer = None
+
+    # -- description -------------------------------------------------------------------------
+    @property
+    def label(self) -> str:
+        """Display name, e.g. ``DANP`` for decorrelated ANP."""
+        return ("D" if self.decorrelate else "") + self.name.upper()
+
+    def required_access(self) -> tuple:
+        """Access levels this rule, as configured, needs from the device."""
+        return tuple(self.needs)
+
+    def config(self) -> dict:
+        """JSON-serialisable description (goes into traces and summaries)."""
+        return {"rule": self.name, "lr": self.lr, "optimizer": self.optimizer_name,
+                "momentum": self.momentum, "loss": self.loss.name,
+                "decorrelate": self.decorrelate, "alpha": self.alpha, **self._options()}
+
+    def _options(self) -> dict:
+        return {}
+
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "rule")
+        return f"{type(self).__name__}({opts})"
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def init(self, net) -> None:
+        """Check access (before any training), switch decorrelation on, reset the optimizer."""
+        net.require(f"rule {self.label!r}", self.required_access())
+        if self.decorrelate:
+            net.enable_decorrelation()
+        self.optimizer = make_optimizer(self.optimizer_name, self.lr, self.momentum)
+        self.optimizer.init(range(net.n_layers))
+
+    def estimate(self, net, x, t) -> Estimate:
+        """Update directions ``ΔW_l`` for one batch; nothing is applied.
+
+        Subclasses observe the device and then call :meth:`updates_from_record` on what they
+        observed, so a recorded trace reproduces the same updates without the device.
+        """
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def updates_from_record(self, record: dict) -> list:
+        """``ΔW_l`` as a pure function of the arrays in ``Estimate.record``."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def step(self, net, x, t) -> Estimate:
+        """Estimate, update decorrelation, take the optimizer step, apply through the device."""
+        if self.optimizer is None:
+            self.init(net)
+        est = self.estimate(net, x, t)
+        self.apply(net, est)
+        return est
+
+    def apply(self, net, est: Estimate) -> None:
+        """Apply an estimate: decorrelation first (after the estimate), then the weights."""
+        if not np.isfinite(est.loss):
+            raise DivergenceError(
+                f"{self.label}: the loss became {est.loss}; training stopped before applying the "
+                "update, the network keeps its last good state"
+            )
+        for l, u in enumerate(est.updates):
+            if not bool(net.xp.isfinite(u).all()):
+                raise DivergenceError(f"{self.label}: update of layer {l} is not finite; state kept")
+        if self.decorrelate:
+            deltas_R = [decorrelation_delta(est.inputs[l], net.decorrelation(l), self.alpha)
+                        for l in range(net.n_layers)]
+            for l, d in enumerate(deltas_R):
+                check_decorrelation(net.decorrelation(l) + d, est.inputs[l], self.alpha, l)
+            for l, d in enumerate(deltas_R):
+                net.apply_decorrelation_update(l, d)
+        for l, d in enumerate(self.optimizer.step(est.updates)):
+            net.apply_update(l, d)
+
+
+def batch_outer(g, x):
+    """``⟨g xᵀ⟩`` over the batch: ``gᵀx / B`` for ``g (B, n_out)``, ``x (B, n_in)``."""
+    return (g.T @ x) / g.shape[0]
+
+
+def host_float(v) -> float:
+    return float(v.item() if hasattr(v, "item") else v)

@@ -1,0 +1,73 @@
+"""Software references and diagnostics: exact BP and the angle of any rule's update to it.
+
+These read exact weights, so they need the ``oracle`` access level; they are never needed
+to train.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from noisesim.backend import to_numpy
+
+from .losses import Loss
+
+
+def exact_forward(net, x):
+    """Noise-free software forward with the exact weights: ``(inputs, pre, out)``."""
+    net.require("exact reference forward", ["oracle"])
+    h = net.backend.asarray(x)
+    inputs, pre = [], []
+    for l in range(net.n_layers):
+        R = net.decorrelation(l)
+        xs = h @ R.T if R is not None else h
+        a = xs @ net.weights(l).T
+        inputs.append(xs)
+        pre.append(a)
+        h = net.act(l, a)
+    return inputs, pre, h
+
+
+def exact_gradients(net, x, t, loss: str | Loss = "cce") -> list:
+    """Exact ``∂⟨L⟩/∂W_l`` (batch mean) by the chain rule in software (needs ``oracle``)."""
+    loss = Loss(loss) if isinstance(loss, str) else loss
+    inputs, pre, y = exact_forward(net, x)
+    t = net.backend.asarray(t)
+    L = net.n_layers
+    g = loss.grad(y, t) * net.act_grad(L - 1, pre[L - 1])
+    grads = [None] * L
+    for l in range(L - 1, -1, -1):
+        grads[l] = (g.T @ inputs[l]) / g.shape[0]
+        if l:
+            d = g @ net.weights(l)
+            R = net.decorrelation(l)
+            if R is not None:
+                d = d @ R
+            g = d * net.act_grad(l - 1, pre[l - 1])
+    return grads
+
+
+def angle(u, v) -> float:
+    """Angle in degrees between two arrays seen as flat vectors (float64)."""
+    u = to_numpy(u).astype(np.float64).ravel()
+    v = to_numpy(v).astype(np.float64).ravel()
+    nu, nv = np.linalg.norm(u), np.linalg.norm(v)
+    if nu == 0 or nv == 0:
+        return float("nan")
+    return float(np.degrees(np.arccos(np.clip(u @ v / (nu * nv), -1.0, 1.0))))
+
+
+def angles(updates, reference) -> dict:
+    """Per-layer angles and the whole-network angle (``"all"``) between two update lists."""
+    out = {l: angle(u, r) for l, (u, r) in enumerate(zip(updates, reference))}
+    flat = lambda us: np.concatenate([to_numpy(u).astype(np.float64).ravel() for u in us])
+    out["all"] = angle(flat(updates), flat(reference))
+    return out
+
+
+def alignment(net, rule, x, t) -> dict:
+    """Degrees between ``rule``'s update and exact BP's on the same batch, per layer and "all".
+
+    Nothing is applied to the network.
+    """
+    est = rule.estimate(net, x, t)
+    return angles(est.updates, exact_gradients(net, x, t, rule.loss))

@@ -1,0 +1,48 @@
+"""Building networks, rules and data from a scenario config, and training each rule."""
+from __future__ import annotations
+
+import noisesim
+import rules as rules_pkg
+
+from .datasets import load
+from .train import train
+
+
+def build_rule(name: str, cfg: dict):
+    options = dict(cfg.get("rule_options", {}).get(name, {}))
+    return rules_pkg.make(name, **options)
+
+
+def build_network(cfg: dict, device: noisesim.DeviceConfig):
+    return noisesim.Network.mlp(
+        cfg["sizes"], device=device, seed=cfg["seed"], backend=cfg["backend"], dtype=cfg["dtype"],
+        activation=cfg.get("activation", "leaky_relu"), slope=cfg.get("slope", 0.2),
+    )
+
+
+def rule_label(rule) -> str:
+    base = getattr(rule, "baseline", None)
+    return f"{rule.label}({base})" if base else rule.label
+
+
+def train_rules(cfg: dict, *, progress: bool = True, on_step_factory=None) -> dict:
+    """Train one fresh network (same seed, same initial weights) per rule in ``cfg["rules"]``.
+
+    Every rule's access is checked against the device before the first one trains.
+    Returns ``{label: History}``.
+    """
+    device = noisesim.DeviceConfig.preset(cfg["device"], **cfg.get("device_overrides", {}))
+    data = load(cfg["dataset"])
+    planned = []
+    for name in cfg["rules"]:
+        rule = build_rule(name, cfg)
+        net = build_network(cfg, device)
+        net.require(f"rule {rule.label!r}", rule.required_access())
+        planned.append((rule, net))
+    out = {}
+    for rule, net in planned:
+        label = rule_label(rule)
+        on_step = on_step_factory(label, rule, net) if on_step_factory else None
+        out[label] = train(net, rule, data, epochs=cfg["epochs"], batch_size=cfg["batch_size"],
+                           progress=progress, on_step=on_step, label=label)
+    return out

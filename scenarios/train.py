@@ -1,0 +1,118 @@
+"""The training loop: forward → rule step → optimizer → device update, once per batch.
+
+>>> history = scenarios.train(net, rule, scenarios.load("digits"), epochs=5)   # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from noisesim.backend import to_numpy
+from noisesim.errors import DivergenceError
+
+log = logging.getLogger("noisesim")
+
+
+@dataclass
+class History:
+    """Per-epoch metrics of one run (epoch 0 is the untrained network)."""
+
+    rule: str
+    epochs: list = field(default_factory=list)
+    forward_passes: int = 0
+    steps: int = 0
+    wall_s: float = 0.0
+    diverged: str | None = None
+
+    def last(self, key: str):
+        return self.epochs[-1][key] if self.epochs else None
+
+    def column(self, key: str) -> np.ndarray:
+        return np.array([e[key] for e in self.epochs], dtype=float)
+
+
+def evaluate(net, x, y, loss, batch_size: int = 1000) -> tuple[float, float]:
+    """(mean loss, accuracy or NaN for regression) of noisy device inference on ``x``."""
+    total, correct = 0.0, 0
+    classification = y.ndim == 1
+    for i in range(0, len(x), batch_size):
+        xb = x[i:i + batch_size]
+        out = net.forward(xb, purpose="eval").out
+        tb = _targets(y[i:i + batch_size], net.sizes[-1])
+        total += float(loss.per_sample(out, net.backend.asarray(tb)).sum())
+        if classification:
+            correct += int((to_numpy(out).argmax(axis=1) == y[i:i + batch_size]).sum())
+    n = len(x)
+    return total / n, (correct / n if classification else float("nan"))
+
+
+def _targets(y, n_out):
+    if y.ndim == 1:
+        return np.eye(n_out, dtype=np.float32)[y]
+    return y.astype(np.float32, copy=False)
+
+
+def train(net, rule, data, epochs: int = 5, batch_size: int = 64, *, progress: bool = True,
+          on_step=None, label: str | None = None) -> History:
+    """Train ``net`` with ``rule`` on ``data`` (a :class:`scenarios.datasets.Dataset`).
+
+    Access is checked before the first step. Batches are drawn in an order from the network's
+    ``data`` stream. A non-finite loss or update stops the run with a message in
+    ``History.diverged``; the network keeps its last good state. ``on_step(step, x_idx, est)``
+    is called after each applied step (traces hook in here).
+    """
+    if epochs < 0 or batch_size < 1:
+        raise ValueError(f"epochs={epochs!r} must be ≥ 0 and batch_size={batch_size!r} ≥ 1")
+    if data.n_features != net.sizes[0] or data.n_outputs != net.sizes[-1]:
+        raise ValueError(f"dataset {data.name!r} is {data.n_features}→{data.n_outputs} but the network "
+                         f"is {net.sizes[0]}→{net.sizes[-1]}")
+    rule.init(net)
+    hist = History(rule=label or rule.label)
+    order_rng = net.random("data")
+    n = len(data.x_train)
+    steps_per_epoch = (n + batch_size - 1) // batch_size
+
+    def record(epoch, train_loss, wall):
+        te_loss, te_acc = evaluate(net, data.x_test, data.y_test, rule.loss)
+        tr_loss_eval, tr_acc = evaluate(net, data.x_train, data.y_train, rule.loss)
+        hist.epochs.append(dict(epoch=epoch, train_loss=tr_loss_eval if train_loss is None else train_loss,
+                                train_acc=tr_acc, test_loss=te_loss, test_acc=te_acc,
+                                forward_passes=hist.forward_passes, wall_s=wall))
+
+    record(0, None, 0.0)
+    bar = _progress(epochs * steps_per_epoch, hist.rule, progress)
+    t0 = time.perf_counter()
+    try:
+        for epoch in range(1, epochs + 1):
+            perm = order_rng.permutation(n)
+            losses = []
+            for s in range(steps_per_epoch):
+                idx = perm[s * batch_size:(s + 1) * batch_size]
+                x = data.x_train[idx]
+                t = _targets(data.y_train[idx], net.sizes[-1])
+                est = rule.step(net, x, t)
+                hist.forward_passes += est.forward_passes
+                hist.steps += 1
+                losses.append(est.loss)
+                if on_step is not None:
+                    on_step(hist.steps, idx, est)
+                bar.update(1)
+            hist.wall_s = time.perf_counter() - t0
+            record(epoch, float(np.mean(losses)), hist.wall_s)
+            bar.set_postfix(test_acc=f"{hist.last('test_acc'):.3f}", loss=f"{hist.last('train_loss'):.3f}")
+    except DivergenceError as exc:
+        hist.diverged = str(exc)
+        log.warning("%s stopped: %s", hist.rule, exc)
+    finally:
+        bar.close()
+        hist.wall_s = time.perf_counter() - t0
+    return hist
+
+
+def _progress(total, desc, enabled):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=f"{desc:>6}", disable=not enabled, leave=False, unit="step")
