@@ -54,8 +54,7 @@ def _convert_scalar(v, mode, half, step, bound):
     return v
 
 
-@numba.njit(cache=True, parallel=True)
-def _convert_numba(x, out, mode, half, step, bound):
+def _convert_body(x, out, mode, half, step, bound):
     n, m = x.shape
     s = x.dtype.type(step)
     b = x.dtype.type(bound)
@@ -64,8 +63,7 @@ def _convert_numba(x, out, mode, half, step, bound):
             out[i, j] = _convert_scalar(x[i, j], mode, half, s, b)
 
 
-@numba.njit(cache=True, parallel=True)
-def _epilogue_numba(a, zr, rs, zn, ns, inj, has_r, has_n, has_inj, mode, half, step, bound):
+def _epilogue_body(a, zr, rs, zn, ns, inj, has_r, has_n, has_inj, mode, half, step, bound):
     n, m = a.shape
     s = a.dtype.type(step)
     b = a.dtype.type(bound)
@@ -81,6 +79,23 @@ def _epilogue_numba(a, zr, rs, zn, ns, inj, has_r, has_n, has_inj, mode, half, s
             if has_inj:
                 v += inj[i, j]
             a[i, j] = _convert_scalar(v, mode, half, s, b)
+
+
+# Threads pay off only on large arrays: below this many elements the serial kernel wins,
+# and by a wide margin when other processes compete for the cores.
+_PARALLEL_MIN_SIZE = 1 << 16
+_convert_serial = numba.njit(cache=True)(_convert_body)
+_convert_parallel = numba.njit(cache=True, parallel=True)(_convert_body)
+_epilogue_serial = numba.njit(cache=True)(_epilogue_body)
+_epilogue_parallel = numba.njit(cache=True, parallel=True)(_epilogue_body)
+
+
+def _convert_numba(x, out, *args):
+    (_convert_parallel if x.size >= _PARALLEL_MIN_SIZE else _convert_serial)(x, out, *args)
+
+
+def _epilogue_numba(a, *args):
+    (_epilogue_parallel if a.size >= _PARALLEL_MIN_SIZE else _epilogue_serial)(a, *args)
 
 
 # --------------------------------------------------------------------------- cupy (GPU)
