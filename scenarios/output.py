@@ -11,7 +11,7 @@ import numpy as np
 
 import noisesim
 
-METRICS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "forward_passes", "wall_s")
+METRICS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "step_loss", "forward_passes", "wall_s")
 
 
 def default_out_dir(scenario: str) -> Path:

@@ -18,7 +18,11 @@ log = logging.getLogger("noisesim")
 
 @dataclass
 class History:
-    """Per-epoch metrics of one run (epoch 0 is the untrained network)."""
+    """Per-epoch metrics of one run (epoch 0 is the untrained network).
+
+    ``train_loss``/``train_acc`` and ``test_*`` come from noisy device inference on the whole
+    split at the end of each epoch; ``step_loss`` is the mean loss the rule saw during it.
+    """
 
     rule: str
     epochs: list = field(default_factory=list)
@@ -75,14 +79,14 @@ def train(net, rule, data, epochs: int = 5, batch_size: int = 64, *, progress: b
     n = len(data.x_train)
     steps_per_epoch = (n + batch_size - 1) // batch_size
 
-    def record(epoch, train_loss, wall):
+    def record(epoch, step_loss, wall):
         te_loss, te_acc = evaluate(net, data.x_test, data.y_test, rule.loss)
-        tr_loss_eval, tr_acc = evaluate(net, data.x_train, data.y_train, rule.loss)
-        hist.epochs.append(dict(epoch=epoch, train_loss=tr_loss_eval if train_loss is None else train_loss,
-                                train_acc=tr_acc, test_loss=te_loss, test_acc=te_acc,
-                                forward_passes=hist.forward_passes, wall_s=wall))
+        tr_loss, tr_acc = evaluate(net, data.x_train, data.y_train, rule.loss)
+        hist.epochs.append(dict(epoch=epoch, train_loss=tr_loss, train_acc=tr_acc, test_loss=te_loss,
+                                test_acc=te_acc, step_loss=step_loss, forward_passes=hist.forward_passes,
+                                wall_s=wall))
 
-    record(0, None, 0.0)
+    record(0, float("nan"), 0.0)
     bar = _progress(epochs * steps_per_epoch, hist.rule, progress)
     t0 = time.perf_counter()
     try:
