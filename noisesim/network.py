@@ -292,3 +292,49 @@ class Network:
         for l in range(self.n_layers):
             key = f"R{l}"
             self._R[l] = self.backend.asarray(state[key]).copy() if key in state else None
+
+    # -- weight perturbation ------------------------------------------------------------------------
+    def forward_weight_perturbed(self, x, omega: Sequence, *, clean: Sequence[bool] | None = None,
+                                 purpose: str = "train") -> Pass:
+        """Stacked passes in which pass ``p`` runs with weights ``W_l + Ω_{p,l}`` (needs ``inject``).
+
+        ``omega[l]`` is a known weight perturbation of shape ``(P, n_out, n_in)`` (``None``:
+        layer ``l`` unperturbed); ``P`` is read from it and a pass with ``Ω = 0`` is an ordinary
+        pass. The crossbar computes ``(W + Ω) x* = W x* + Ω x*``, so ``Ω x*`` enters each tile
+        read as a known injected term before the ADC, with read and intrinsic noise on top —
+        the conductances are never reprogrammed. ``clean`` gates intrinsic noise per pass.
+        """
+        self.require("a known weight perturbation", ["inject"])
+        if len(omega) != self.n_layers:
+            raise ValueError(f"omega has {len(omega)} entries for {self.n_layers} layers")
+        P = next((int(o.shape[0]) for o in omega if o is not None), 1)
+        x = self._check_input(x)
+        B, xp = x.shape[0], self.xp
+        node_std = None
+        if self.device.node_noise > 0:
+            node_std = xp.full(P * B, self.device.node_noise, dtype=self.dtype)
+        if clean is not None and any(clean):
+            self.require("a clean (noise-gated) pass", ["clean"])
+            if len(clean) != P:
+                raise ValueError(f"clean has {len(clean)} entries for {P} passes")
+            if node_std is not None:
+                node_std.reshape(P, B)[xp.asarray([bool(c) for c in clean])] = 0
+        prefix = "" if purpose == "train" else f"{purpose}/"
+        read_rng, node_rng = self.streams.get(prefix + "read"), self.streams.get(prefix + "node")
+        h = xp.tile(x, (P, 1)) if P > 1 else x
+        inputs, pre, post = [], [], []
+        for l, tile in enumerate(self.tiles):
+            R = self._R[l]
+            xs = h @ R.T if R is not None else h
+            inj = None
+            if omega[l] is not None:
+                om = self.backend.asarray(omega[l])
+                if om.shape != (P, tile.n_out, tile.n_in):
+                    raise ValueError(f"omega[{l}] has shape {tuple(om.shape)}, expected {(P, tile.n_out, tile.n_in)}")
+                inj = (xs.reshape(P, B, -1) @ xp.swapaxes(om, 1, 2)).reshape(P * B, tile.n_out)
+            a = tile.read(xs, read_rng=read_rng, node_rng=node_rng, node_std=node_std, inject=inj)
+            h = self.act(l, a)
+            inputs.append(xs.reshape(P, B, -1))
+            pre.append(a.reshape(P, B, -1))
+            post.append(h.reshape(P, B, -1))
+        return Pass(inputs, pre, post, passes=P, stacked=True)

@@ -1,5 +1,23 @@
 """Learning rules that train networks through the ``noisesim`` device protocol.
 
+Every rule of the spec's table, each a small module, registered here by name:
+
+======================  ===========================================  =====================
+name                    rule                                         access it needs
+======================  ===========================================  =====================
+``bp``                  backprop through transposed crossbar reads   observe, backward
+``fa`` / ``dfa``        feedback alignment / *direct* FA             observe
+``wp``                  weight perturbation                          inject (+ clean)
+``np``                  node perturbation, known injected ε          inject (+ clean)
+``inp``                 iterative NP, one layer per pass             inject (+ clean)
+``anp``                 activity-based NP, observed δa               observe (+ clean)
+``regression``          ridge "weak gradient" over S copies          observe (+ clean)
+======================  ===========================================  =====================
+
+``(+ clean)`` only with ``baseline="clean"``. The decorrelated variants are the same rules
+with ``decorrelate=True``: ``dbp``, ``dnp``, ``dinp``, ``danp``, ``dwp``, ``dregression``,
+and — because ``dfa`` already names direct feedback alignment — ``d-fa`` and ``d-dfa``.
+
 >>> import rules
 >>> rule = rules.make("danp", baseline="noisy", lr=1e-3)
 >>> rule.label
@@ -11,16 +29,30 @@ from .base import Estimate, Rule
 from .bp import Backprop
 from .losses import Loss
 from .optim import SGD, Adam
-from .perturbation import ActivityNodePerturbation
-from .reference import alignment, angle, angles, exact_gradients
+from .perturbation import PerturbationRule, node_perturbation
+from .activity import ActivityNodePerturbation
+from .feedback import FeedbackAlignment
+from .iterative import IterativeNodePerturbation
+from .node import NodePerturbation
+from .reference import alignment, angle, angles, diagnostics, exact_gradients
+from .regression import RegressionPerturbation
+from .weight import WeightPerturbation
 
-# name -> (class, fixed options). The "d" names are the decorrelated variants of one rule.
-RULES: dict[str, tuple[type, dict]] = {
+_BASE: dict[str, tuple[type, dict]] = {
     "bp": (Backprop, {}),
-    "dbp": (Backprop, {"decorrelate": True}),
+    "fa": (FeedbackAlignment, {}),
+    "dfa": (FeedbackAlignment, {"direct": True}),
+    "wp": (WeightPerturbation, {}),
+    "np": (NodePerturbation, {}),
+    "inp": (IterativeNodePerturbation, {}),
     "anp": (ActivityNodePerturbation, {}),
-    "danp": (ActivityNodePerturbation, {"decorrelate": True}),
+    "regression": (RegressionPerturbation, {}),
 }
+# name -> (class, fixed options). "d" + name is the decorrelated variant of a rule.
+RULES: dict[str, tuple[type, dict]] = dict(_BASE)
+for _name, (_cls, _fixed) in _BASE.items():
+    _dname = ("d-" if _cls is FeedbackAlignment else "d") + _name
+    RULES[_dname] = (_cls, {**_fixed, "decorrelate": True})
 
 
 def make(name: str, **options) -> Rule:
@@ -38,5 +70,7 @@ def make(name: str, **options) -> Rule:
         raise ValueError(f"rule {name!r}: {exc}") from None
 
 
-__all__ = ["Estimate", "Rule", "Backprop", "Loss", "SGD", "Adam", "ActivityNodePerturbation",
-           "alignment", "angle", "angles", "exact_gradients", "RULES", "make"]
+__all__ = ["Estimate", "Rule", "Backprop", "FeedbackAlignment", "WeightPerturbation",
+           "NodePerturbation", "IterativeNodePerturbation", "ActivityNodePerturbation",
+           "RegressionPerturbation", "PerturbationRule", "node_perturbation", "Loss", "SGD", "Adam",
+           "alignment", "angle", "angles", "diagnostics", "exact_gradients", "RULES", "make"]

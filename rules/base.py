@@ -82,6 +82,10 @@ class Rule:
         """Access levels this rule, as configured, needs from the device."""
         return tuple(self.needs)
 
+    def forward_passes(self, n_layers: int | None = None) -> int:
+        """Forward passes one update uses (``n_layers`` for rules whose count depends on depth)."""
+        return 1
+
     def config(self) -> dict:
         """JSON-serialisable description (goes into traces and summaries)."""
         return {"rule": self.name, "lr": self.lr, "optimizer": self.optimizer_name,

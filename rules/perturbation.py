@@ -1,122 +1,144 @@
-"""Node perturbation from observed activity: ANP and DANP (Algorithm 1 of Dalm et al.).
+"""The perturbation family: what NP, INP, ANP, WP and the regression estimator share.
 
-Activity-based node perturbation measures the perturbation instead of knowing it. For a
-pair of passes with activity difference ``δa = ã⁽¹⁾ − ã⁽²⁾`` (or ``ã − a`` against a clean
-pass) and loss difference ``δL = L⁽¹⁾ − L⁽²⁾``, both formed **per sample**,
+Every member compares the loss of a *perturbed* forward pass with that of a *reference*
+pass, per sample (``δL = L⁽¹⁾ − L⁽²⁾`` formed before any reduction), and turns it into
+``ΔW_l`` with its own small estimator function (:mod:`rules.node`, :mod:`rules.iterative`,
+:mod:`rules.activity`, :mod:`rules.weight`, :mod:`rules.regression`). This module holds
+the options they share and the pass layouts:
 
-    ΔW_l = ⟨ N δL δa_l / ‖δa‖² · x*ᵀ_{l−1} ⟩
+``baseline``
+    * ``"clean"`` — the reference pass is noise-gated (needs ``clean`` access).
+    * ``"noisy"`` — the reference pass is an ordinary noisy pass: nothing gated, nothing
+      read (the paper's §3.4).
+    * ``"noisy-known"`` (rules that inject only) — both passes carry a known injected
+      perturbation, ``ε⁽¹⁾`` and ``ε⁽²⁾``, and the estimate uses ``ε⁽¹⁾ − ε⁽²⁾`` over
+      ``2σ²`` (Cho et al. 2011): NP's best case with a noisy baseline.
+``samples``
+    K perturbations averaged per update (the paper's resampling); passes scale with K.
 
-where ``‖δa‖²`` is summed over *all* layers of one sample and ``N`` counts every perturbed
-unit, the output layer included. ``x*_{l−1}`` is the (decorrelated) input of the baseline
-pass. With ``samples=K`` the estimate is averaged over K independent perturbations.
-
-Baselines:
-
-* ``"clean"`` — one noise-gated pass (needs ``clean`` access) and K noisy passes;
-* ``"noisy"`` — K pairs of noisy passes, nothing gated and nothing read: the paper's §3.4 and
-  what DANP on real noisy hardware uses. Needs only ``observe``.
-
-A sample whose perturbation vanished (``‖δa‖ = 0``, e.g. below one ADC step) contributes
-nothing rather than dividing by zero.
+What the clean baseline means for the rules that *inject* (NP, INP, WP): on a device
+whose intrinsic node noise is always on, the ``clean`` switch gates that noise for a whole
+pass. With ``baseline="clean"`` these rules gate it in **every** pass, reference and
+perturbed alike, so the perturbed pass carries only the injected, known ``ε`` — exactly the
+paper's clean setting, where the rule knows the whole perturbation. With ``"noisy"``
+nothing is gated: the perturbed pass carries ``ε⁽¹⁾`` plus unread intrinsic noise and the
+reference pass intrinsic noise only, so NP's ``δL ε⁽¹⁾/σ²`` stays unbiased but its
+variance grows — the setting in which the paper's DNP degrades. The observing rules (ANP,
+regression) inject nothing; their perturbation *is* the intrinsic noise, so with
+``"clean"`` only the reference pass is gated.
 """
 from __future__ import annotations
 
-from noisesim.backend import get_array_module
+import numpy as np
 
-from .base import Estimate, Rule, host_float
+from .base import Rule
 
-BASELINES = ("clean", "noisy")
+BASELINES = ("clean", "noisy", "noisy-known")
 
 
-def activity_updates(dL, da, xs, n_units: int) -> list:
-    """ANP update directions from what the rule consumed.
+def contract(G, xs):
+    """``Σ_{k,b} G_kb x_kbᵀ / (K·B)`` for ``G (K, B, n_out)`` and ``xs (K|1, B, n_in)``.
 
-    Parameters
-    ----------
-    dL : array (K, B)
-        Per-sample loss differences.
-    da : list of arrays (K, B, n_l)
-        Per-layer activity differences.
-    xs : list of arrays (K, B, n_{l-1}) or (1, B, n_{l-1})
-        Per-layer baseline inputs (shared by all K when the first axis is 1).
-    n_units : int
-        N, the number of perturbed units.
+    A first axis of 1 in ``xs`` means all K perturbations share the reference input.
     """
-    xp = get_array_module(dL)
-    norm2 = sum((d * d).sum(axis=-1) for d in da)
-    safe = xp.where(norm2 > 0, norm2, 1)
-    c = xp.where(norm2 > 0, n_units * dL / safe, 0).astype(dL.dtype, copy=False)
-    K, B = dL.shape
-    updates = []
-    for d, x in zip(da, xs):
-        G = c[..., None] * d
-        if x.shape[0] == 1:
-            u = G.sum(axis=0).T @ x[0]
-        else:
-            u = G.reshape(K * B, -1).T @ x.reshape(K * B, -1)
-        updates.append(u / (K * B))
-    return updates
+    K, B = G.shape[0], G.shape[1]
+    if xs.shape[0] == 1:
+        u = G.sum(axis=0).T @ xs[0]
+    else:
+        u = G.reshape(K * B, -1).T @ xs.reshape(K * B, -1)
+    return u / (K * B)
 
 
-class ActivityNodePerturbation(Rule):
-    """ANP; ``decorrelate=True`` gives DANP.
+def known_layout(baseline: str, K: int):
+    """Pass layout of an injecting rule: ``(P, clean flags, first, second, ref)``.
 
-    Parameters
-    ----------
-    baseline : {"clean", "noisy"}
-        Reference pass: noise-gated (needs ``clean``) or a second noisy pass.
-    samples : int
-        Perturbations K averaged per update.
+    ``first[k]`` is the pass carrying perturbation ``ε⁽¹⁾_k``, ``second[k]`` the reference
+    pass of sample k (carrying ``ε⁽²⁾_k`` for ``"noisy-known"``), ``ref`` the pass whose
+    loss and inputs the estimate reports.
+    """
+    if baseline == "clean":
+        return K + 1, [True] * (K + 1), list(range(1, K + 1)), [0] * K, 0
+    first, second = list(range(0, 2 * K, 2)), list(range(1, 2 * K, 2))
+    return 2 * K, None, first, second, 1
 
-    Example
-    -------
-    >>> rule = rules.make("danp", baseline="noisy", samples=1, lr=1e-3)   # doctest: +SKIP
+
+def injection(xp, dtype, P: int, B: int, n: int, rows: dict):
+    """A ``(P, B, n)`` injection holding ``rows[p]`` in pass ``p`` and zeros elsewhere."""
+    out = xp.zeros((P, B, n), dtype=dtype)
+    for p, v in rows.items():
+        out[p] = v
+    return out
+
+
+def check_sigma(name: str, sigma) -> float:
+    if not (isinstance(sigma, (int, float)) and np.isfinite(sigma) and sigma > 0):
+        raise ValueError(f"{name}: sigma={sigma!r} is out of range; allowed range: (0, ∞)")
+    return float(sigma)
+
+
+class PerturbationRule(Rule):
+    """Base of the perturbation family: validates ``baseline`` and ``samples``.
+
+    Subclasses set ``baselines`` (the ones they support), ``injects`` (whether they need
+    ``inject`` access) and implement ``estimate``/``updates_from_record``/``forward_passes``.
     """
 
-    name = "anp"
+    baselines: tuple = ("clean", "noisy")
+    injects = False
 
     def __init__(self, *, baseline: str = "noisy", samples: int = 1, **kw):
         super().__init__(**kw)
-        if baseline not in BASELINES:
-            raise ValueError(f"{self.name}: baseline={baseline!r} is not known; allowed: {list(BASELINES)}")
-        if not isinstance(samples, int) or samples < 1:
+        if baseline not in self.baselines:
+            raise ValueError(f"{self.name}: baseline={baseline!r} is not known; allowed: {list(self.baselines)}")
+        if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or samples < 1:
             raise ValueError(f"{self.name}: samples={samples!r} is out of range; allowed: an integer ≥ 1")
-        self.baseline, self.samples = baseline, samples
+        self.baseline, self.samples = baseline, int(samples)
 
     def _options(self) -> dict:
         return {"baseline": self.baseline, "samples": self.samples}
 
     def required_access(self) -> tuple:
-        return ("observe", "clean") if self.baseline == "clean" else ("observe",)
+        need = ["observe"] + (["clean"] if self.baseline == "clean" else [])
+        return tuple(need + (["inject"] if self.injects else []))
 
-    def forward_passes(self) -> int:
-        return self.samples + 1 if self.baseline == "clean" else 2 * self.samples
 
-    def estimate(self, net, x, t) -> Estimate:
-        K = self.samples
-        t = net.backend.asarray(t)
-        if self.baseline == "clean":
-            p = net.forward_stacked(x, K + 1, clean=[True] + [False] * K)
-            L = self.loss.per_sample(p.out, t)               # (K+1, B)
-            dL = L[1:] - L[0]
-            da = [a[1:] - a[0] for a in p.pre]
-            xs = [xi[:1] for xi in p.inputs]
-            ref = 0
-        else:
-            p = net.forward_stacked(x, 2 * K)
-            L = self.loss.per_sample(p.out, t)               # (2K, B): pairs (2k, 2k+1)
-            dL = L[0::2] - L[1::2]
-            da = [a[0::2] - a[1::2] for a in p.pre]
-            xs = [xi[1::2] for xi in p.inputs]
-            ref = 1
-        record = {"dL": dL, "da": da, "inputs": xs}
-        return Estimate(self.updates_from_record(record), host_float(L[ref].mean()), p.passes,
-                        [xi[ref] for xi in p.inputs], p.out[ref], L[ref], record)
+def node_perturbation(estimator: str = "activity", **options) -> Rule:
+    """One factory for the node-perturbation family.
 
-    def updates_from_record(self, record: dict) -> list:
-        """ANP updates from ``dL (K, B)``, ``da[l] (K, B, n_l)``, ``inputs[l] (K|1, B, n)``.
+    Parameters
+    ----------
+    estimator : {"node", "iterative", "activity", "regression"}
+        NP (known injected ε), INP (one layer per pass), ANP (observed δa) or the ridge
+        regression ("weak gradient") estimator.
+    **options
+        ``baseline``, ``samples``, ``decorrelate``, ``sigma`` (injecting rules), ``lr``, …
 
-        N is the total number of perturbed units, read off the recorded shapes.
-        """
-        n_units = sum(d.shape[-1] for d in record["da"])
-        return activity_updates(record["dL"], record["da"], record["inputs"], n_units)
+    Example
+    -------
+    >>> rule = node_perturbation("activity", decorrelate=True, baseline="noisy", samples=10)
+    >>> rule.label
+    'DANP'
+    """
+    from .activity import ActivityNodePerturbation
+    from .iterative import IterativeNodePerturbation
+    from .node import NodePerturbation
+    from .regression import RegressionPerturbation
+
+    table = {"node": NodePerturbation, "iterative": IterativeNodePerturbation,
+             "activity": ActivityNodePerturbation, "regression": RegressionPerturbation}
+    if estimator not in table:
+        raise ValueError(f"estimator={estimator!r} is not known; allowed: {list(table)}")
+    return table[estimator](**options)
+
+
+def __getattr__(name):
+    # Back-compatibility: ANP lived here before the family was split into modules.
+    if name in ("ActivityNodePerturbation", "activity_updates"):
+        from . import activity
+
+        return getattr(activity, name)
+    raise AttributeError(name)
+
+
+__all__ = ["BASELINES", "PerturbationRule", "contract", "known_layout", "injection",
+           "node_perturbation"]

@@ -71,3 +71,22 @@ def alignment(net, rule, x, t) -> dict:
     """
     est = rule.estimate(net, x, t)
     return angles(est.updates, exact_gradients(net, x, t, rule.loss))
+
+
+def norms(updates) -> dict:
+    """Frobenius norm of each layer's update and of the whole list (``"all"``)."""
+    out = {l: float(np.linalg.norm(to_numpy(u).astype(np.float64))) for l, u in enumerate(updates)}
+    out["all"] = float(np.sqrt(sum(v * v for v in out.values())))
+    return out
+
+
+def diagnostics(net, rule, x, t) -> dict:
+    """What a rule's update on one batch looks like next to exact BP's (nothing applied).
+
+    Returns ``{"angle": {layer: deg, "all": deg}, "norm": {...}, "bp_norm": {...},
+    "forward_passes": int, "loss": float}``. Needs ``oracle`` for the reference.
+    """
+    est = rule.estimate(net, x, t)
+    ref = exact_gradients(net, x, t, rule.loss)
+    return {"angle": angles(est.updates, ref), "norm": norms(est.updates), "bp_norm": norms(ref),
+            "forward_passes": est.forward_passes, "loss": est.loss}

@@ -1,0 +1,99 @@
+"""Feedback alignment (Lillicrap et al. 2016) and direct feedback alignment (Nøkland 2016).
+
+Backprop's error path with the transposed weights replaced by fixed random matrices, so the
+rule needs no transposed read — only the observed pass:
+
+    FA:   g_L = ∂L/∂a_L,   g_{l−1} = f′(a_{l−1}) ⊙ R_{l−1}ᵀ (B_l g_l)
+    DFA:  g_L = ∂L/∂a_L,   g_l = f′(a_l) ⊙ (D_l g_L)
+    ΔW_l = ⟨ g_l x*ᵀ_{l−1} ⟩
+
+with ``f′`` at the observed pre-activations of one noisy pass. ``B_l`` has the shape of
+``W_l`` and the He scale ``N(0, 2/n_in)``; ``D_l`` maps the output error to layer ``l``
+with ``N(0, 1/n_L)``. Both are drawn once, from the network's ``"rule"`` stream, when the
+rule is initialised on a network, and never change. The feedback is computed digitally
+(``1 + feedback`` in the spec's table). ``R`` is the decorrelation matrix of the D variant
+(identity when off). The forward weights come to align with ``B`` ("the FA-BP angle falls
+below 90°"), which is how FA learns.
+
+Naming: ``dfa`` is *direct* feedback alignment, as in the spec's table; the decorrelated
+variants are ``d-fa`` (label ``D-FA``) and ``d-dfa`` (``D-DFA``).
+
+Record keys (as BP's): ``g`` — per layer ``(B, n_l)``; ``inputs`` — per layer ``(B, n_{l−1})``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .base import Estimate, Rule, batch_outer, host_float
+
+
+class FeedbackAlignment(Rule):
+    """FA, or DFA with ``direct=True``; ``decorrelate=True`` for the decorrelated variants.
+
+    Example
+    -------
+    >>> rule = rules.make("fa", optimizer="sgd", lr=1e-2)   # doctest: +SKIP
+    """
+
+    name = "fa"
+    needs = ("observe",)
+
+    def __init__(self, *, direct: bool = False, **kw):
+        super().__init__(**kw)
+        self.direct = bool(direct)
+        self.feedback: list | None = None
+
+    @property
+    def label(self) -> str:
+        return ("D-" if self.decorrelate else "") + ("DFA" if self.direct else "FA")
+
+    def _options(self) -> dict:
+        return {"direct": self.direct}
+
+    def forward_passes(self, n_layers: int | None = None) -> int:
+        return 1
+
+    def init(self, net) -> None:
+        super().init(net)
+        self.feedback = self._draw(net)
+
+    def _draw(self, net) -> list:
+        rng, sizes = net.random("rule"), net.sizes
+        if self.direct:
+            return [rng.normal((sizes[-1], n), float(np.sqrt(1.0 / sizes[-1]))) for n in sizes[1:-1]]
+        return [None] + [rng.normal((n_out, n_in), float(np.sqrt(2.0 / n_in)))
+                         for n_in, n_out in zip(sizes[1:-1], sizes[2:])]
+
+    def _feedback_fits(self, net) -> bool:
+        if self.feedback is None:
+            return False
+        want = len(net.sizes) - 2 if self.direct else len(net.sizes) - 1
+        return len(self.feedback) == want
+
+    def estimate(self, net, x, t) -> Estimate:
+        if not self._feedback_fits(net):
+            self.feedback = self._draw(net)
+        p = net.forward(x)
+        t = net.backend.asarray(t)
+        L = net.n_layers
+        losses = self.loss.per_sample(p.out, t)
+        e = self.loss.grad(p.out, t) * net.act_grad(L - 1, p.pre[L - 1])
+        g = [None] * L
+        g[L - 1] = e
+        if self.direct:
+            for l in range(L - 1):
+                g[l] = (e @ self.feedback[l]) * net.act_grad(l, p.pre[l])
+        else:
+            for l in range(L - 1, 0, -1):
+                d = g[l] @ self.feedback[l]
+                R = net.decorrelation(l)
+                if R is not None:
+                    d = d @ R
+                g[l - 1] = d * net.act_grad(l - 1, p.pre[l - 1])
+        record = {"g": g, "inputs": p.inputs}
+        return Estimate(self.updates_from_record(record), host_float(losses.mean()), 1,
+                        p.inputs, p.out, losses, record)
+
+    def updates_from_record(self, record: dict) -> list:
+        """``ΔW_l = ⟨g_l x*ᵀ_{l−1}⟩`` from per-sample ``g`` and inputs, each ``(B, n)``."""
+        return [batch_outer(g, x) for g, x in zip(record["g"], record["inputs"])]
