@@ -38,8 +38,8 @@ def test_adam_first_step_is_lr_times_sign_and_uses_paper_constants():
     opt.init([0])
     g = np.array([[2.0, -0.5, 0.0]])
     (d,) = opt.step([g])
-    # m̂ = g, v̂ = g² after bias correction → delta = −lr·g/(|g|+ε)
-    np.testing.assert_allclose(d, -0.01 * g / (np.abs(g) + 1e-7), rtol=1e-6)
+    # Keras form: lr_t·m/(√v + ε) with m = (1−β₁)g, √v = √(1−β₂)|g| → −lr·g/(|g| + ε/√(1−β₂))
+    np.testing.assert_allclose(d, -0.01 * g / (np.abs(g) + 1e-7 / np.sqrt(1 - 0.999)), rtol=1e-9)
     assert (opt.beta1, opt.beta2, opt.eps) == (0.9, 0.999, 1e-7)
     (d2,) = opt.step([g])
     np.testing.assert_allclose(d2, d, rtol=1e-6)   # constant gradient → constant step
