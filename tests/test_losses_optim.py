@@ -42,7 +42,7 @@ def test_adam_first_step_is_lr_times_sign_and_uses_paper_constants():
     np.testing.assert_allclose(d, -0.01 * g / (np.abs(g) + 1e-7 / np.sqrt(1 - 0.999)), rtol=1e-9)
     assert (opt.beta1, opt.beta2, opt.eps) == (0.9, 0.999, 1e-7)
     (d2,) = opt.step([g])
-    np.testing.assert_allclose(d2, d, rtol=1e-6)   # constant gradient → constant step
+    np.testing.assert_allclose(d2, d, rtol=1e-5)   # constant gradient → constant step (up to ε)
 
 
 def test_sgd_with_momentum_accumulates():
