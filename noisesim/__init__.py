@@ -14,6 +14,7 @@ from .network import Network, Pass
 from .presets import PRESETS
 from .protocol import DeviceNetwork
 from .tile import Tile
+from . import trace  # noqa: E402  (HDF5 traces: noisesim.trace.TraceWriter, open_trace, replay)
 
 __all__ = [
     "__version__", "Activation", "Backend", "Streams", "cupy_available", "get_array_module",

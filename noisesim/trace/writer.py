@@ -1,0 +1,289 @@
+"""Recording a trace: :class:`TraceWriter`, one HDF5 file per run, one row per step.
+
+>>> with noisesim.trace.TraceWriter("run.h5", net, rule) as tw:           # doctest: +SKIP
+...     scenarios.train(net, rule, data, on_step=tw.on_step)
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+
+import h5py
+import numpy as np
+
+from .._version import __version__
+from ..backend import to_numpy
+from .format import (COMPRESSIONS, CRC_COLUMN, FORMAT_NAME, FORMAT_VERSION, META_FIXED, TraceError,
+                     entry_name, step_checksum)
+
+# HDF5 1.8 file format: checksummed superblock and object headers, and — unlike the 1.10
+# format — no "open for writing" flag left behind when the writer is killed, so a file cut
+# off by SIGKILL still opens.
+LIBVER = ("v108", "v108")
+
+
+def network_config(net) -> dict:
+    """What it takes to rebuild ``net`` with :meth:`noisesim.Network.mlp` (best effort for
+    other :class:`~noisesim.protocol.DeviceNetwork` implementations)."""
+    cfg = {"sizes": [int(s) for s in net.sizes], "dtype": np.dtype(net.dtype).name,
+           "seed": getattr(net, "seed", None), "backend": getattr(getattr(net, "backend", None), "name", None),
+           "class": f"{type(net).__module__}.{type(net).__qualname__}"}
+    for attr, key in (("activation", "activation"), ("output_activation", "output_activation")):
+        act = getattr(net, attr, None)
+        if act is not None and hasattr(act, "name"):
+            cfg[key] = act.name
+            cfg["slope"] = float(getattr(act, "slope", 0.2))
+    cfg["decorrelated"] = bool(getattr(net, "decorrelated", False))
+    return cfg
+
+
+def stream_states(net) -> dict:
+    """Bit-generator states (plain dicts of ints) of the NumPy streams ``net`` has created so far.
+
+    A replay restores them, so a stochastic update model draws exactly what it drew when
+    recorded even if the network was used before tracing began. CuPy streams are not captured.
+    """
+    out = {}
+    gens = getattr(getattr(net, "streams", None), "_gens", None) or {}
+    for name, g in gens.items():
+        bg = getattr(getattr(g, "_g", None), "bit_generator", None)
+        if isinstance(bg, np.random.BitGenerator):
+            out[str(name)] = bg.state
+    return out
+
+
+def _kind(a) -> str:
+    k = a.dtype.kind
+    if k == "f":
+        return "float"
+    if k in "iub":
+        return "int"
+    raise TraceError(f"cannot trace an array of dtype {a.dtype} (only floating, integer and bool arrays)")
+
+
+class TraceWriter:
+    """Write what a rule consumed, step by step, into one HDF5 file (format in :mod:`.format`).
+
+    Parameters
+    ----------
+    path : str or Path
+        The file (overwritten).
+    network : DeviceNetwork
+        The network being trained; its config and exact state are recorded now, as the
+        initial state a replay starts from. Create the writer before training starts.
+    rule : object with ``config()``, optional
+        The rule whose estimates are recorded (its config goes into the file).
+    meta : dict, optional
+        JSON-serialisable run description (scenario, dataset, epochs, batch size …).
+    compression : {None, "gzip", "lzf"}
+        Compression of the per-step arrays (with the shuffle filter).
+    float16 : bool
+        Store floating arrays as float16 (half the bytes; the file is flagged lossy and a
+        replay of it warns that it is not exact). The initial/final states stay exact.
+
+    Each :meth:`write` adds one row to every per-step dataset, then rewrites the root
+    attribute ``complete_steps`` and flushes, so a run killed at any point leaves a file
+    whose first ``complete_steps`` steps are whole.
+    """
+
+    def __init__(self, path, network, rule=None, *, meta: dict | None = None, compression: str | None = None,
+                 compression_opts=None, float16: bool = False):
+        if compression == "none":
+            compression = None
+        if compression not in COMPRESSIONS:
+            raise TraceError(f"compression={compression!r} is not known; allowed: {list(COMPRESSIONS)}")
+        self.path = os.fspath(path)
+        self._network = network
+        self.n_layers = int(network.n_layers)
+        self.compression, self.compression_opts = compression, compression_opts
+        if compression == "lzf":
+            self.compression_opts = None
+        self.float16 = bool(float16)
+        net_dtype = np.dtype(network.dtype)
+        self.storage_dtype = np.dtype(np.float16) if self.float16 else net_dtype
+        device = getattr(network, "device", None)
+        config = {
+            "network": network_config(network),
+            "device": device.to_dict() if hasattr(device, "to_dict") else None,
+            "rule": rule.config() if rule is not None and hasattr(rule, "config") else None,
+            "seeds": {"network": getattr(network, "seed", None)},
+            "backend": getattr(getattr(network, "backend", None), "name", None),
+            "dtype": net_dtype.name,
+            "run": meta or {},
+            "streams": stream_states(network),
+        }
+        try:
+            config_json = json.dumps(config, sort_keys=True)
+        except TypeError as exc:
+            raise TraceError(f"{self.path}: the run config is not JSON-serialisable ({exc})") from None
+        self._f = h5py.File(self.path, "w", libver=LIBVER)
+        a = self._f.attrs
+        a["format"] = FORMAT_NAME
+        a["format_version"] = FORMAT_VERSION
+        a["noisesim_version"] = __version__
+        a["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat()
+        a["config"] = config_json
+        a["storage_dtype"] = self.storage_dtype.name
+        a["lossy"] = int(self.float16)
+        a["compression"] = compression or "none"
+        a["complete_steps"] = 0
+        a["closed"] = 0
+        self._write_state("initial_state", network.get_state())
+        self._layout = None
+        self._n = 0
+        self._cap = 0
+        self._f.flush()
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def _write_state(self, group: str, state: dict) -> None:
+        g = self._f.create_group(group)
+        for k, v in state.items():
+            g.create_dataset(k, data=np.asarray(to_numpy(v)))
+
+    @staticmethod
+    def _items(est) -> list:
+        """``(source, key, layer, host array)`` for everything the step consumed, in a fixed order."""
+        items = []
+        for key, v in est.record.items():
+            if isinstance(v, (list, tuple)):
+                items += [("record", str(key), l, to_numpy(a)) for l, a in enumerate(v)]
+            else:
+                items.append(("record", str(key), None, to_numpy(v)))
+        items += [("xstar", "xstar", l, to_numpy(x)) for l, x in enumerate(est.inputs)]
+        if getattr(est, "losses", None) is not None:
+            items.append(("losses", "losses", None, to_numpy(est.losses)))
+        return items
+
+    def _build_layout(self, items, batch: int) -> None:
+        xstar = {l: a for src, _, l, a in items if src == "xstar"}
+        entries, offsets = [], {"float": 0, "int": 0}
+        for src, key, layer, a in items:
+            name = entry_name(key, layer) if src != "record" else "record/" + entry_name(key, layer)
+            e = {"name": name, "source": src, "key": key, "layer": layer, "shape": list(a.shape),
+                 "dtype": "int64" if _kind(a) == "int" else a.dtype.name, "kind": _kind(a), "alias": None}
+            x = xstar.get(layer) if src == "record" else None
+            # The update's own copy of x* (e.g. ANP's baseline inputs) is stored once, as x*.
+            if x is not None and a.size == x.size and a.dtype == x.dtype and np.array_equal(a.reshape(x.shape), x):
+                e["alias"], e["offset"] = "xstar", None
+            else:
+                e["offset"] = offsets[e["kind"]]
+                offsets[e["kind"]] += a.size
+            entries.append(e)
+        if offsets["float"] == 0:
+            raise TraceError(f"{self.path}: the rule's estimate recorded no floating arrays")
+        cols = list(META_FIXED) + [f"{e['name']}:{i}" for e in entries for i in range(len(e["shape"]))]
+        self._layout = {"entries": entries, "values_width": offsets["float"], "ints_width": offsets["int"],
+                        "max_batch": int(batch), "meta_columns": cols}
+        chunk_opts = dict(compression=self.compression, compression_opts=self.compression_opts,
+                          shuffle=self.compression is not None)
+        g = self._f.create_group("steps")
+        V, I = offsets["float"], offsets["int"]
+        self._values = g.create_dataset("values", (0, V), maxshape=(None, V), chunks=(1, V),
+                                        dtype=self.storage_dtype, **chunk_opts)
+        self._ints = (g.create_dataset("ints", (0, I), maxshape=(None, I), chunks=(1, I), dtype=np.int64,
+                                       **chunk_opts) if I else None)
+        small = min(1024, max(1, (1 << 16) // (8 * max(len(cols), batch, 1))))
+        self._indices = g.create_dataset("indices", (0, max(batch, 1)), maxshape=(None, max(batch, 1)),
+                                         chunks=(small, max(batch, 1)), dtype=np.int64, fillvalue=-1)
+        self._loss = g.create_dataset("loss", (0,), maxshape=(None,), chunks=(1024,), dtype=np.float64)
+        self._meta = g.create_dataset("meta", (0, len(cols)), maxshape=(None, len(cols)),
+                                      chunks=(small, len(cols)), dtype=np.int64)
+        self._row = np.zeros(V, self.storage_dtype)
+        self._irow = np.zeros(I, np.int64) if I else None
+        self._f.attrs["layout"] = json.dumps(self._layout)
+
+    def _grow(self) -> None:
+        self._cap = self._cap + max(16, self._cap // 2)
+        for d in (self._values, self._ints, self._indices, self._loss, self._meta):
+            if d is not None:
+                d.resize(self._cap, axis=0)
+
+    # -- the public API ---------------------------------------------------------------------------
+    @property
+    def complete_steps(self) -> int:
+        return self._n
+
+    def write(self, step: int, indices, est) -> None:
+        """Record one applied step: its batch ``indices`` and the rule's ``Estimate``."""
+        if self._f is None:
+            raise TraceError(f"{self.path}: the trace writer is closed")
+        items = self._items(est)
+        idx = np.asarray(to_numpy(indices), dtype=np.int64).ravel()
+        if self._layout is None:
+            self._build_layout(items, len(idx))
+        lay = self._layout
+        if len(items) != len(lay["entries"]):
+            raise TraceError(f"{self.path}: step {step} recorded {len(items)} arrays; the trace's layout "
+                             f"(set at its first step) has {len(lay['entries'])}")
+        if len(idx) > lay["max_batch"]:
+            raise TraceError(f"{self.path}: step {step} has a batch of {len(idx)}, larger than the first "
+                             f"step's {lay['max_batch']}; start tracing with the largest batch")
+        xstar = {l: a for src, _, l, a in items if src == "xstar"}
+        shapes = []
+        for e, (src, key, layer, a) in zip(lay["entries"], items):
+            if a.ndim != len(e["shape"]) or a.size > math.prod(e["shape"]):
+                raise TraceError(f"{self.path}: step {step}: {e['name']} has shape {a.shape}, which does not "
+                                 f"fit the shape {tuple(e['shape'])} set at the first step")
+            shapes += a.shape
+            if e["alias"] == "xstar":
+                x = xstar[layer]
+                if a.size != x.size or not np.array_equal(a.reshape(x.shape), x):
+                    raise TraceError(f"{self.path}: step {step}: {e['name']} no longer equals x* of layer {layer}")
+                continue
+            row = self._row if e["kind"] == "float" else self._irow
+            off, cap = e["offset"], math.prod(e["shape"])
+            row[off:off + a.size] = a.ravel()
+            if a.size < cap:
+                row[off + a.size:off + cap] = 0
+        irow = np.full(self._indices.shape[1], -1, np.int64)
+        irow[:len(idx)] = idx
+        loss = float(est.loss)
+        head = np.array([int(step), len(idx), int(getattr(est, "forward_passes", 0))], np.int64)
+        crc = step_checksum(self._row, self._irow, irow, loss, head)
+        meta = np.concatenate([head, [crc], np.asarray(shapes, np.int64)]).astype(np.int64)
+        s = self._n
+        if s >= self._cap:
+            self._grow()
+        self._values[s] = self._row
+        if self._ints is not None:
+            self._ints[s] = self._irow
+        self._indices[s] = irow
+        self._loss[s] = loss
+        self._meta[s] = meta
+        self._n = s + 1
+        self._f.attrs["complete_steps"] = self._n
+        self._f.flush()
+
+    def on_step(self, step, indices, est) -> None:
+        """The ``scenarios.train(on_step=…)`` hook: same as :meth:`write`."""
+        self.write(step, indices, est)
+
+    def close(self, network=None) -> None:
+        """Trim the datasets to the steps written, store the network's final state, mark closed."""
+        if self._f is None:
+            return
+        network = network if network is not None else self._network
+        self._network = None
+        try:
+            if self._layout is not None:
+                for d in (self._values, self._ints, self._indices, self._loss, self._meta):
+                    if d is not None:
+                        d.resize(self._n, axis=0)
+            if network is not None:
+                self._write_state("final_state", network.get_state())
+            self._f.attrs["closed"] = 1
+        finally:
+            self._f.close()
+            self._f = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
+assert META_FIXED[CRC_COLUMN] == "crc32"
