@@ -2,18 +2,20 @@
 
     noisesim list
     noisesim run SCENARIO [--rule R] [--device PRESET] [--set key=value]... [--seed N]
-                          [--out DIR] [--backend auto|numpy|cupy] [--no-progress]
+                          [--out DIR] [--trace FILE] [--backend auto|numpy|cupy] [--no-progress]
+    noisesim trace info|replay|compare FILE
 """
 from __future__ import annotations
 
 import argparse
+import inspect
 import logging
 import sys
 
 import noisesim
 import rules
 
-from . import output
+from . import output, trace_cli
 from .scenario import SCENARIOS, apply_overrides, get
 
 
@@ -48,10 +50,21 @@ def _config_from_args(args) -> tuple[str, dict]:
 def _cmd_run(args) -> int:
     name, cfg = _config_from_args(args)
     out_dir = args.out or output.default_out_dir(name)
-    histories = get(name).run(cfg, progress=not args.no_progress)
+    kw = {}
+    if args.trace:
+        params = inspect.signature(get(name).run).parameters
+        if "trace" not in params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            raise ValueError(f"scenario {name!r} does not support --trace")
+        kw = dict(trace=args.trace, trace_options=trace_cli.run_options(args), scenario=name)
+    histories = get(name).run(cfg, progress=not args.no_progress, **kw)
     summary = output.write_run(out_dir, name, cfg, histories)
     print(output.format_table(summary))
     print(f"results written to {out_dir}/ (results.h5, summary.json, learning_curve.png)")
+    if args.trace:
+        paths = [getattr(h, "trace", None) for h in histories.values()]
+        if not all(paths):
+            raise ValueError(f"scenario {name!r} did not record a trace for every rule")
+        print("traces written: " + ", ".join(paths))
     return 1 if any(r["diverged"] for r in summary["results"].values()) else 0
 
 
@@ -70,7 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="output directory (default runs/<scenario>-<time>)")
     r.add_argument("--backend", choices=["auto", "numpy", "cupy"])
     r.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    trace_cli.add_run_options(r)
     r.set_defaults(func=_cmd_run)
+    trace_cli.add_parser(sub)
     return p
 
 

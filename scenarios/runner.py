@@ -1,6 +1,9 @@
 """Building networks, rules and data from a scenario config, and training each rule."""
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import noisesim
 import rules as rules_pkg
 
@@ -25,11 +28,23 @@ def rule_label(rule) -> str:
     return f"{rule.label}({base})" if base else rule.label
 
 
-def train_rules(cfg: dict, *, progress: bool = True, on_step_factory=None) -> dict:
+def trace_path(trace, label: str, n_rules: int) -> Path:
+    """The trace file of one rule: ``trace`` itself for a single rule, else ``stem-<label>.h5``."""
+    p = Path(trace)
+    if n_rules == 1:
+        return p
+    tag = re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
+    return p.with_name(f"{p.stem}-{tag}{p.suffix or '.h5'}")
+
+
+def train_rules(cfg: dict, *, progress: bool = True, on_step_factory=None, trace=None,
+                trace_options: dict | None = None, scenario: str | None = None) -> dict:
     """Train one fresh network (same seed, same initial weights) per rule in ``cfg["rules"]``.
 
     Every rule's access is checked against the device before the first one trains.
-    Returns ``{label: History}``.
+    With ``trace=FILE`` each rule's run is recorded (:class:`noisesim.trace.TraceWriter`, options
+    ``trace_options`` such as ``compression``/``float16``) into one file per rule
+    (:func:`trace_path`); the paths are in ``History.trace``. Returns ``{label: History}``.
     """
     device = noisesim.DeviceConfig.preset(cfg["device"], **cfg.get("device_overrides", {}))
     data = load(cfg["dataset"])
@@ -43,6 +58,29 @@ def train_rules(cfg: dict, *, progress: bool = True, on_step_factory=None) -> di
     for rule, net in planned:
         label = rule_label(rule)
         on_step = on_step_factory(label, rule, net) if on_step_factory else None
-        out[label] = train(net, rule, data, epochs=cfg["epochs"], batch_size=cfg["batch_size"],
-                           progress=progress, on_step=on_step, label=label)
+        writer = None
+        if trace is not None:
+            meta = {"scenario": scenario, "label": label, "dataset": cfg["dataset"], "epochs": cfg["epochs"],
+                    "batch_size": cfg["batch_size"], "scenario_config": cfg}
+            path = trace_path(trace, label, len(planned))
+            writer = noisesim.trace.TraceWriter(path, net, rule, meta=meta, **(trace_options or {}))
+            on_step = _chain(writer.on_step, on_step)
+        try:
+            out[label] = train(net, rule, data, epochs=cfg["epochs"], batch_size=cfg["batch_size"],
+                               progress=progress, on_step=on_step, label=label)
+        finally:
+            if writer is not None:
+                writer.close()
+        if writer is not None:
+            out[label].trace = str(writer.path)
     return out
+
+
+def _chain(first, second):
+    if second is None:
+        return first
+
+    def both(step, idx, est):
+        first(step, idx, est)
+        second(step, idx, est)
+    return both
