@@ -13,15 +13,16 @@ Layout of format version 1 (``S`` = rows allocated, ``n = attrs["complete_steps"
                              in ``layout`` order (storage dtype; float16 when lossy)
     /steps/ints    (S, I)    the same for integer arrays (only when a rule records some)
     /steps/indices (S, Bmax) int64 batch indices, padded with -1
-    /steps/loss    (S,)      float64 batch loss of the reference pass
+    /steps/scalars (S, 2)    float64: batch loss of the reference pass, device time (NaN: none)
     /steps/meta    (S, M)    int64: step, batch_size, forward_passes, crc32, then the actual
                              shape of every array (``layout["meta_columns"]`` names them)
 
 Every array has a fixed *region* of its row (its capacity, the shape at the first step); a
 smaller step (the last batch of an epoch) fills a prefix of the flattened region and its real
 shape is in ``meta``. One row per dataset per step keeps a traced step at a handful of HDF5
-writes. The crc32 covers the full stored rows of ``values``/``ints``/``indices``, the loss and
+writes. The crc32 covers the full stored rows of ``values``/``ints``/``indices``/``scalars`` and
 the meta row up to the checksum column — exactly the bytes a reader gets back.
+
 """
 from __future__ import annotations
 
@@ -51,13 +52,13 @@ class TraceWarning(UserWarning):
     """Something about a trace that makes a result approximate (e.g. float16 storage)."""
 
 
-def step_checksum(values_row, ints_row, indices_row, loss, meta_head) -> int:
+def step_checksum(values_row, ints_row, indices_row, scalars, meta_head) -> int:
     """crc32 over the stored bytes of one step (see the module docstring)."""
     c = zlib.crc32(np.ascontiguousarray(values_row).view(np.uint8))
     if ints_row is not None:
         c = zlib.crc32(np.ascontiguousarray(ints_row).view(np.uint8), c)
     c = zlib.crc32(np.ascontiguousarray(indices_row, dtype=np.int64).view(np.uint8), c)
-    c = zlib.crc32(np.float64(loss).tobytes(), c)
+    c = zlib.crc32(np.ascontiguousarray(scalars, dtype=np.float64).view(np.uint8), c)
     c = zlib.crc32(np.ascontiguousarray(meta_head, dtype=np.int64).view(np.uint8), c)
     return int(c)
 

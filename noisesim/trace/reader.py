@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import h5py
 import numpy as np
@@ -32,7 +32,7 @@ class TraceStep:
     record: dict
     inputs: list
     losses: np.ndarray | None = None
-    extra: dict = field(default_factory=dict)
+    time: float | None = None
 
 
 def _int_attr(attrs, name, where, default=None):
@@ -190,7 +190,7 @@ class TraceReader:
         self._values = self._dataset("steps/values", self.storage_dtype, rows(V), "per-step floating arrays")
         self._ints = self._dataset("steps/ints", np.int64, rows(I), "per-step integer arrays") if I else None
         self._indices = self._dataset("steps/indices", np.int64, rows(max(B, 1)), "batch indices")
-        self._loss = self._dataset("steps/loss", np.float64, lambda s: (len(s) == 1 and s[0] >= n, f"(≥{n},)"), "loss")
+        self._loss = self._dataset("steps/scalars", np.float64, rows(2), "loss and device time")
         self._meta = self._dataset("steps/meta", np.int64, rows(ncol), "step table")
 
     # -- reading ---------------------------------------------------------------------------------
@@ -224,8 +224,9 @@ class TraceReader:
         values = self._read(self._values, row)
         ints = self._read(self._ints, row) if self._ints is not None else None
         irow = self._read(self._indices, row)
-        loss = float(self._read(self._loss, row))
-        crc = step_checksum(values, ints, irow, loss, meta[:CRC_COLUMN])
+        scalars = self._read(self._loss, row)
+        loss, time = float(scalars[0]), float(scalars[1])
+        crc = step_checksum(values, ints, irow, scalars, meta[:CRC_COLUMN])
         if crc != int(meta[CRC_COLUMN]):
             raise TraceError(f"{where}: checksum mismatch at step row {row} (stored {int(meta[CRC_COLUMN])}, "
                              f"computed {crc}); the file is corrupted")
@@ -268,7 +269,8 @@ class TraceReader:
             if sorted(per_layer) != list(range(len(per_layer))):
                 raise TraceError(f"{where}: record key {key!r} has layers {sorted(per_layer)}")
             record[key] = [per_layer[l] for l in range(len(per_layer))]
-        return TraceStep(row, step, B, fp, loss, idx, record, xstar, arrays.get("losses"))
+        return TraceStep(row, step, B, fp, loss, idx, record, xstar, arrays.get("losses"),
+                         None if math.isnan(time) else time)
 
     def steps(self, start: int = 0, stop: int | None = None):
         """Iterate over verified steps ``start … stop-1``."""
@@ -288,7 +290,7 @@ class TraceReader:
     def storage_bytes(self) -> dict:
         """On-disk bytes of each per-step dataset (after compression)."""
         out = {}
-        for name in ("values", "ints", "indices", "loss", "meta"):
+        for name in ("values", "ints", "indices", "scalars", "meta"):
             if self.layout is not None and f"steps/{name}" in self._f:
                 out[name] = int(self._f[f"steps/{name}"].id.get_storage_size())
         return out

@@ -134,8 +134,17 @@ def start(trace, network=None, rule=None, *, backend: str | None = None):
         raise TraceError(f"{reader.path}: the trace is for sizes {reader.sizes}, the network has {list(network.sizes)}")
     rule.init(network)  # access check, decorrelation on, fresh optimizer — as at the start of training
     state = network.get_state()
-    state.update(reader.initial_state())
-    network.set_state(state)
+    initial = reader.initial_state()
+    # A network rebuilt from the recorded seed is already in the recorded state, hidden device
+    # state included (conductance pairs, drift clocks, faults); set_state would reprogram it from
+    # W alone. So restore only what differs.
+    if any(k not in state or state[k].shape != v.shape or not np.array_equal(state[k], v) for k, v in initial.items()):
+        if getattr(getattr(network, "device", None), "w_max", None) is not None:
+            warnings.warn("restoring the recorded weights with set_state(); hidden device state (conductance "
+                          "pairs, drift clocks) is not in the trace, so the replay may not be bit-exact",
+                          TraceWarning, stacklevel=3)
+        state.update(initial)
+        network.set_state(state)
     restore_streams(network, cfg.get("streams") or {})
     return reader, network, rule
 
@@ -162,6 +171,8 @@ def replay(trace, network=None, rule=None, *, steps: int | None = None, backend:
                       TraceWarning, stacklevel=2)
     n = reader.complete_steps if steps is None else min(int(steps), reader.complete_steps)
     for st in reader.steps(0, n):
+        if st.time is not None and hasattr(net, "set_time") and getattr(net, "time", None) != st.time:
+            net.set_time(st.time)  # the drift clock the step was applied at
         est = estimate_from_step(net, st, rule.updates_from_record)
         rule.apply(net, est)
         if on_step is not None:

@@ -187,7 +187,7 @@ class TraceWriter:
         small = min(1024, max(1, (1 << 16) // (8 * max(len(cols), batch, 1))))
         self._indices = g.create_dataset("indices", (0, max(batch, 1)), maxshape=(None, max(batch, 1)),
                                          chunks=(small, max(batch, 1)), dtype=np.int64, fillvalue=-1)
-        self._loss = g.create_dataset("loss", (0,), maxshape=(None,), chunks=(1024,), dtype=np.float64)
+        self._loss = g.create_dataset("scalars", (0, 2), maxshape=(None, 2), chunks=(1024, 2), dtype=np.float64)
         self._meta = g.create_dataset("meta", (0, len(cols)), maxshape=(None, len(cols)),
                                       chunks=(small, len(cols)), dtype=np.int64)
         self._row = np.zeros(V, self.storage_dtype)
@@ -239,9 +239,10 @@ class TraceWriter:
                 row[off + a.size:off + cap] = 0
         irow = np.full(self._indices.shape[1], -1, np.int64)
         irow[:len(idx)] = idx
-        loss = float(est.loss)
+        t = getattr(self._network, "time", None)
+        scalars = np.array([float(est.loss), float(t) if isinstance(t, (int, float)) else np.nan])
         head = np.array([int(step), len(idx), int(getattr(est, "forward_passes", 0))], np.int64)
-        crc = step_checksum(self._row, self._irow, irow, loss, head)
+        crc = step_checksum(self._row, self._irow, irow, scalars, head)
         meta = np.concatenate([head, [crc], np.asarray(shapes, np.int64)]).astype(np.int64)
         s = self._n
         if s >= self._cap:
@@ -250,7 +251,7 @@ class TraceWriter:
         if self._ints is not None:
             self._ints[s] = self._irow
         self._indices[s] = irow
-        self._loss[s] = loss
+        self._loss[s] = scalars
         self._meta[s] = meta
         self._n = s + 1
         self._f.attrs["complete_steps"] = self._n
