@@ -7,8 +7,10 @@ Layout of format version 1 (``S`` = rows allocated, ``n = attrs["complete_steps"
                                     storage_dtype, lossy (0/1), compression,
                                     complete_steps (rewritten and flushed after every step),
                                     closed (0/1, set by a clean close)
-    /initial_state/W0 …      exact weights (and R_l) before the first recorded step
+    /initial_state/W0 …      exact weights (and R_l) before the first recorded step; each
+                             dataset has a crc32 attribute of its bytes
     /final_state/W0 …        exact weights after the last step (written by a clean close)
+    config_crc32, layout_crc32   root attributes: crc32 of the JSON strings
     /steps/values  (S, V)    every floating array the step consumed, flattened and concatenated
                              in ``layout`` order (storage dtype; float16 when lossy)
     /steps/ints    (S, I)    the same for integer arrays (only when a rule records some)
@@ -40,7 +42,7 @@ CRC_COLUMN = META_FIXED.index("crc32")
 STORAGE_DTYPES = ("float16", "float32", "float64")
 COMPRESSIONS = (None, "gzip", "lzf")
 # A reader refuses files whose declared per-step row is larger than this (untrusted input).
-MAX_ROW_BYTES = 1 << 30
+MAX_ROW_BYTES = 1 << 28
 MAX_NDIM = 8
 
 
@@ -124,6 +126,7 @@ def validate_layout(layout, where: str) -> dict:
 
 
 def decode_json_attr(attrs, name: str, where: str):
+    """Parse a JSON root attribute after checking it against its ``<name>_crc32`` attribute."""
     try:
         raw = attrs[name]
     except Exception:
@@ -132,6 +135,11 @@ def decode_json_attr(attrs, name: str, where: str):
         raw = raw.decode("utf-8", "replace")
     if not isinstance(raw, str):
         raise TraceError(f"{where}: root attribute {name!r} is not a string")
+    crc = attrs.get(f"{name}_crc32")
+    if not isinstance(crc, (int, np.integer)) or isinstance(crc, (bool, np.bool_)) \
+            or int(crc) != zlib.crc32(raw.encode("utf-8", "surrogatepass")):
+        raise TraceError(f"{where}: root attribute {name!r} does not match its checksum {name}_crc32; "
+                         "the file is corrupted or was edited")
     try:
         return json.loads(raw)
     except (ValueError, RecursionError) as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import zlib
 from dataclasses import dataclass
 
 import h5py
@@ -204,7 +205,15 @@ class TraceReader:
         return self.complete_steps
 
     def _state(self, group, keys) -> dict:
-        return {k: np.asarray(self._read(self._f[f"{group}/{k}"], ())) for k in keys}
+        out = {}
+        for k in keys:
+            ds = self._f[f"{group}/{k}"]
+            a = np.ascontiguousarray(self._read(ds, ()))
+            crc = ds.attrs.get("crc32")
+            if not isinstance(crc, (int, np.integer)) or int(crc) != zlib.crc32(a.view(np.uint8)):
+                raise TraceError(f"{self.path}: checksum mismatch in {group}/{k}; the file is corrupted")
+            out[k] = a
+        return out
 
     def initial_state(self) -> dict:
         """Exact network state before the first recorded step."""

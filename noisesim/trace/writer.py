@@ -9,6 +9,7 @@ import datetime as _dt
 import json
 import math
 import os
+import zlib
 
 import h5py
 import numpy as np
@@ -125,6 +126,7 @@ class TraceWriter:
         a["noisesim_version"] = __version__
         a["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat()
         a["config"] = config_json
+        a["config_crc32"] = zlib.crc32(config_json.encode())
         a["storage_dtype"] = self.storage_dtype.name
         a["lossy"] = int(self.float16)
         a["compression"] = compression or "none"
@@ -140,7 +142,8 @@ class TraceWriter:
     def _write_state(self, group: str, state: dict) -> None:
         g = self._f.create_group(group)
         for k, v in state.items():
-            g.create_dataset(k, data=np.asarray(to_numpy(v)))
+            a = np.ascontiguousarray(to_numpy(v))
+            g.create_dataset(k, data=a).attrs["crc32"] = zlib.crc32(a.view(np.uint8))
 
     @staticmethod
     def _items(est) -> list:
@@ -192,7 +195,9 @@ class TraceWriter:
                                       chunks=(small, len(cols)), dtype=np.int64)
         self._row = np.zeros(V, self.storage_dtype)
         self._irow = np.zeros(I, np.int64) if I else None
-        self._f.attrs["layout"] = json.dumps(self._layout)
+        layout_json = json.dumps(self._layout)
+        self._f.attrs["layout"] = layout_json
+        self._f.attrs["layout_crc32"] = zlib.crc32(layout_json.encode())
 
     def _grow(self) -> None:
         self._cap = self._cap + max(16, self._cap // 2)
