@@ -68,7 +68,7 @@ class ActivityNodePerturbation(PerturbationRule):
     name = "anp"
     needs = ("observe",)
 
-    def forward_passes(self) -> int:
+    def forward_passes(self, n_layers: int | None = None) -> int:
         return self.samples + 1 if self.baseline == "clean" else 2 * self.samples
 
     def estimate(self, net, x, t) -> Estimate:

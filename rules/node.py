@@ -64,7 +64,7 @@ class NodePerturbation(PerturbationRule):
     def _options(self) -> dict:
         return {**super()._options(), "sigma": self.sigma}
 
-    def forward_passes(self) -> int:
+    def forward_passes(self, n_layers: int | None = None) -> int:
         return known_layout(self.baseline, self.samples)[0]
 
     def estimate(self, net, x, t) -> Estimate:

@@ -33,17 +33,25 @@ from .perturbation import PerturbationRule
 
 
 def ridge_gradients(dL, da, ridge: float):
-    """Per-sample ridge solution ``Aᵀ(AAᵀ+λI)⁻¹δL`` for ``dL (S, B)``, ``da (S, B, n)`` → ``(B, n)``."""
+    """Per-sample ridge solution ``Aᵀ(AAᵀ+λI)⁻¹δL`` for ``dL (S, B)``, ``da (S, B, n)`` → ``(B, n)``.
+
+    Solved in the smaller of the two equivalent forms: the S×S system above when ``S ≤ n``,
+    else ``(AᵀA+λI)⁻¹AᵀδL`` (n×n); both are the same minimiser.
+    """
     xp = get_array_module(dL)
-    A = xp.moveaxis(da, 0, 1)                                     # (B, S, n)
-    M = A @ xp.swapaxes(A, 1, 2)                                  # (B, S, S)
-    S = M.shape[-1]
-    tr = xp.trace(M, axis1=1, axis2=2)                            # (B,)
+    A = xp.ascontiguousarray(xp.moveaxis(da, 0, 1))               # (B, S, n)
+    S, n = A.shape[1], A.shape[2]
+    At = xp.swapaxes(A, 1, 2)                                     # (B, n, S)
+    y = dL.T[..., None]                                           # (B, S, 1)
+    M = A @ At if S <= n else At @ A                              # (B, S, S) or (B, n, n)
+    tr = xp.trace(M, axis1=1, axis2=2)                            # tr(AAᵀ) = tr(AᵀA)
     ok = tr > 0
     lam = ridge * xp.where(ok, tr, 1) / S
-    M = M + lam[:, None, None] * xp.eye(S, dtype=M.dtype)
-    c = xp.linalg.solve(M, dL.T[..., None])                       # (B, S, 1)
-    g = (xp.swapaxes(A, 1, 2) @ c)[..., 0]                        # (B, n)
+    M = M + lam[:, None, None] * xp.eye(M.shape[-1], dtype=M.dtype)
+    if S <= n:
+        g = (At @ xp.linalg.solve(M, y))[..., 0]
+    else:
+        g = xp.linalg.solve(M, At @ y)[..., 0]
     return xp.where(ok[:, None], g, 0)
 
 
