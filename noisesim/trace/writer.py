@@ -9,6 +9,8 @@ import datetime as _dt
 import json
 import math
 import os
+import queue
+import threading
 import zlib
 
 import h5py
@@ -83,6 +85,9 @@ class TraceWriter:
     float16 : bool
         Store floating arrays as float16 (half the bytes; the file is flagged lossy and a
         replay of it warns that it is not exact). The initial/final states stay exact.
+    background : bool, optional
+        Compress and write in a background thread (default: on for gzip). Up to
+        ``queue_steps`` steps may then be in memory, not yet in the file; :meth:`flush` waits.
 
     Each :meth:`write` adds one row to every per-step dataset, then rewrites the root
     attribute ``complete_steps`` and flushes, so a run killed at any point leaves a file
@@ -90,7 +95,8 @@ class TraceWriter:
     """
 
     def __init__(self, path, network, rule=None, *, meta: dict | None = None, compression: str | None = None,
-                 compression_opts=None, float16: bool = False):
+                 compression_opts=None, float16: bool = False, background: bool | None = None,
+                 queue_steps: int = 4):
         if compression == "none":
             compression = None
         if compression not in COMPRESSIONS:
@@ -136,6 +142,16 @@ class TraceWriter:
         self._layout = None
         self._n = 0
         self._cap = 0
+        # gzip runs in a background thread (zlib releases the GIL; h5py's own filters do not),
+        # writing pre-filtered chunks; at most ``queue_steps`` steps wait in memory. Steps reach
+        # the file, and ``complete_steps``, in order, so a crash still leaves whole steps only.
+        background = compression == "gzip" if background is None else bool(background)
+        if background and compression != "gzip":
+            raise TraceError(f"{self.path}: background=True needs compression='gzip'")
+        self._level = 4 if compression_opts is None else int(compression_opts)
+        self._queue = queue.Queue(maxsize=max(1, int(queue_steps))) if background else None
+        self._worker = None
+        self._error = None
         self._f.flush()
 
     # -- helpers ---------------------------------------------------------------------------------
@@ -208,12 +224,14 @@ class TraceWriter:
     # -- the public API ---------------------------------------------------------------------------
     @property
     def complete_steps(self) -> int:
+        """Steps in the file so far (lags :meth:`write` by up to ``queue_steps`` in background mode)."""
         return self._n
 
     def write(self, step: int, indices, est) -> None:
         """Record one applied step: its batch ``indices`` and the rule's ``Estimate``."""
         if self._f is None:
             raise TraceError(f"{self.path}: the trace writer is closed")
+        self._check_worker()
         items = self._items(est)
         idx = np.asarray(to_numpy(indices), dtype=np.int64).ravel()
         if self._layout is None:
@@ -249,18 +267,65 @@ class TraceWriter:
         head = np.array([int(step), len(idx), int(getattr(est, "forward_passes", 0))], np.int64)
         crc = step_checksum(self._row, self._irow, irow, scalars, head)
         meta = np.concatenate([head, [crc], np.asarray(shapes, np.int64)]).astype(np.int64)
+        ints = None if self._irow is None else self._irow.copy()
+        job = (self._row.copy(), ints, irow, scalars, meta)
+        if self._queue is None:
+            self._commit(job)
+            return
+        if self._worker is None:
+            self._worker = threading.Thread(target=self._work, name="TraceWriter", daemon=True)
+            self._worker.start()
+        self._queue.put(job)
+
+    def _deflate(self, row) -> bytes:
+        """HDF5's shuffle + deflate filters, done here so the GIL-free zlib overlaps training."""
+        b = np.ascontiguousarray(row).view(np.uint8).reshape(-1, row.itemsize).T
+        return zlib.compress(np.ascontiguousarray(b), self._level)
+
+    def _commit(self, job) -> None:
+        """Write one step's rows, then the new ``complete_steps``, then flush (crash-safe order)."""
+        values, ints, irow, scalars, meta = job
         s = self._n
         if s >= self._cap:
             self._grow()
-        self._values[s] = self._row
-        if self._ints is not None:
-            self._ints[s] = self._irow
+        if self._queue is not None:
+            self._values.id.write_direct_chunk((s, 0), self._deflate(values))
+            if ints is not None:
+                self._ints.id.write_direct_chunk((s, 0), self._deflate(ints))
+        else:
+            self._values[s] = values
+            if ints is not None:
+                self._ints[s] = ints
         self._indices[s] = irow
         self._loss[s] = scalars
         self._meta[s] = meta
         self._n = s + 1
         self._f.attrs["complete_steps"] = self._n
         self._f.flush()
+
+    def _work(self) -> None:
+        while True:
+            job = self._queue.get()
+            try:
+                if job is None:
+                    return
+                if self._error is None:
+                    self._commit(job)
+            except BaseException as exc:  # reported to the training thread at its next write/close
+                self._error = exc
+            finally:
+                self._queue.task_done()
+
+    def _check_worker(self) -> None:
+        if self._error is not None:
+            exc, self._error = self._error, None
+            raise TraceError(f"{self.path}: writing the trace failed in the background ({exc})") from exc
+
+    def flush(self) -> None:
+        """Wait until every step handed to :meth:`write` is in the file."""
+        if self._queue is not None and self._worker is not None:
+            self._queue.join()
+        self._check_worker()
 
     def on_step(self, step, indices, est) -> None:
         """The ``scenarios.train(on_step=…)`` hook: same as :meth:`write`."""
@@ -273,6 +338,11 @@ class TraceWriter:
         network = network if network is not None else self._network
         self._network = None
         try:
+            if self._worker is not None:
+                self._queue.put(None)
+                self._worker.join()
+                self._worker = None
+                self._check_worker()
             if self._layout is not None:
                 for d in (self._values, self._ints, self._indices, self._loss, self._meta):
                     if d is not None:

@@ -1,0 +1,92 @@
+"""Cost of tracing: training-step time with a trace written, divided by the time without.
+
+Quickstart network by default (64 → 256 → 256 → 256 → 10, batch 32, float32, ``ideal``
+device, digits), for DANP (noisy baseline) and BP. A step is ``rule.step`` (estimate →
+decorrelation → optimizer → apply) plus, when tracing, ``TraceWriter.write`` (pack the arrays
+into one row, crc32, one HDF5 write per per-step dataset, rewrite ``complete_steps``, flush).
+The variants — off, uncompressed, gzip, lzf, float16 — run in interleaved blocks on the same
+batches, and each ratio is the median block time over the median "off" block time, all from
+one run, so they are comparable on a busy machine.
+
+    python benchmarks/bench_trace.py [--steps 100] [--blocks 5] [--batch 32] [--sizes 64,256,256,256,10]
+
+Goal (issue 5): ≤ 1.2× with compression. Prints bytes per step (on disk) for each variant.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+
+import numpy as np
+
+import noisesim
+import rules
+import scenarios
+from noisesim.trace import TraceWriter
+
+VARIANTS = [
+    ("off", None),
+    ("none", {}),
+    ("gzip", {"compression": "gzip", "compression_opts": 1}),
+    ("lzf", {"compression": "lzf"}),
+    ("float16", {"float16": True}),
+    ("float16+lzf", {"float16": True, "compression": "lzf"}),
+]
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--steps", type=int, default=100, help="steps per block")
+    ap.add_argument("--blocks", type=int, default=5, help="interleaved blocks per variant")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--sizes", default="64,256,256,256,10")
+    ap.add_argument("--rules", default="danp,bp")
+    args = ap.parse_args(argv)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    data = scenarios.load("digits")
+    if sizes[0] != data.n_features:
+        raise SystemExit(f"the first size must be {data.n_features} (digits)")
+    rng = np.random.default_rng(0)
+    batches = []
+    for _ in range(args.steps):
+        idx = rng.choice(len(data.x_train), args.batch, replace=False)
+        batches.append((idx, data.x_train[idx], np.eye(sizes[-1], dtype=np.float32)[data.y_train[idx]]))
+    tmp = tempfile.mkdtemp(prefix="bench_trace_")
+    print(f"network {sizes}, batch {args.batch}, {args.steps} steps x {args.blocks} blocks per variant, "
+          f"backend numpy, float32, OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}")
+    for name in args.rules.split(","):
+        times = {v: [] for v, _ in VARIANTS}
+        nbytes = {}
+        for block in range(args.blocks):
+            for label, opts in VARIANTS:
+                net = noisesim.Network.mlp(sizes, device=noisesim.DeviceConfig.preset("ideal"), seed=0, backend="numpy")
+                rule = rules.make(name, lr=1e-3)
+                rule.init(net)
+                rule.step(net, batches[0][1], batches[0][2])  # warm-up (kernels, caches)
+                path = os.path.join(tmp, f"{name}-{label}.h5")
+                tw = TraceWriter(path, net, rule, **opts) if opts is not None else None
+                t0 = time.perf_counter()
+                for s, (idx, x, t) in enumerate(batches):
+                    est = rule.step(net, x, t)
+                    if tw is not None:
+                        tw.write(s + 1, idx, est)
+                times[label].append((time.perf_counter() - t0) / args.steps)
+                if tw is not None:
+                    tw.close(net)
+                    with noisesim.trace.open_trace(path) as r:
+                        nbytes[label] = sum(r.storage_bytes().values()) / r.complete_steps
+                    os.remove(path)
+        off = statistics.median(times["off"])
+        print(f"\n{rules.make(name).label}: step without tracing {off * 1e3:.2f} ms (median block)")
+        print(f"  {'variant':<13} {'ms/step':>8} {'ratio':>6} {'bytes/step':>11}")
+        for label, _ in VARIANTS:
+            m = statistics.median(times[label])
+            b = f"{nbytes[label]:>11,.0f}" if label in nbytes else f"{'-':>11}"
+            print(f"  {label:<13} {m * 1e3:>8.2f} {m / off:>6.2f} {b}")
+
+
+if __name__ == "__main__":
+    main()
