@@ -2,7 +2,6 @@
 cross-rule comparison, the CLI. Small networks so the whole file runs in seconds."""
 from __future__ import annotations
 
-import warnings
 
 import h5py
 import numpy as np
@@ -208,3 +207,22 @@ def test_cli_run_trace_two_rules_one_file_each(tmp_path):
     assert rc == 0
     assert (tmp_path / "q-danp-noisy.h5").exists() and (tmp_path / "q-bp.h5").exists()
     assert replay(tmp_path / "q-bp.h5").matches is True
+
+
+def test_trace_closed_before_any_step(tmp_path):
+    path = tmp_path / "empty.h5"
+    net = noisesim.Network.mlp(SIZES, seed=0, backend="numpy")
+    TraceWriter(path, net, rules.make("bp")).close()
+    d = noisesim.trace.info(path)
+    assert d["complete_steps"] == 0 and d["complete"] and d["stats"] == {}
+    assert "0 complete steps" in noisesim.trace.format_info(d)
+    res = replay(path)
+    assert res.steps == 0 and res.matches is True
+
+
+def test_noisesim_does_not_import_rules_at_module_level():
+    import subprocess
+    import sys
+
+    code = "import sys, noisesim, noisesim.trace; assert 'rules' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
