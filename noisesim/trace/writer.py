@@ -193,6 +193,7 @@ class TraceWriter:
         if offsets["float"] == 0:
             raise TraceError(f"{self.path}: the rule's estimate recorded no floating arrays")
         cols = list(META_FIXED) + [f"{e['name']}:{i}" for e in entries for i in range(len(e["shape"]))]
+        self._keys = [(src, key, layer) for src, key, layer, _ in items]
         self._layout = {"entries": entries, "values_width": offsets["float"], "ints_width": offsets["int"],
                         "max_batch": int(batch), "meta_columns": cols}
         chunk_opts = dict(compression=self.compression, compression_opts=self.compression_opts,
@@ -237,9 +238,10 @@ class TraceWriter:
         if self._layout is None:
             self._build_layout(items, len(idx))
         lay = self._layout
-        if len(items) != len(lay["entries"]):
-            raise TraceError(f"{self.path}: step {step} recorded {len(items)} arrays; the trace's layout "
-                             f"(set at its first step) has {len(lay['entries'])}")
+        keys = [(src, key, layer) for src, key, layer, _ in items]
+        if keys != self._keys:
+            raise TraceError(f"{self.path}: step {step} recorded the arrays {keys}; the trace's layout "
+                             f"(set at its first step) has {self._keys}")
         if len(idx) > lay["max_batch"]:
             raise TraceError(f"{self.path}: step {step} has a batch of {len(idx)}, larger than the first "
                              f"step's {lay['max_batch']}; start tracing with the largest batch")
