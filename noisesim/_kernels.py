@@ -1,7 +1,8 @@
 """Fused element-wise kernels behind one dispatch table.
 
-Each operation exists as a Numba kernel (NumPy arrays, CPU) and a CuPy version (GPU);
-the public wrappers validate once and dispatch on the array module of their inputs.
+Each operation exists as a Numba kernel (NumPy arrays, CPU, ``cache=True``) and a CuPy
+version (GPU) side by side; the public wrappers validate once and dispatch on the array
+module of their inputs. Nothing outside this module is backend-specific.
 
 Converter semantics (DAC and ADC alike), with ``b`` bits and bound ``B``:
 
@@ -10,8 +11,18 @@ Converter semantics (DAC and ADC alike), with ``b`` bits and bound ``B``:
 * ``b >= 2`` — symmetric mid-tread quantiser with ``2^(b-1) - 1`` positive levels, step
   ``Δ = B / (2^(b-1) - 1)``: ``q(x) = Δ · clip(round(x / Δ), -(2^(b-1)-1), 2^(b-1)-1)``.
   That is ``2^b - 1`` distinct codes (zero included), saturating exactly at ``±B``.
+
+Operations
+----------
+``convert``   DAC/ADC of a 2-D array, optionally after a per-row gain (input scaling).
+``epilogue``  one tile read's analog tail: ``ADC(g·(a + σ_r z_r + σ_n z_n + inj)) · post``,
+              optionally accumulated into a digital partial sum.
+``pulsed``    the pulsed update of every device (stochastic pulse counts, soft bounds,
+              asymmetry, cycle-to-cycle noise), see :mod:`noisesim.update`.
 """
 from __future__ import annotations
+
+import math
 
 import numba
 import numpy as np
@@ -54,53 +65,152 @@ def _convert_scalar(v, mode, half, step, bound):
     return v
 
 
-def _convert_body(x, out, mode, half, step, bound):
-    n, m = x.shape
-    s = x.dtype.type(step)
-    b = x.dtype.type(bound)
-    for i in numba.prange(n):
-        for j in range(m):
-            out[i, j] = _convert_scalar(x[i, j], mode, half, s, b)
+# Each kernel is a row body plus a parallel and a serial driver: small arrays (one sample,
+# a 32-row batch) run serially, because waking threads costs more than the work and, on a
+# loaded machine, numba's and OpenBLAS's spinning threads fight over the cores.
+_PARALLEL_MIN = 1 << 17
 
 
-def _epilogue_body(a, zr, rs, zn, ns, inj, has_r, has_n, has_inj, mode, half, step, bound):
-    n, m = a.shape
-    s = a.dtype.type(step)
-    b = a.dtype.type(bound)
-    for i in numba.prange(n):
-        r = rs[i] if has_r else 0.0
-        q = ns[i] if has_n else 0.0
-        for j in range(m):
-            v = a[i, j]
-            if has_r:
-                v += r * zr[i, j]
-            if has_n:
-                v += q * zn[i, j]
-            if has_inj:
-                v += inj[i, j]
-            a[i, j] = _convert_scalar(v, mode, half, s, b)
+@numba.njit(cache=True, inline="always")
+def _convert_row(x, out, i, gain, has_gain, mode, half, s, b):
+    g = gain[i] if has_gain else x.dtype.type(1.0)
+    for j in range(x.shape[1]):
+        out[i, j] = _convert_scalar(x[i, j] * g, mode, half, s, b)
 
 
-# Threads pay off only on large arrays: below this many elements the serial kernel wins,
-# and by a wide margin when other processes compete for the cores.
-_PARALLEL_MIN_SIZE = 1 << 16
-_convert_serial = numba.njit(cache=True)(_convert_body)
-_convert_parallel = numba.njit(cache=True, parallel=True)(_convert_body)
-_epilogue_serial = numba.njit(cache=True)(_epilogue_body)
-_epilogue_parallel = numba.njit(cache=True, parallel=True)(_epilogue_body)
+@numba.njit(cache=True, parallel=True)
+def _convert_par(x, out, gain, has_gain, mode, half, step, bound):
+    s, b = x.dtype.type(step), x.dtype.type(bound)
+    for i in numba.prange(x.shape[0]):
+        _convert_row(x, out, i, gain, has_gain, mode, half, s, b)
 
 
-def _convert_numba(x, out, *args):
-    (_convert_parallel if x.size >= _PARALLEL_MIN_SIZE else _convert_serial)(x, out, *args)
+@numba.njit(cache=True)
+def _convert_ser(x, out, gain, has_gain, mode, half, step, bound):
+    s, b = x.dtype.type(step), x.dtype.type(bound)
+    for i in range(x.shape[0]):
+        _convert_row(x, out, i, gain, has_gain, mode, half, s, b)
 
 
-def _epilogue_numba(a, *args):
-    (_epilogue_parallel if a.size >= _PARALLEL_MIN_SIZE else _epilogue_serial)(a, *args)
+@numba.njit(cache=True, inline="always")
+def _epilogue_row(a, out, i, zr, rs, zn, ns, inj, post, g, has_r, has_n, has_inj, has_post, acc,
+                  mode, half, s, b):
+    r = rs[i] if has_r else 0.0
+    q = ns[i] if has_n else 0.0
+    p = post[i] if has_post else 1.0
+    for j in range(a.shape[1]):
+        v = a[i, j]
+        if has_r:
+            v += r * zr[i, j]
+        if has_n:
+            v += q * zn[i, j]
+        if has_inj:
+            v += inj[i, j]
+        v = _convert_scalar(v * g, mode, half, s, b) * p
+        if acc:
+            out[i, j] += v
+        else:
+            out[i, j] = v
+
+
+@numba.njit(cache=True, parallel=True)
+def _epilogue_par(a, out, zr, rs, zn, ns, inj, post, gain, has_r, has_n, has_inj, has_post, acc,
+                  mode, half, step, bound):
+    s, b, g = a.dtype.type(step), a.dtype.type(bound), a.dtype.type(gain)
+    for i in numba.prange(a.shape[0]):
+        _epilogue_row(a, out, i, zr, rs, zn, ns, inj, post, g, has_r, has_n, has_inj, has_post, acc,
+                      mode, half, s, b)
+
+
+@numba.njit(cache=True)
+def _epilogue_ser(a, out, zr, rs, zn, ns, inj, post, gain, has_r, has_n, has_inj, has_post, acc,
+                  mode, half, step, bound):
+    s, b, g = a.dtype.type(step), a.dtype.type(bound), a.dtype.type(gain)
+    for i in range(a.shape[0]):
+        _epilogue_row(a, out, i, zr, rs, zn, ns, inj, post, g, has_r, has_n, has_inj, has_post, acc,
+                      mode, half, s, b)
+
+
+@numba.njit(cache=True, inline="always")
+def _pulsed_row(gp, gm, i, d, r, z, dws, bp, bm, tprog, w, w_scale, now, dw_min, asym, c2c,
+                has_z, has_dws, has_b, has_t, has_w):
+    one = gp.dtype.type(1.0)
+    for j in range(gp.shape[1]):
+        x = d[i, j] / dw_min
+        ax = abs(x)
+        n = math.floor(ax)
+        if r[i, j] < ax - n:
+            n += 1
+        if n == 0:
+            continue
+        s = dw_min * (dws[i, j] if has_dws else one)
+        hi = bp[i, j] if has_b else one
+        lo = bm[i, j] if has_b else one
+        u = gp[i, j] - gm[i, j]
+        if x > 0:
+            st = s * (1 + asym)
+            base = 1 - st / hi if hi > 0 else 0.0
+            if base < 0:
+                base = 0.0
+            v = hi - (hi - u) * base ** n
+        else:
+            st = s * (1 - asym)
+            base = 1 - st / lo if lo > 0 else 0.0
+            if base < 0:
+                base = 0.0
+            v = -lo + (u + lo) * base ** n
+        if has_z:
+            v += c2c * st * math.sqrt(n) * z[i, j]
+        if v > hi:
+            v = hi
+        elif v < -lo:
+            v = -lo
+        # the pair is rewritten with one device at zero (the standard differential mapping)
+        if v >= 0:
+            gp[i, j] = v
+            gm[i, j] = 0.0
+        else:
+            gp[i, j] = 0.0
+            gm[i, j] = -v
+        if has_t:
+            tprog[i, j] = now
+        if has_w:
+            w[i, j] = w_scale * v
+
+
+@numba.njit(cache=True, parallel=True)
+def _pulsed_par(gp, gm, d, r, z, dws, bp, bm, tprog, w, w_scale, now, dw_min, asym, c2c,
+                has_z, has_dws, has_b, has_t, has_w):
+    for i in numba.prange(gp.shape[0]):
+        _pulsed_row(gp, gm, i, d, r, z, dws, bp, bm, tprog, w, w_scale, now, dw_min, asym, c2c,
+                    has_z, has_dws, has_b, has_t, has_w)
+
+
+@numba.njit(cache=True)
+def _pulsed_ser(gp, gm, d, r, z, dws, bp, bm, tprog, w, w_scale, now, dw_min, asym, c2c,
+                has_z, has_dws, has_b, has_t, has_w):
+    for i in range(gp.shape[0]):
+        _pulsed_row(gp, gm, i, d, r, z, dws, bp, bm, tprog, w, w_scale, now, dw_min, asym, c2c,
+                    has_z, has_dws, has_b, has_t, has_w)
+
+
+def _numba(par, ser):
+    def run(first, *args):
+        (par if first.size >= _PARALLEL_MIN else ser)(first, *args)
+    run.__name__ = par.__name__
+    return run
+
+
+_convert_numba = _numba(_convert_par, _convert_ser)
+_epilogue_numba = _numba(_epilogue_par, _epilogue_ser)
+_pulsed_numba = _numba(_pulsed_par, _pulsed_ser)
 
 
 # --------------------------------------------------------------------------- cupy (GPU)
-def _convert_cupy(x, out, mode, half, step, bound):
+def _convert_cupy(x, out, gain, has_gain, mode, half, step, bound):
     xp = get_array_module(x)
+    if has_gain:
+        x = x * gain[:, None]
     if mode == _MODE_CLIP:
         xp.clip(x, -bound, bound, out=out)
     elif mode == _MODE_QUANT:
@@ -111,19 +221,80 @@ def _convert_cupy(x, out, mode, half, step, bound):
         out[...] = x
 
 
-def _epilogue_cupy(a, zr, rs, zn, ns, inj, has_r, has_n, has_inj, mode, half, step, bound):
+def _epilogue_cupy(a, out, zr, rs, zn, ns, inj, post, gain, has_r, has_n, has_inj, has_post, acc,
+                   mode, half, step, bound):
+    v = a if not acc else a.copy()
     if has_r:
-        a += rs[:, None] * zr
+        v += rs[:, None] * zr
     if has_n:
-        a += ns[:, None] * zn
+        v += ns[:, None] * zn
     if has_inj:
-        a += inj
-    _convert_cupy(a, a, mode, half, step, bound)
+        v += inj
+    if gain != 1.0:
+        v *= v.dtype.type(gain)
+    _convert_cupy(v, v, None, False, mode, half, step, bound)
+    if has_post:
+        v *= post[:, None]
+    if acc:
+        out += v
+    elif out is not v:
+        out[...] = v
+
+
+_PULSED_CUPY = None
+_PULSED_SRC = r"""
+T x = d / dw_min;
+T ax = fabs(x);
+T n = floor(ax);
+if (r < ax - n) n += 1;
+if (n > 0) {
+    T s = dw_min * dws;
+    T u = gp - gm;
+    T v, st, base;
+    if (x > 0) {
+        st = s * (1 + asym);
+        base = bp > 0 ? 1 - st / bp : 0;
+        if (base < 0) base = 0;
+        v = bp - (bp - u) * pow(base, n);
+    } else {
+        st = s * (1 - asym);
+        base = bm > 0 ? 1 - st / bm : 0;
+        if (base < 0) base = 0;
+        v = -bm + (u + bm) * pow(base, n);
+    }
+    v += c2c * st * sqrt(n) * z;
+    if (v > bp) v = bp;
+    if (v < -bm) v = -bm;
+    gp = v >= 0 ? v : (T)0;
+    gm = v >= 0 ? (T)0 : -v;
+    tprog = now;
+    w = w_scale * v;
+}
+"""
+
+
+def _pulsed_cupy(gp, gm, d, r, z, dws, bp, bm, tprog, w, w_scale, now, dw_min, asym, c2c,
+                 has_z, has_dws, has_b, has_t, has_w):
+    global _PULSED_CUPY
+    import cupy
+
+    if _PULSED_CUPY is None:
+        _PULSED_CUPY = cupy.ElementwiseKernel(
+            "T d, T r, T z, T dws, T bp, T bm, T w_scale, T dw_min, T asym, T c2c, T now",
+            "T gp, T gm, T tprog, T w", _PULSED_SRC, "noisesim_pulsed",
+        )
+    t = gp.dtype.type
+    _PULSED_CUPY(
+        d, r, z if has_z else t(0), dws if has_dws else t(1), bp if has_b else t(1),
+        bm if has_b else t(1), t(w_scale), t(dw_min), t(asym), t(c2c if has_z else 0), t(now),
+        gp, gm, tprog if has_t else cupy.empty_like(gp), w if has_w else cupy.empty_like(gp),
+    )
 
 
 _DISPATCH = {
     "convert": {"numpy": _convert_numba, "cupy": _convert_cupy},
     "epilogue": {"numpy": _epilogue_numba, "cupy": _epilogue_cupy},
+    "pulsed": {"numpy": _pulsed_numba, "cupy": _pulsed_cupy},
 }
 
 
@@ -135,40 +306,85 @@ def _empty2(a):
     return a[:0, :0]
 
 
-def convert(x, bits, bound, out=None):
-    """DAC/ADC conversion of a 2-D array (see module docstring); returns ``out``."""
+def convert(x, bits, bound, out=None, *, gain=None):
+    """DAC/ADC conversion of a 2-D array: ``out = q(gain[:, None] · x)``; returns ``out``.
+
+    ``gain`` (per row, optional) is the digital input scaling applied before the converter.
+    """
     mode, half, step, b = converter_params(bits, bound)
-    if out is None:
-        out = x.copy() if mode == _MODE_NONE else get_array_module(x).empty_like(x)
-    if mode == _MODE_NONE:
+    xp = get_array_module(x)
+    if mode == _MODE_NONE and gain is None:
+        if out is None:
+            return x.copy()
         if out is not x:
             out[...] = x
         return out
-    _impl("convert", x)(x, out, mode, half, step, b)
+    if out is None:
+        out = xp.empty_like(x)
+    has_gain = gain is not None
+    _impl("convert", x)(x, out, gain if has_gain else x[0, :0], has_gain, mode, half, step, b)
     return out
 
 
-def read_epilogue(a, *, read_z=None, read_std=None, node_z=None, node_std=None, inject=None, bits=None, bound=None):
-    """In place: ``a ← ADC(a + read_std·read_z + node_std·node_z + inject)``.
+def read_epilogue(a, *, read_z=None, read_std=None, node_z=None, node_std=None, inject=None,
+                  bits=None, bound=None, gain=1.0, post=None, out=None):
+    """``out (+)= ADC(gain · (a + read_std·read_z + node_std·node_z + inject)) · post``.
 
-    ``read_std`` and ``node_std`` are per-row (per-sample) stds of shape ``(M,)``;
-    ``read_z``, ``node_z`` and ``inject`` have the shape of ``a``.
+    ``read_std``, ``node_std`` and ``post`` are per-row arrays of shape ``(M,)``; ``read_z``,
+    ``node_z`` and ``inject`` have the shape of ``a``. ``gain`` (a scalar) maps the analog
+    output onto the ADC's full scale and ``post`` maps the code back to pre-activation units.
+    ``out=None`` works in place on ``a``; otherwise the result is *added* to ``out`` (the
+    digital partial sum over tiles). Returns the result array.
     """
     if a.ndim != 2:
         raise ValueError(f"read_epilogue expects a 2-D array, got shape {a.shape}")
     mode, half, step, b = converter_params(bits, bound)
-    has_r, has_n, has_inj = read_z is not None, node_z is not None, inject is not None
-    if not (has_r or has_n or has_inj) and mode == _MODE_NONE:
+    has_r, has_n, has_inj, has_post = read_z is not None, node_z is not None, inject is not None, post is not None
+    acc = out is not None
+    if not (has_r or has_n or has_inj or has_post or acc) and mode == _MODE_NONE and gain == 1.0:
         return a
     e2 = _empty2(a)
     e1 = a[0, :0]
     _impl("epilogue", a)(
-        a,
-        read_z if has_r else e2,
-        read_std if has_r else e1,
-        node_z if has_n else e2,
-        node_std if has_n else e1,
-        inject if has_inj else e2,
-        has_r, has_n, has_inj, mode, half, step, b,
+        a, out if acc else a,
+        read_z if has_r else e2, read_std if has_r else e1,
+        node_z if has_n else e2, node_std if has_n else e1,
+        inject if has_inj else e2, post if has_post else e1, float(gain),
+        has_r, has_n, has_inj, has_post, acc, mode, half, step, b,
     )
-    return a
+    return out if acc else a
+
+
+def pulsed_update(gp, gm, d, r, *, dw_min, asymmetry=0.0, c2c=0.0, z=None, dw_scale=None,
+                  bound_up=None, bound_down=None, tprog=None, now=0.0, w=None, w_scale=1.0):
+    """In place: the pulsed update of differential pairs ``(gp, gm)`` by desired steps ``d``.
+
+    All quantities are normalised to the nominal ``g_max`` (the weight is ``u = gp − gm``).
+    Per device, ``n = ⌊|d|/dw_min⌋ + Bernoulli(frac(|d|/dw_min))`` pulses (``r`` uniform on
+    [0, 1)) of size ``s± = dw_min · dw_scale · (1 ± asymmetry)``; with soft bounds
+    ``b⁺ = bound_up``, ``b⁻ = bound_down`` (1 when ``None``) the closed form of ``n`` pulses is
+
+        u ← b⁺ − (b⁺ − u)(1 − s⁺/b⁺)ⁿ   (up),      u ← −b⁻ + (u + b⁻)(1 − s⁻/b⁻)ⁿ   (down),
+
+    plus cycle-to-cycle noise ``c2c · s± · √n · z``, clipped to ``[−b⁻, b⁺]``; the pair is
+    rewritten as ``(max(u, 0), max(−u, 0))``. Devices that received a pulse get
+    ``tprog = now`` (their drift clock restarts) and, when ``w`` is given, ``w = w_scale · u``.
+    """
+    if not (gp.shape == gm.shape == d.shape == r.shape):
+        raise ValueError(f"pulsed_update: shapes {gp.shape}, {gm.shape}, {d.shape}, {r.shape} differ")
+    e2 = _empty2(gp)
+    has_z = z is not None and c2c > 0
+    has_dws = dw_scale is not None
+    has_b = bound_up is not None
+    has_t = tprog is not None
+    has_w = w is not None
+    if has_b and bound_down is None:
+        raise ValueError("pulsed_update: bound_down is needed with bound_up")
+    t = gp.dtype.type
+    _impl("pulsed", gp)(
+        gp, gm, d, r, z if has_z else e2, dw_scale if has_dws else e2,
+        bound_up if has_b else e2, bound_down if has_b else e2, tprog if has_t else e2,
+        w if has_w else e2, t(w_scale), t(now), t(dw_min), t(asymmetry), t(c2c),
+        has_z, has_dws, has_b, has_t, has_w,
+    )
+    return gp, gm

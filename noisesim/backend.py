@@ -160,9 +160,21 @@ class Generator:
         else:
             self._g = np.random.Generator(np.random.PCG64(seed_seq))
 
-    def normal(self, shape, scale=1.0, dtype=None):
-        """Gaussian N(0, scale²) of the backend dtype."""
-        z = self._g.standard_normal(size=shape, dtype=dtype or self.backend.dtype)
+    def normal(self, shape, scale=1.0, dtype=None, out=None):
+        """Gaussian N(0, scale²) of the backend dtype (written into ``out`` when given).
+
+        With ``out`` the same numbers are drawn as without it; it only saves the allocation.
+        """
+        if out is not None:
+            if tuple(out.shape) != tuple(shape):
+                raise ValueError(f"normal: out has shape {out.shape}, expected {tuple(shape)}")
+            if self.backend.name == "cupy":
+                out[...] = self._g.standard_normal(size=shape, dtype=out.dtype)
+            else:
+                self._g.standard_normal(dtype=out.dtype, out=out)
+            z = out
+        else:
+            z = self._g.standard_normal(size=shape, dtype=dtype or self.backend.dtype)
         if np.isscalar(scale) and scale == 1.0:
             return z
         z *= scale

@@ -22,6 +22,8 @@ from typing import Any
 
 ACCESS_LEVELS = ("observe", "clean", "inject", "backward", "oracle")
 UPDATE_MODELS = ("ideal", "pulsed", "write_verify")
+W_MAX_MODES = ("absolute", "init")
+IO_SCALINGS = ("none", "abs_max")
 
 _INF = math.inf
 
@@ -38,6 +40,7 @@ _RANGES: dict[str, dict] = {
     "prog_noise": _range(0, 1),
     "read_noise": _range(0, 10),
     "node_noise": _range(0, 10),
+    "out_noise": _range(0, 10),
     "in_bits": _range(1, 24, optional=True, integer=True),
     "in_bound": _range(0, _INF, lo_open=True, hi_open=True, optional=True),
     "out_bits": _range(1, 24, optional=True, integer=True),
@@ -93,36 +96,57 @@ class DeviceConfig:
         Weight range: weights are mapped to a differential conductance pair
         ``w = w_max (G⁺ − G⁻) / g_max`` and clipped to ``[-w_max, w_max]``. ``None``: unbounded
         weights, no conductance mapping (the ideal software setting).
+    w_max_mode : {"absolute", "init"}
+        ``"absolute"``: ``w_max`` is in weight units. ``"init"``: each layer's range is
+        ``w_max · max|W₀|`` of its own initial weights — aihwkit's per-layer weight scaling
+        (``weight_scaling_omega = 1/w_max``), so one preset suits every layer width.
     g_max : float
         Maximum conductance in µS (only its ratio to noise parameters matters).
     n_levels : int or None
         Number of programmable conductance levels per device (``None``: continuous).
     prog_noise : float
         Programming (write) noise std, relative to ``g_max``, on every programming event.
+    prog_noise_poly : tuple of float
+        Conductance-dependent programming noise added to ``prog_noise``:
+        ``σ(G)/g_max = Σ_k c_k (G/g_max)^k`` (aihwkit's PCM polynomial divided by ``g_max``).
     read_noise : float
         Per-MVM read noise. Each output receives a fresh Gaussian of std
         ``read_noise · w_max · ‖x‖₂`` (exact in distribution for i.i.d. per-device noise of std
         ``read_noise · w_max``); with ``w_max=None`` the std is ``read_noise · ‖x‖₂``.
     node_noise : float
-        Std of the intrinsic, unreadable noise added to every pre-activation (before the ADC).
+        Std of the intrinsic, unreadable noise added to every pre-activation (before the ADC),
+        in pre-activation units.
+    out_noise : float
+        Analog output noise before the ADC, relative to full scale: std ``out_noise · w_max · s``
+        with ``s`` the input scale (``max|x|`` per sample under ``io_scaling="abs_max"``, else 1).
+        Drawn from the same ``node`` stream and gated by ``clean`` like ``node_noise``.
     in_bits, in_bound : int or None, float or None
         Input DAC resolution and clipping bound ``[-in_bound, in_bound]`` (``in_bound=None``:
         no DAC).
     out_bits, out_bound : int or None, float or None
         Output ADC resolution and saturation bound (``out_bound=None``: no ADC).
+    io_scaling : {"none", "abs_max"}
+        ``"abs_max"``: each input row is divided by its ``max|x|`` before the DAC and the
+        output multiplied back (aihwkit's noise management); ``in_bound`` is then relative to
+        ``max|x|`` and ``out_bound`` relative to ``w_max · max|x|``. ``"none"``: both bounds are
+        in the units of ``x`` and of the pre-activation.
     tile_rows, tile_cols : int or None
         Physical tile size; larger matrices are split, each tile with its own ADC.
     drift_nu, drift_nu_std, t0 : float
         Conductance drift ``g(t) = g₀ (t/t₀)^(−ν)``, ``ν ~ N(drift_nu, drift_nu_std²)`` per device.
     stuck_off, stuck_on : float
-        Fractions of devices stuck at 0 or at ``g_max`` (fixed at fabrication).
+        Fractions of devices stuck at 0 or at their ``g_max`` (fixed at fabrication; each device
+        of a differential pair fails independently).
     d2d : float
-        Relative device-to-device variation of ``g_max`` and of the update step.
+        Relative device-to-device variation, fixed at fabrication: each device's maximum
+        conductance is ``g_max (1 + d2d ξ)`` and, under ``update="pulsed"``, each weight's step
+        is ``dw_min (1 + d2d ξ')`` (``ξ, ξ' ~ N(0, 1)``, clipped at zero).
     update : {"ideal", "pulsed", "write_verify"}
-        Update model applied by :meth:`Network.apply_update`.
+        Update model applied by :meth:`Network.apply_update` (see :mod:`noisesim.update`).
     dw_min, asymmetry, c2c : float
-        Pulsed update: minimal step (relative to the weight range), up/down asymmetry and
-        cycle-to-cycle noise (relative to ``dw_min``).
+        Pulsed update: minimal step relative to ``w_max`` (``0.0016`` ≈ 1 250 states over
+        ``[-w_max, w_max]``), up/down asymmetry (up steps ``× (1 + asymmetry)``, down steps
+        ``× (1 − asymmetry)``) and cycle-to-cycle noise of each step, relative to the step.
     access : tuple of str
         Access levels the device grants to learning rules (see module docstring).
     """
@@ -150,12 +174,27 @@ class DeviceConfig:
     asymmetry: float = 0.0
     c2c: float = 0.0
     access: tuple = field(default=("observe",))
+    w_max_mode: str = "absolute"
+    prog_noise_poly: tuple = ()
+    out_noise: float = 0.0
+    io_scaling: str = "none"
 
     def __post_init__(self):
         for name in _RANGES:
             _check(name, getattr(self, name))
-        if self.update not in UPDATE_MODELS:
-            raise ValueError(f"DeviceConfig.update={self.update!r} is not known; allowed: {list(UPDATE_MODELS)}")
+        for name, allowed in (("update", UPDATE_MODELS), ("w_max_mode", W_MAX_MODES), ("io_scaling", IO_SCALINGS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"DeviceConfig.{name}={getattr(self, name)!r} is not known; allowed: {list(allowed)}")
+        poly = self.prog_noise_poly
+        if isinstance(poly, (str, bytes)) or not hasattr(poly, "__iter__"):
+            raise ValueError(f"DeviceConfig.prog_noise_poly={poly!r} must be a sequence of at most 4 numbers")
+        poly = tuple(poly)
+        if len(poly) > 4 or not all(isinstance(c, (int, float)) and not isinstance(c, bool) and math.isfinite(c) and abs(c) <= 1 for c in poly):
+            raise ValueError(
+                f"DeviceConfig.prog_noise_poly={poly!r} is out of range; allowed: at most 4 finite "
+                "coefficients in [-1, 1] (relative to g_max)"
+            )
+        object.__setattr__(self, "prog_noise_poly", tuple(float(c) for c in poly))
         access = self.access
         if isinstance(access, str):
             access = (access,)
@@ -176,7 +215,7 @@ class DeviceConfig:
                 raise ValueError(f"DeviceConfig.{bound}=None is not allowed when {bits} is set; allowed range: (0, ∞)")
         if self.update != "ideal" and self.w_max is None:
             raise ValueError(f"DeviceConfig.update={self.update!r} needs a weight range: set w_max in (0, ∞)")
-        for name in ("n_levels", "prog_noise", "stuck_off", "stuck_on", "d2d", "drift_nu"):
+        for name in ("n_levels", "prog_noise", "prog_noise_poly", "stuck_off", "stuck_on", "d2d", "drift_nu"):
             if getattr(self, name) and self.w_max is None:
                 raise ValueError(f"DeviceConfig.{name}={getattr(self, name)!r} needs a conductance mapping: set w_max in (0, ∞)")
 
@@ -213,6 +252,7 @@ class DeviceConfig:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["access"] = list(self.access)
+        d["prog_noise_poly"] = list(self.prog_noise_poly)
         return d
 
     def to_json(self) -> str:
@@ -226,4 +266,6 @@ class DeviceConfig:
         d = dict(d)
         if "access" in d:
             d["access"] = tuple(d["access"])
+        if "prog_noise_poly" in d:
+            d["prog_noise_poly"] = tuple(d["prog_noise_poly"])
         return cls(**d)

@@ -23,6 +23,7 @@ from .backend import Backend, Streams, get_backend, to_numpy
 from .config import DeviceConfig
 from .errors import AccessError, DivergenceError
 from .tile import Tile
+from . import drift
 
 
 @dataclass
@@ -85,7 +86,9 @@ class Network:
         for l in range(1, len(weights)):
             if weights[l].shape[1] != weights[l - 1].shape[0]:
                 raise ValueError(f"layer {l} expects {weights[l].shape[1]} inputs but layer {l-1} has {weights[l-1].shape[0]} outputs")
-        self.tiles = [Tile(w, device, self.backend) for w in weights]
+        # Tiles are built in layer order from the network's streams, so each layer's
+        # fabrication draws (faults, d2d, drift exponents) are fixed by the seed.
+        self.tiles = [Tile(w, device, self.backend, streams=self.streams) for w in weights]
         self.sizes = [weights[0].shape[1]] + [w.shape[0] for w in weights]
         self._R: list = [None] * len(self.tiles)
         if decorrelate:
@@ -192,17 +195,20 @@ class Network:
             raise ValueError(f"passes={passes!r} must be at least 1")
         xp = self.xp
         prefix = "" if purpose == "train" else f"{purpose}/"
-        node_std = None
+        node_std = gate = None
         if self.device.node_noise > 0:
             node_std = xp.full(P * B, self.device.node_noise, dtype=self.dtype)
         if clean is not None and any(clean):
             self.require("a clean (noise-gated) pass", ["clean"])
             if len(clean) != P:
                 raise ValueError(f"clean has {len(clean)} entries for {P} passes")
+            # the clean switch gates the intrinsic node and output noise, never the read noise
+            gate = xp.ones(P * B, dtype=self.dtype)
+            for k, c in enumerate(clean):
+                if c:
+                    gate[k * B:(k + 1) * B] = 0
             if node_std is not None:
-                for k, c in enumerate(clean):
-                    if c:
-                        node_std[k * B:(k + 1) * B] = 0
+                node_std *= gate
         if inject is not None:
             self.require("an injected perturbation", ["inject"])
             if len(inject) != self.n_layers:
@@ -216,12 +222,32 @@ class Network:
             inj = None
             if inject is not None and inject[l] is not None:
                 inj = self.backend.asarray(inject[l]).reshape(P * B, tile.n_out)
-            a = tile.read(xs, read_rng=read_rng, node_rng=node_rng, node_std=node_std, inject=inj)
+            a = tile.read(xs, read_rng=read_rng, node_rng=node_rng, node_std=node_std, inject=inj, gate=gate)
             h = self.act(l, a)
             inputs.append(xs.reshape(P, B, -1))
             pre.append(a.reshape(P, B, -1))
             post.append(h.reshape(P, B, -1))
         return Pass(inputs, pre, post, passes=P, stacked=True)
+
+    # -- device time (conductance drift) -------------------------------------------------------
+    @property
+    def time(self) -> float:
+        """Device time in seconds since fabrication (0 at construction)."""
+        return self.tiles[0].time
+
+    def set_time(self, t: float) -> None:
+        """Set the device clock to ``t ≥ 0`` seconds; drifted weights are recomputed once.
+
+        Each device drifts as ``(max(t − t_prog, t₀)/t₀)^(−ν)`` from its last programming.
+        """
+        t = drift.check_time(t, "t")
+        for tile in self.tiles:
+            tile.set_time(t)
+
+    def advance_time(self, dt: float) -> None:
+        """Advance the device clock by ``dt ≥ 0`` seconds (see :meth:`set_time`)."""
+        dt = drift.check_time(dt, "dt")
+        self.set_time(self.time + dt)
 
     # -- transposed reads and references --------------------------------------------------------
     def backward_read(self, l: int, d):
@@ -310,15 +336,17 @@ class Network:
         P = next((int(o.shape[0]) for o in omega if o is not None), 1)
         x = self._check_input(x)
         B, xp = x.shape[0], self.xp
-        node_std = None
+        node_std = gate = None
         if self.device.node_noise > 0:
             node_std = xp.full(P * B, self.device.node_noise, dtype=self.dtype)
         if clean is not None and any(clean):
             self.require("a clean (noise-gated) pass", ["clean"])
             if len(clean) != P:
                 raise ValueError(f"clean has {len(clean)} entries for {P} passes")
+            # the same switch as in forward_stacked: gates node and output noise, not read noise
+            gate = xp.repeat(xp.asarray([0 if c else 1 for c in clean], dtype=self.dtype), B)
             if node_std is not None:
-                node_std.reshape(P, B)[xp.asarray([bool(c) for c in clean])] = 0
+                node_std *= gate
         prefix = "" if purpose == "train" else f"{purpose}/"
         read_rng, node_rng = self.streams.get(prefix + "read"), self.streams.get(prefix + "node")
         h = xp.tile(x, (P, 1)) if P > 1 else x
@@ -332,7 +360,7 @@ class Network:
                 if om.shape != (P, tile.n_out, tile.n_in):
                     raise ValueError(f"omega[{l}] has shape {tuple(om.shape)}, expected {(P, tile.n_out, tile.n_in)}")
                 inj = (xs.reshape(P, B, -1) @ xp.swapaxes(om, 1, 2)).reshape(P * B, tile.n_out)
-            a = tile.read(xs, read_rng=read_rng, node_rng=node_rng, node_std=node_std, inject=inj)
+            a = tile.read(xs, read_rng=read_rng, node_rng=node_rng, node_std=node_std, inject=inj, gate=gate)
             h = self.act(l, a)
             inputs.append(xs.reshape(P, B, -1))
             pre.append(a.reshape(P, B, -1))

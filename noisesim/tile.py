@@ -1,98 +1,251 @@
 """A crossbar tile: one weight matrix held in (simulated) analog conductances.
 
-One read of ``x`` (rows are samples) computes, in order:
+One read of ``x`` (rows are samples) computes, per physical tile, in order:
 
-1. input DAC: clip ``x`` to ``[-in_bound, in_bound]`` and quantise to ``in_bits``;
-2. the analog MVM ``a = x Wᵀ`` with the programmed weights;
-3. fresh read noise, per output ``N(0, (read_noise · w_max · ‖x‖₂)²)`` — the exact
+1. input scaling and DAC: with ``io_scaling="abs_max"`` each row is divided by
+   ``s = max|x|`` (digital); then clip to ``[-in_bound, in_bound]`` and quantise to ``in_bits``;
+2. the analog MVM ``a = x̂ Wᵀ`` with the programmed, drifted, faulty conductances
+   (``W = w_max (G⁺ − G⁻)``, precomputed once per change of state or time);
+3. fresh read noise, per output ``N(0, (read_noise · w_max · ‖x̂‖₂)²)`` — the exact
    distribution of i.i.d. per-device read noise of std ``read_noise · w_max``;
-4. intrinsic node noise ``N(0, node_noise²)`` on every pre-activation (unreadable; it can be
-   gated off per pass when the device grants ``clean``), plus any injected perturbation;
-5. output ADC: saturate at ``out_bound`` and quantise to ``out_bits``.
+4. intrinsic node noise ``N(0, node_noise²)`` (pre-activation units) and analog output noise
+   ``N(0, (out_noise · w_max · s)²)`` on every output, plus any injected perturbation — all
+   *before* the ADC, so a perturbation below one ADC step can vanish;
+5. output ADC: saturate at ``out_bound`` and quantise to ``out_bits`` (relative to
+   ``w_max · s`` under ``abs_max``), then the code is scaled back to pre-activation units;
+6. tiling: the input dimension is split into ``tile_rows``-row tiles, each with its own read
+   noise, node/output noise and ADC; partial sums are added digitally. (Output columns are
+   independent per ADC already, so ``tile_cols`` changes only the transposed read.)
 
-Weights change only through :meth:`Tile.apply` (the device update model) or
-:meth:`Tile.program`.
+With ``w_max=None`` there is no conductance mapping: the weights are exact numbers and only
+steps 1 and 3–6 apply (the ``ideal`` preset). Weights change only through :meth:`Tile.apply`
+(the device update model, :mod:`noisesim.update`) or :meth:`Tile.program`.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from . import _kernels
-from .backend import Backend, Generator
+from . import _kernels, conductance, drift, update
+from .backend import Backend, Generator, Streams
 from .config import DeviceConfig
 
 
 class Tile:
-    """A weight matrix ``W`` of shape ``(n_out, n_in)`` on a simulated crossbar."""
+    """A weight matrix ``W`` of shape ``(n_out, n_in)`` on a simulated crossbar.
 
-    def __init__(self, w0: np.ndarray, config: DeviceConfig, backend: Backend):
-        w0 = np.asarray(w0)
+    Parameters
+    ----------
+    w0 : array (n_out, n_in)
+        Initial target weights; programmed once (a programming event).
+    config : DeviceConfig
+    backend : Backend
+    streams : Streams, optional
+        Named random streams (``programming``, ``faults``, ``d2d``, ``drift``, ``update``,
+        ``c2c``); a network passes its own so fabrication draws follow the layer order.
+    """
+
+    def __init__(self, w0, config: DeviceConfig, backend: Backend, *, streams: Streams | None = None):
+        w0 = np.asarray(w0) if not hasattr(w0, "__cuda_array_interface__") else w0
         if w0.ndim != 2:
             raise ValueError(f"Tile weights must be 2-D (n_out, n_in), got shape {w0.shape}")
         self.config = config
         self.backend = backend
+        self.xp = backend.xp
+        self.dtype = backend.dtype
+        self.streams = streams if streams is not None else Streams(0, backend)
         self.n_out, self.n_in = w0.shape
-        self._w = backend.asarray(w0)
-        self.program(self._w)
+        self.time = 0.0
+        self._buf: dict = {}
+        w0 = backend.asarray(w0)
+        c = config
+        self.mapped = c.w_max is not None
+        if self.mapped:
+            scale = float(self.xp.abs(w0).max()) if c.w_max_mode == "init" else 1.0
+            self.w_max = float(c.w_max) * (scale if scale > 0 else 1.0)
+        else:
+            self.w_max = None
+        shape = (self.n_out, self.n_in)
+        if self.mapped:
+            self.fab = conductance.fabricate(shape, c, self.streams, self.xp, self.dtype)
+            self._nu_p, self._nu_m = drift.exponents(shape, c, self.streams, self.xp, self.dtype)
+            self._tprog = self.xp.zeros(shape, self.dtype) if self._nu_p is not None else None
+        self._target = None
+        self._w = w0
+        self.program(w0)
 
     # -- state --------------------------------------------------------------------------
+    @property
+    def drifts(self) -> bool:
+        return self.mapped and self._nu_p is not None
+
     def program(self, w) -> None:
-        """Program target weights (a programming event): clip to the weight range."""
-        w = self.backend.asarray(w)
-        if w.shape != (self.n_out, self.n_in):
-            raise ValueError(f"Tile.program: weights of shape {w.shape}, expected {(self.n_out, self.n_in)}")
-        if self.config.w_max is not None:
-            w = self.backend.xp.clip(w, -self.config.w_max, self.config.w_max)
-        self._w = w if w.flags.c_contiguous else self.backend.xp.ascontiguousarray(w)
+        """A programming event: write target weights ``w`` (clipped to ``[-w_max, w_max]``).
+
+        Levels, programming noise and device bounds apply; stuck devices stay stuck; every
+        device restarts its drift clock.
+        """
+        w = self._check_shape("program", w)
+        if not self.mapped:
+            self._w = w if w.flags.c_contiguous and w is not self._w else self.xp.array(w, order="C")
+            return
+        xp = self.xp
+        target = xp.clip(w, -self.w_max, self.w_max)
+        self._gp, self._gm = (g.astype(self.dtype, copy=False) for g in conductance.program(
+            target / self.w_max, self.config, self.fab, self.streams.get("programming"), xp))
+        if self.config.update == "write_verify":
+            self._target = xp.array(target, dtype=self.dtype, order="C")
+        if self._tprog is not None:
+            self._tprog[...] = self.time
+        self._refresh()
 
     def restore(self, w) -> None:
-        """Set the exact weights (checkpoint restore; no programming noise, no update model)."""
+        """Set exact weights (checkpoint restore): no levels, no noise, no update model.
+
+        With a conductance mapping the pair is rewritten from ``w`` (clipped to each device's
+        range) and the drift clock restarts; stuck devices stay stuck.
+        """
+        w = self._check_shape("restore", w)
+        if not self.mapped:
+            self._w = self.xp.array(w, copy=True, order="C")
+            return
+        xp = self.xp
+        gp, gm = conductance.clip_pair(*conductance.split(w / self.w_max, xp), self.fab, xp)
+        self._gp, self._gm = gp.astype(self.dtype), gm.astype(self.dtype)
+        if self._target is not None:
+            self._target = xp.array(xp.clip(w, -self.w_max, self.w_max), dtype=self.dtype, order="C")
+        if self._tprog is not None:
+            self._tprog[...] = self.time
+        self._refresh()
+
+    def _check_shape(self, what, w):
         w = self.backend.asarray(w)
         if w.shape != (self.n_out, self.n_in):
-            raise ValueError(f"Tile.restore: weights of shape {w.shape}, expected {(self.n_out, self.n_in)}")
-        self._w = self.backend.xp.array(w, copy=True, order="C")
+            raise ValueError(f"Tile.{what}: weights of shape {tuple(w.shape)}, expected {(self.n_out, self.n_in)}")
+        return w
+
+    def _refresh(self) -> None:
+        """Recompute the effective weights ``W = w_max (G⁺_eff − G⁻_eff)`` (drift, faults)."""
+        xp = self.xp
+        gp, gm = self._gp, self._gm
+        if self.drifts:
+            t0 = self.config.t0
+            gp = gp * drift.factor(self._nu_p, self.time, self._tprog, t0, xp)
+            gm = gm * drift.factor(self._nu_m, self.time, self._tprog, t0, xp)
+        gp, gm = conductance.apply_faults(gp, gm, self.fab, xp)
+        w = (gp - gm)
+        w *= self.w_max
+        self._w = xp.ascontiguousarray(w, dtype=self.dtype)
+
+    def set_time(self, t: float) -> None:
+        """Set the device clock (seconds); drifting tiles recompute their effective weights."""
+        t = drift.check_time(t)
+        self.time = t
+        if self.drifts:
+            self._refresh()
 
     def weights(self):
         """The effective weights the analog MVM uses right now (oracle access)."""
         return self._w
 
+    def conductances(self, *, programmed: bool = False):
+        """``(G⁺, G⁻)`` in µS: effective now (drifted, faulty) or as ``programmed``.
+
+        Raises ``ValueError`` without a conductance mapping (``w_max=None``).
+        """
+        if not self.mapped:
+            raise ValueError("this tile has no conductance mapping (DeviceConfig.w_max=None)")
+        xp, g = self.xp, self.config.g_max
+        gp, gm = self._gp, self._gm
+        if not programmed:
+            if self.drifts:
+                gp = gp * drift.factor(self._nu_p, self.time, self._tprog, self.config.t0, xp)
+                gm = gm * drift.factor(self._nu_m, self.time, self._tprog, self.config.t0, xp)
+            gp, gm = conductance.apply_faults(gp, gm, self.fab, xp)
+        return (gp * g).astype(self.dtype, copy=False), (gm * g).astype(self.dtype, copy=False)
+
     def apply(self, delta) -> None:
-        """Apply an update ``W ← W + delta`` through the device update model (``ideal``)."""
-        self.program(self._w + delta)
+        """Apply an update ``W ← W + delta`` through the device update model."""
+        delta = self._check_shape("apply", delta)
+        if not self.mapped:  # exact software weights: the ideal update is the only model
+            self._w = self._w + delta
+            return
+        direct = update.MODELS[self.config.update](self, delta)
+        if not direct:
+            self._refresh()
 
     # -- reads ---------------------------------------------------------------------------
-    def _read_std(self, x):
-        c = self.config
-        scale = c.read_noise * (c.w_max if c.w_max is not None else 1.0)
-        return scale * self.backend.xp.sqrt((x * x).sum(axis=1))
+    def _noise(self, rng: Generator, name: str, shape):
+        buf = self._buf.get(name)
+        if buf is None or buf.shape != shape:
+            buf = self._buf[name] = self.xp.empty(shape, self.dtype)
+        return rng.normal(shape, out=buf)
 
-    def read(self, x, *, read_rng: Generator, node_rng: Generator, node_std=None, inject=None):
+    def _analog(self, x, mat, chunk, *, read_rng, node_rng=None, node_std=None, gate=None,
+                inject=None, dac: bool = True):
+        """``x @ mat`` through DAC → analog MVM + noise → ADC, tiled along ``mat``'s rows."""
+        c, xp = self.config, self.xp
+        wscale = self.w_max if self.mapped else 1.0
+        s = None
+        if c.io_scaling == "abs_max":
+            s = xp.abs(x).max(axis=1)
+            s[s == 0] = 1
+        if (dac and c.in_bound is not None) or s is not None:
+            x = _kernels.convert(x, c.in_bits if dac else None, c.in_bound if dac else None,
+                                 gain=(1 / s).astype(self.dtype, copy=False) if s is not None else None)
+        gain, post = 1.0, None
+        if s is not None:
+            gain = 1.0 / wscale
+            post = (s * wscale).astype(self.dtype, copy=False)
+        # per-row std of the node-stream noise in the units of x̂ @ mat
+        nstd = None
+        if node_std is not None or c.out_noise > 0:
+            var = 0
+            if node_std is not None:
+                var = (node_std / s) ** 2 if s is not None else node_std ** 2
+            if c.out_noise > 0:
+                o = c.out_noise * wscale
+                var = var + (o * o if gate is None else (o * o) * gate)
+            nstd = xp.sqrt(xp.asarray(var, dtype=self.dtype) + xp.zeros(x.shape[0], self.dtype))
+            nstd = nstd.astype(self.dtype, copy=False)
+        if inject is not None and s is not None:
+            inject = inject / s[:, None]
+        K = mat.shape[0]
+        bounds = [(0, K)] if chunk is None or chunk >= K else [(k, min(k + chunk, K)) for k in range(0, K, chunk)]
+        out = None
+        for k, (lo, hi) in enumerate(bounds):
+            xk = x if len(bounds) == 1 else x[:, lo:hi]
+            a = xk @ mat[lo:hi] if len(bounds) > 1 else xk @ mat
+            read_z = read_std = node_z = None
+            if c.read_noise > 0:
+                read_std = (c.read_noise * wscale) * xp.sqrt(xp.einsum("ij,ij->i", xk, xk))
+                read_std = read_std.astype(self.dtype, copy=False)
+                read_z = self._noise(read_rng, "read", a.shape)
+            if nstd is not None:
+                node_z = self._noise(node_rng if node_rng is not None else read_rng, "node", a.shape)
+            res = _kernels.read_epilogue(
+                a, read_z=read_z, read_std=read_std, node_z=node_z, node_std=nstd,
+                inject=inject if k == 0 else None, bits=c.out_bits, bound=c.out_bound,
+                gain=gain, post=post, out=out,
+            )
+            out = res
+        return out
+
+    def read(self, x, *, read_rng: Generator, node_rng: Generator, node_std=None, inject=None, gate=None):
         """Observed pre-activations for inputs ``x`` of shape ``(M, n_in)``.
 
         ``node_std``: per-row std of the intrinsic node noise, shape ``(M,)`` (``None``: off).
-        ``inject``: a known perturbation of shape ``(M, n_out)`` added before the ADC.
+        ``gate``: per-row 0/1 multiplier of the output-noise variance (0 on a clean pass).
+        ``inject``: a known perturbation of shape ``(M, n_out)`` added before the ADC (on the
+        first row-tile's output when tiled).
         """
-        c = self.config
-        if c.in_bound is not None:
-            x = _kernels.convert(x, c.in_bits, c.in_bound)
-        a = x @ self._w.T
-        read_z = read_std = node_z = None
-        if c.read_noise > 0:
-            read_std = self._read_std(x).astype(a.dtype, copy=False)
-            read_z = read_rng.normal(a.shape)
-        if node_std is not None:
-            node_z = node_rng.normal(a.shape)
-        return _kernels.read_epilogue(
-            a, read_z=read_z, read_std=read_std, node_z=node_z, node_std=node_std,
-            inject=inject, bits=c.out_bits, bound=c.out_bound,
-        )
+        return self._analog(x, self._w.T, self.config.tile_rows, read_rng=read_rng, node_rng=node_rng,
+                            node_std=node_std, gate=gate, inject=inject)
 
     def read_transposed(self, d, *, read_rng: Generator):
-        """A transposed read ``d W`` (i.e. ``Wᵀ d`` per row) with read noise and the ADC."""
-        c = self.config
-        out = d @ self._w
-        read_z = read_std = None
-        if c.read_noise > 0:
-            read_std = self._read_std(d).astype(out.dtype, copy=False)
-            read_z = read_rng.normal(out.shape)
-        return _kernels.read_epilogue(out, read_z=read_z, read_std=read_std, bits=c.out_bits, bound=c.out_bound)
+        """A transposed read ``d W`` (``Wᵀ d`` per row) with read and output noise and the ADC.
+
+        Tiled along the output dimension by ``tile_cols``; the DAC applies only under
+        ``io_scaling="abs_max"`` (raw gradients are far below a forward DAC's range).
+        """
+        return self._analog(d, self._w, self.config.tile_cols, read_rng=read_rng,
+                            dac=self.config.io_scaling == "abs_max")

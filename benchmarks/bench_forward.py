@@ -1,0 +1,131 @@
+"""Noisy forward pass vs a bare GEMM of the same shape and dtype, measured in one run.
+
+    python benchmarks/bench_forward.py [--repeats 9] [--dtype float32] [--backend numpy]
+
+For each shape (batch 1000; 784→256, 3072→1024, 1024→1024) and device (``ideal``, ``pcm``
+as preset with 512-row tiles, ``pcm`` untiled) it times ``Network.forward`` of a one-layer
+network and ``x @ W.T``, interleaved, and prints the median of the per-repeat ratios
+(robust on a shared machine). Where IBM's aihwkit imports (the ``compare`` extra) it also
+times ``AnalogLinear`` forwards with a matching inference configuration — its default
+(C++) inference tile and its pure-PyTorch tile — against the same bare GEMM.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+
+import noisesim
+
+SHAPES = [(784, 256), (3072, 1024), (1024, 1024)]
+BATCH = 1000
+
+
+def _time(f, sync=lambda: None):
+    t = time.perf_counter()
+    f()
+    sync()
+    return time.perf_counter() - t
+
+
+def paired_ratio(f, ref, repeats, sync=lambda: None):
+    """Median over repeats of time(f)/time(ref), the two timed back to back."""
+    f(), ref(), sync()                      # warm-up (JIT, caches, buffers)
+    ratios, tf, tr = [], [], []
+    for _ in range(repeats):
+        a = _time(ref, sync)
+        b = _time(f, sync)
+        tf.append(b), tr.append(a), ratios.append(b / a)
+    return statistics.median(ratios), statistics.median(tf), statistics.median(tr)
+
+
+def devices():
+    return {
+        "ideal": noisesim.DeviceConfig.preset("ideal"),
+        "pcm (512-row tiles)": noisesim.DeviceConfig.preset("pcm"),
+        "pcm untiled": noisesim.DeviceConfig.preset("pcm", tile_rows=None, tile_cols=None),
+    }
+
+
+def aihwkit_layers(n_in, n_out, w):
+    """(name, layer, torch) for aihwkit's inference tiles configured like ``pcm`` untiled."""
+    try:
+        import torch
+        from aihwkit.nn import AnalogLinear
+        from aihwkit.simulator.configs import InferenceRPUConfig, TorchInferenceRPUConfig
+        from aihwkit.simulator.parameters.enums import NoiseManagementType, WeightNoiseType
+        from aihwkit.inference.noise.pcm import PCMLikeNoiseModel
+    except Exception as exc:  # ImportError or a broken build
+        return None, f"{type(exc).__name__}: {exc}"
+    out = []
+    for name, cls in (("aihwkit InferenceRPUConfig (default C++ tile)", InferenceRPUConfig),
+                      ("aihwkit TorchInferenceRPUConfig (PyTorch tile)", TorchInferenceRPUConfig)):
+        rpu = cls()
+        rpu.forward.w_noise = 0.0175
+        rpu.forward.w_noise_type = WeightNoiseType.ADDITIVE_CONSTANT
+        rpu.forward.out_noise = 0.04
+        rpu.forward.inp_res = 1 / 254
+        rpu.forward.out_res = 1 / 254
+        rpu.forward.out_bound = 10.0
+        rpu.forward.noise_management = NoiseManagementType.ABS_MAX
+        rpu.mapping.max_input_size = 0          # untiled, like "pcm untiled"
+        rpu.mapping.max_output_size = 0
+        rpu.noise_model = PCMLikeNoiseModel(g_max=25.0)
+        layer = AnalogLinear(n_in, n_out, bias=False, rpu_config=rpu)
+        layer.set_weights(torch.from_numpy(w.astype(np.float32)))
+        layer.eval()
+        layer.program_analog_weights()
+        layer.drift_analog_weights(3600.0)
+        out.append((name, layer))
+    return out, None
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=9)
+    ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    ap.add_argument("--backend", default="numpy", choices=["numpy", "cupy"])
+    ap.add_argument("--no-aihwkit", action="store_true")
+    args = ap.parse_args(argv)
+    be = noisesim.get_backend(args.backend, args.dtype)
+    xp = be.xp
+    sync = (lambda: xp.cuda.Device().synchronize()) if be.name == "cupy" else (lambda: None)
+    rng = np.random.default_rng(0)
+    print(f"backend={be.name} dtype={args.dtype} batch={BATCH} repeats={args.repeats}; "
+          "ratio = median over repeats of t(forward)/t(bare x @ W.T), measured back to back")
+    rows = []
+    for n_in, n_out in SHAPES:
+        x_host = rng.uniform(0, 1, (BATCH, n_in)).astype(args.dtype)
+        w_host = (rng.standard_normal((n_out, n_in)) * np.sqrt(2 / n_in)).astype(args.dtype)
+        x, W = be.asarray(x_host), be.asarray(w_host)
+        gemm = lambda: x @ W.T
+        for name, dev in devices().items():
+            net = noisesim.Network.mlp([n_in, n_out], dev, seed=0, backend=be)
+            r, tf, tg = paired_ratio(lambda: net.forward(x), gemm, args.repeats, sync)
+            rows.append((f"{n_in}→{n_out}", name, r, tf, tg))
+            print(f"  {n_in:>4}→{n_out:<5} {name:<48} {r:6.2f}×   ({tf*1e3:7.1f} ms vs GEMM {tg*1e3:6.1f} ms)", flush=True)
+        if args.no_aihwkit:
+            continue
+        layers, err = aihwkit_layers(n_in, n_out, w_host)
+        if layers is None:
+            if (n_in, n_out) == SHAPES[0]:
+                print(f"  aihwkit comparison skipped: aihwkit is not importable ({err}); "
+                      "install the 'compare' extra to include it")
+            continue
+        import torch
+
+        xt = torch.from_numpy(x_host.astype(np.float32))
+        for name, layer in layers:
+            def fwd(layer=layer):
+                with torch.no_grad():
+                    layer(xt)
+            r, tf, tg = paired_ratio(fwd, gemm, args.repeats, sync)
+            rows.append((f"{n_in}→{n_out}", name, r, tf, tg))
+            print(f"  {n_in:>4}→{n_out:<5} {name:<48} {r:6.2f}×   ({tf*1e3:7.1f} ms vs GEMM {tg*1e3:6.1f} ms)", flush=True)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
