@@ -269,11 +269,11 @@ class TraceWriter:
         head = np.array([int(step), len(idx), int(getattr(est, "forward_passes", 0))], np.int64)
         crc = step_checksum(self._row, self._irow, irow, scalars, head)
         meta = np.concatenate([head, [crc], np.asarray(shapes, np.int64)]).astype(np.int64)
-        ints = None if self._irow is None else self._irow.copy()
-        job = (self._row.copy(), ints, irow, scalars, meta)
         if self._queue is None:
-            self._commit(job)
+            self._commit((self._row, self._irow, irow, scalars, meta))
             return
+        ints = None if self._irow is None else self._irow.copy()
+        job = (self._row.copy(), ints, irow, scalars, meta)  # the buffers are reused next step
         if self._worker is None:
             self._worker = threading.Thread(target=self._work, name="TraceWriter", daemon=True)
             self._worker.start()
