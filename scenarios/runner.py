@@ -58,29 +58,12 @@ def train_rules(cfg: dict, *, progress: bool = True, on_step_factory=None, trace
     for rule, net in planned:
         label = rule_label(rule)
         on_step = on_step_factory(label, rule, net) if on_step_factory else None
-        writer = None
+        path = options = None
         if trace is not None:
             meta = {"scenario": scenario, "label": label, "dataset": cfg["dataset"], "epochs": cfg["epochs"],
                     "batch_size": cfg["batch_size"], "scenario_config": cfg}
             path = trace_path(trace, label, len(planned))
-            writer = noisesim.trace.TraceWriter(path, net, rule, meta=meta, **(trace_options or {}))
-            on_step = _chain(writer.on_step, on_step)
-        try:
-            out[label] = train(net, rule, data, epochs=cfg["epochs"], batch_size=cfg["batch_size"],
-                               progress=progress, on_step=on_step, label=label)
-        finally:
-            if writer is not None:
-                writer.close()
-        if writer is not None:
-            out[label].trace = str(writer.path)
+            options = {**(trace_options or {}), "meta": meta}
+        out[label] = train(net, rule, data, epochs=cfg["epochs"], batch_size=cfg["batch_size"],
+                           progress=progress, on_step=on_step, label=label, trace=path, trace_options=options)
     return out
-
-
-def _chain(first, second):
-    if second is None:
-        return first
-
-    def both(step, idx, est):
-        first(step, idx, est)
-        second(step, idx, est)
-    return both

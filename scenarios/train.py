@@ -30,6 +30,7 @@ class History:
     steps: int = 0
     wall_s: float = 0.0
     diverged: str | None = None
+    trace: str | None = None
 
     def last(self, key: str):
         return self.epochs[-1][key] if self.epochs else None
@@ -60,21 +61,34 @@ def _targets(y, n_out):
 
 
 def train(net, rule, data, epochs: int = 5, batch_size: int = 64, *, progress: bool = True,
-          on_step=None, label: str | None = None) -> History:
+          on_step=None, label: str | None = None, trace=None, trace_options: dict | None = None) -> History:
     """Train ``net`` with ``rule`` on ``data`` (a :class:`scenarios.datasets.Dataset`).
 
     Access is checked before the first step. Batches are drawn in an order from the network's
     ``data`` stream. A non-finite loss or update stops the run with a message in
     ``History.diverged``; the network keeps its last good state. ``on_step(step, x_idx, est)``
-    is called after each applied step (traces hook in here).
+    is called after each applied step. ``trace=FILE`` records every step into an HDF5 trace
+    (:class:`noisesim.trace.TraceWriter`, keyword options in ``trace_options``: ``compression``,
+    ``float16``, ``meta``…), closed when training ends however it ends.
     """
     if epochs < 0 or batch_size < 1:
         raise ValueError(f"epochs={epochs!r} must be ≥ 0 and batch_size={batch_size!r} ≥ 1")
     if data.n_features != net.sizes[0] or data.n_outputs != net.sizes[-1]:
         raise ValueError(f"dataset {data.name!r} is {data.n_features}→{data.n_outputs} but the network "
                          f"is {net.sizes[0]}→{net.sizes[-1]}")
-    rule.init(net)
-    hist = History(rule=label or rule.label)
+    writer = None
+    if trace is not None:
+        import noisesim.trace
+
+        writer = noisesim.trace.TraceWriter(trace, net, rule, **(trace_options or {}))
+        on_step = _chain(writer.on_step, on_step)
+    try:
+        rule.init(net)
+    except BaseException:
+        if writer is not None:
+            writer.close()
+        raise
+    hist = History(rule=label or rule.label, trace=None if writer is None else str(writer.path))
     order_rng = net.random("data")
     n = len(data.x_train)
     steps_per_epoch = (n + batch_size - 1) // batch_size
@@ -113,7 +127,19 @@ def train(net, rule, data, epochs: int = 5, batch_size: int = 64, *, progress: b
     finally:
         bar.close()
         hist.wall_s = time.perf_counter() - t0
+        if writer is not None:
+            writer.close()
     return hist
+
+
+def _chain(first, second):
+    if second is None:
+        return first
+
+    def both(step, idx, est):
+        first(step, idx, est)
+        second(step, idx, est)
+    return both
 
 
 def _progress(total, desc, enabled):

@@ -25,3 +25,21 @@ def test_user_script_from_the_readme_runs():
     assert [u.shape for u in updates] == [(256, 64), (10, 256)]
     angles = rules.alignment(net, rule, x, t)
     assert set(angles) == {0, 1, "all"} and all(0 <= a <= 180 for a in angles.values())
+
+
+def test_train_records_a_trace_that_replays_exactly(tmp_path):
+    import noisesim
+    import noisesim.trace
+    import rules
+    import scenarios
+
+    data = scenarios.load("digits", n_train=256, n_test=64)
+    net = noisesim.Network.mlp([64, 32, 10], seed=1, backend="numpy")
+    path = tmp_path / "run.h5"
+    history = scenarios.train(net, rules.make("danp", baseline="noisy"), data, epochs=2,
+                              batch_size=64, progress=False, trace=path)
+    assert history.trace == str(path)
+    result = noisesim.trace.replay(str(path))
+    assert result.matches
+    for key, value in net.get_state().items():
+        np.testing.assert_array_equal(noisesim.trace.open_trace(str(path)).final_state()[key], value)
