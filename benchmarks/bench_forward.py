@@ -55,7 +55,7 @@ def aihwkit_layers(n_in, n_out, w):
         import torch
         from aihwkit.nn import AnalogLinear
         from aihwkit.simulator.configs import InferenceRPUConfig, TorchInferenceRPUConfig
-        from aihwkit.simulator.parameters.enums import NoiseManagementType, WeightNoiseType
+        from aihwkit.simulator.parameters.enums import BoundManagementType, NoiseManagementType, WeightNoiseType
         from aihwkit.inference.noise.pcm import PCMLikeNoiseModel
     except Exception as exc:  # ImportError or a broken build
         return None, f"{type(exc).__name__}: {exc}"
@@ -70,6 +70,7 @@ def aihwkit_layers(n_in, n_out, w):
         rpu.forward.out_res = 1 / 254
         rpu.forward.out_bound = 10.0
         rpu.forward.noise_management = NoiseManagementType.ABS_MAX
+        rpu.forward.bound_management = BoundManagementType.NONE
         rpu.mapping.max_input_size = 0          # untiled, like "pcm untiled"
         rpu.mapping.max_output_size = 0
         rpu.noise_model = PCMLikeNoiseModel(g_max=25.0)

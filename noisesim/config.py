@@ -134,6 +134,11 @@ class DeviceConfig:
         Physical tile size; larger matrices are split, each tile with its own ADC.
     drift_nu, drift_nu_std, t0 : float
         Conductance drift ``g(t) = g₀ (t/t₀)^(−ν)``, ``ν ~ N(drift_nu, drift_nu_std²)`` per device.
+    drift_compensation : bool
+        Global drift compensation (aihwkit's ``GlobalDriftCompensation``): a digital gain
+        ``α = Σ_i|Σ_j W⁰_ij| / Σ_i|Σ_j W(t)_ij|`` after the ADC, from a calibration read with an
+        all-ones input just after programming (``W⁰``) and now. It restores the output scale
+        but not the resolution lost at the ADC, nor the per-device spread of ``ν``.
     stuck_off, stuck_on : float
         Fractions of devices stuck at 0 or at their ``g_max`` (fixed at fabrication; each device
         of a differential pair fails independently).
@@ -178,6 +183,7 @@ class DeviceConfig:
     prog_noise_poly: tuple = ()
     out_noise: float = 0.0
     io_scaling: str = "none"
+    drift_compensation: bool = False
 
     def __post_init__(self):
         for name in _RANGES:
@@ -185,6 +191,8 @@ class DeviceConfig:
         for name, allowed in (("update", UPDATE_MODELS), ("w_max_mode", W_MAX_MODES), ("io_scaling", IO_SCALINGS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"DeviceConfig.{name}={getattr(self, name)!r} is not known; allowed: {list(allowed)}")
+        if not isinstance(self.drift_compensation, bool):
+            raise ValueError(f"DeviceConfig.drift_compensation={self.drift_compensation!r} must be True or False")
         poly = self.prog_noise_poly
         if isinstance(poly, (str, bytes)) or not hasattr(poly, "__iter__"):
             raise ValueError(f"DeviceConfig.prog_noise_poly={poly!r} must be a sequence of at most 4 numbers")

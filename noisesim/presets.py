@@ -23,8 +23,8 @@ description and, per field, where the number comes from. ``DeviceConfig.preset(n
     * drift ``ν ~ N(0.05, 0.01²)``, ``t₀ = 20`` s: aihwkit's PCM model gives
       ``ν = clamp(−0.0155 ln G + 0.0244, 0.049, 0.1)`` and
       ``σ_ν = clamp(−0.0125 ln G − 0.0059, 0.008, 0.045)`` — 0.049 and 0.008 for
-      ``G ≳ 0.3 g_max``; the spec's range is ν 0.05–0.1, σ_ν 0.01–0.045. No drift
-      compensation is applied (aihwkit applies a global one by default).
+      ``G ≳ 0.3 g_max``; the spec's range is ν 0.05–0.1, σ_ν 0.01–0.045. Global drift
+      compensation on, as in aihwkit's ``StandardHWATrainingPreset``.
     * ``w_max = 1.25`` in ``init`` mode: the largest initial weight sits at 80 % of
       ``g_max`` — Rasch et al. map it to 100 % (ω = 1); the 25 % headroom is ours, so that
       on-device training can grow weights (without it the quickstart net's output layer
@@ -88,7 +88,7 @@ PRESETS: dict[str, Preset] = {
             read_noise=0.0175, out_noise=0.04, io_scaling="abs_max",
             in_bits=8, in_bound=1.0, out_bits=8, out_bound=10.0,
             tile_rows=512, tile_cols=512,
-            drift_nu=0.05, drift_nu_std=0.01, t0=20.0,
+            drift_nu=0.05, drift_nu_std=0.01, t0=20.0, drift_compensation=True,
             update="write_verify", access=_REALISTIC_ACCESS,
         ),
         sources={
@@ -97,6 +97,7 @@ PRESETS: dict[str, Preset] = {
             "read_noise": _RASCH, "out_noise": _RASCH, "in_bits": _RASCH, "out_bits": _RASCH,
             "out_bound": _RASCH, "tile_rows": _RASCH, "io_scaling": _RASCH + " (noise management)",
             "drift_nu": _AIHW_PCM, "drift_nu_std": _AIHW_PCM, "t0": _AIHW_PCM,
+            "drift_compensation": _RASCH + " (GlobalDriftCompensation)",
             "update": "Nandakumar et al. 2020, Front. Neurosci. 14:406",
         },
     ),

@@ -14,8 +14,12 @@ One read of ``x`` (rows are samples) computes, per physical tile, in order:
 5. output ADC: saturate at ``out_bound`` and quantise to ``out_bits`` (relative to
    ``w_max · s`` under ``abs_max``), then the code is scaled back to pre-activation units;
 6. tiling: the input dimension is split into ``tile_rows``-row tiles, each with its own read
-   noise, node/output noise and ADC; partial sums are added digitally. (Output columns are
-   independent per ADC already, so ``tile_cols`` changes only the transposed read.)
+   noise, node/output noise and ADC; partial sums are added digitally. The read noise of the
+   sum keeps its untiled distribution (variances add to ``read_noise² w_max² ‖x‖²``), but
+   each tile's output carries its own node/output noise, so the observed pre-activation has
+   ``√k`` times that std over ``k`` row tiles, and ``k`` quantisation errors. An injected
+   perturbation enters once, on the first tile. (Output columns are independent per ADC
+   already, so ``tile_cols`` changes only the transposed read.)
 
 With ``w_max=None`` there is no conductance mapping: the weights are exact numbers and only
 steps 1 and 3–6 apply (the ``ideal`` preset). Weights change only through :meth:`Tile.apply`
@@ -70,6 +74,7 @@ class Tile:
             self._nu_p, self._nu_m = drift.exponents(shape, c, self.streams, self.xp, self.dtype)
             self._tprog = self.xp.zeros(shape, self.dtype) if self._nu_p is not None else None
         self._target = None
+        self._alpha = 1.0           # digital drift-compensation gain after the ADC
         self._w = w0
         self.program(w0)
 
@@ -135,6 +140,13 @@ class Tile:
         w = (gp - gm)
         w *= self.w_max
         self._w = xp.ascontiguousarray(w, dtype=self.dtype)
+        self._alpha = 1.0
+        if self.drifts and self.config.drift_compensation:
+            # calibration read with an all-ones input, now versus right after programming
+            g0p, g0m = conductance.apply_faults(self._gp, self._gm, self.fab, xp)
+            ref = float(xp.abs((g0p - g0m).sum(axis=1)).sum()) * self.w_max
+            now = float(xp.abs(self._w.sum(axis=1)).sum())
+            self._alpha = ref / now if now > 0 else 1.0
 
     def set_time(self, t: float) -> None:
         """Set the device clock (seconds); drifting tiles recompute their effective weights."""
@@ -144,8 +156,11 @@ class Tile:
             self._refresh()
 
     def weights(self):
-        """The effective weights the analog MVM uses right now (oracle access)."""
-        return self._w
+        """The effective weights a read realises right now (oracle access).
+
+        The drifted, faulty analog weights, times the digital drift-compensation gain when on.
+        """
+        return self._w if self._alpha == 1.0 else self._w * self.dtype(self._alpha)
 
     def conductances(self, *, programmed: bool = False):
         """``(G⁺, G⁻)`` in µS: effective now (drifted, faulty) or as ``programmed``.
@@ -195,7 +210,9 @@ class Tile:
         gain, post = 1.0, None
         if s is not None:
             gain = 1.0 / wscale
-            post = (s * wscale).astype(self.dtype, copy=False)
+            post = (s * (wscale * self._alpha)).astype(self.dtype, copy=False)
+        elif self._alpha != 1.0:
+            post = xp.full(x.shape[0], self._alpha, dtype=self.dtype)
         # per-row std of the node-stream noise in the units of x̂ @ mat
         nstd = None
         if node_std is not None or c.out_noise > 0:

@@ -193,6 +193,14 @@ def test_tiling_adc_per_tile_and_read_noise_variance(backend_name, rng):
     assert np.std(read(tn, xs) - xs @ w.T) == pytest.approx(0.05 * np.linalg.norm(x[0]), rel=0.02)
 
 
+def test_tiling_node_noise_per_tile(backend_name, rng):
+    # k = 4 row tiles, each with its own node noise before its ADC: observed std 2·node_noise
+    w = rng.uniform(-1, 1, (25, 64))
+    x = rng.uniform(-1, 1, (4000, 64))
+    t = make_tile(w, backend_name, "float64", tile_rows=16)
+    assert np.std(read(t, x, node_std=0.01) - x @ w.T) == pytest.approx(0.02, rel=0.02)
+
+
 # 8 — drift -----------------------------------------------------------------------------------
 def test_drift_power_law_and_exponent_statistics(backend_name):
     w = np.full((200, 100), 0.6)
@@ -383,3 +391,20 @@ def test_stacked_passes_have_independent_noise(backend_name, rng):
     tot = np.sqrt(sig_r ** 2 + 0.1 ** 2)
     assert np.std(e[1] / tot) == pytest.approx(1.0, rel=0.03)
     assert abs(np.corrcoef(e[1].ravel(), e[2].ravel())[0, 1]) < 0.02    # 20 000 pairs: |ρ| < 3σ
+
+
+def test_global_drift_compensation(backend_name, rng):
+    w = rng.uniform(-1, 1, (30, 40))
+    x = rng.uniform(-1, 1, (20, 40))
+    # one exponent for every device: the digital gain undoes drift exactly
+    t = make_tile(w, backend_name, "float64", w_max=1.0, drift_nu=0.08, drift_compensation=True, t0=1.0)
+    t.set_time(1e5)
+    np.testing.assert_allclose(read(t, x), x @ w.T, rtol=1e-9, atol=1e-12)
+    assert t._alpha == pytest.approx(1e5 ** 0.08)
+    # spread exponents: compensation restores the overall scale only
+    t2 = make_tile(w, backend_name, "float64", w_max=1.0, drift_nu=0.08, drift_nu_std=0.01,
+                   drift_compensation=True, t0=1.0)
+    t2.set_time(1e5)
+    a = read(t2, x)
+    ratio = np.abs(a).sum() / np.abs(x @ w.T).sum()
+    assert 0.95 < ratio < 1.05 and not np.allclose(a, x @ w.T, rtol=1e-3)   # uncompensated: 0.40
