@@ -206,3 +206,19 @@ def test_adam_matches_its_closed_form_for_two_steps():
     m, v = 0.9 * m + 0.1 * g2, 0.999 * v + 0.001 * g2 ** 2
     lr2 = 0.01 * np.sqrt(1 - 0.999 ** 2) / (1 - 0.9 ** 2)
     np.testing.assert_allclose(d2, -lr2 * m / (np.sqrt(v) + 1e-7), rtol=1e-12)
+
+
+@pytest.mark.parametrize("name, options", RULES_UNDER_TEST, ids=IDS)
+def test_trace_of_every_rule_replays_to_the_same_weights(name, options, digits, tmp_path):
+    """What each rule records is enough to reproduce its run exactly (no device, no generator state)."""
+    import noisesim.trace
+    from scenarios.train import train
+
+    small = type(digits)(digits.name, digits.x_train[:96], digits.y_train[:96], digits.x_test[:32],
+                         digits.y_test[:32], digits.task, digits.n_classes)
+    net = Network.mlp([64, 16, 10], device=DeviceConfig.preset("ideal"), seed=0, backend="numpy")
+    path = tmp_path / "run.h5"
+    hist = train(net, rules.make(name, **options), small, epochs=1, batch_size=32, progress=False, trace=path)
+    assert hist.diverged is None
+    res = noisesim.trace.replay(path)
+    assert res.steps == 3 and res.matches, res.max_abs_diff
