@@ -93,6 +93,35 @@ def _convert_ser(x, out, gain, has_gain, mode, half, step, bound):
         _convert_row(x, out, i, gain, has_gain, mode, half, s, b)
 
 
+@numba.njit(cache=True, error_model="numpy")
+def _dac_absmax_numba(x, out, scale, sumsq, mode, half, step, bound):
+    # per row, in cache: s = max|x| (1 for an all-zero row), x̂ = q(x/s), Σ x̂²
+    s_, b = x.dtype.type(step), x.dtype.type(bound)
+    for i in range(x.shape[0]):
+        m = x.dtype.type(0.0)
+        for j in range(x.shape[1]):
+            m = max(m, abs(x[i, j]))
+        if m == 0:
+            m = x.dtype.type(1.0)
+        scale[i] = m
+        g = x.dtype.type(1.0) / m
+        acc = 0.0
+        for j in range(x.shape[1]):
+            v = _convert_scalar(x[i, j] * g, mode, half, s_, b)
+            out[i, j] = v
+            acc += v * v
+        sumsq[i] = acc
+
+
+def _dac_absmax_cupy(x, out, scale, sumsq, mode, half, step, bound):
+    xp = get_array_module(x)
+    m = xp.abs(x).max(axis=1)
+    m[m == 0] = 1
+    scale[...] = m
+    _convert_cupy(x, out, 1 / m, True, mode, half, step, bound)
+    sumsq[...] = (out * out).sum(axis=1)
+
+
 @numba.njit(cache=True, inline="always", error_model="numpy")
 def _epilogue_row(a, out, i, zr, rs, zn, ns, inj, post, g, has_r, has_n, has_inj, has_post, acc,
                   mode, half, s, b):
@@ -275,6 +304,7 @@ def _pulsed_cupy(gp, gm, d, r, z, dws, bp, bm, tprog, w, w_scale, now, dw_min, a
 
 _DISPATCH = {
     "convert": {"numpy": _convert_numba, "cupy": _convert_cupy},
+    "dac_absmax": {"numpy": _dac_absmax_numba, "cupy": _dac_absmax_cupy},
     "epilogue": {"numpy": _epilogue_numba, "cupy": _epilogue_cupy},
     "pulsed": {"numpy": _pulsed_numba, "cupy": _pulsed_cupy},
 }
@@ -306,6 +336,21 @@ def convert(x, bits, bound, out=None, *, gain=None):
     has_gain = gain is not None
     _impl("convert", x)(x, out, gain if has_gain else x[0, :0], has_gain, mode, half, step, b)
     return out
+
+
+def dac_absmax(x, bits, bound):
+    """Input scaling and DAC in one pass: ``(x̂, s, Σ_j x̂²)`` with ``s = max_j |x_ij|``.
+
+    ``x̂ = q(x / s)`` (``s = 1`` for an all-zero row); the row sums of squares feed the read
+    noise ``read_noise · w_max · ‖x̂‖₂`` without another pass over ``x̂``.
+    """
+    mode, half, step, b = converter_params(bits, bound)
+    xp = get_array_module(x)
+    out = xp.empty_like(x)
+    scale = xp.empty(x.shape[0], x.dtype)
+    sumsq = xp.empty(x.shape[0], x.dtype)
+    _impl("dac_absmax", x)(x, out, scale, sumsq, mode, half, step, b)
+    return out, scale, sumsq
 
 
 def read_epilogue(a, *, read_z=None, read_std=None, node_z=None, node_std=None, inject=None,

@@ -200,13 +200,11 @@ class Tile:
         """``x @ mat`` through DAC → analog MVM + noise → ADC, tiled along ``mat``'s rows."""
         c, xp = self.config, self.xp
         wscale = self.w_max if self.mapped else 1.0
-        s = None
+        s = sumsq = None
         if c.io_scaling == "abs_max":
-            s = xp.abs(x).max(axis=1)
-            s[s == 0] = 1
-        if (dac and c.in_bound is not None) or s is not None:
-            x = _kernels.convert(x, c.in_bits if dac else None, c.in_bound if dac else None,
-                                 gain=(1 / s).astype(self.dtype, copy=False) if s is not None else None)
+            x, s, sumsq = _kernels.dac_absmax(x, c.in_bits if dac else None, c.in_bound if dac else None)
+        elif dac and c.in_bound is not None:
+            x = _kernels.convert(x, c.in_bits, c.in_bound)
         gain, post = 1.0, None
         if s is not None:
             gain = 1.0 / wscale
@@ -234,7 +232,8 @@ class Tile:
             a = xk @ mat[lo:hi] if len(bounds) > 1 else xk @ mat
             read_z = read_std = node_z = None
             if c.read_noise > 0:
-                read_std = (c.read_noise * wscale) * xp.sqrt(xp.einsum("ij,ij->i", xk, xk))
+                sq = sumsq if sumsq is not None and len(bounds) == 1 else xp.einsum("ij,ij->i", xk, xk)
+                read_std = (c.read_noise * wscale) * xp.sqrt(sq)
                 read_std = read_std.astype(self.dtype, copy=False)
                 read_z = self._noise(read_rng, "read", a.shape)
             if nstd is not None:

@@ -150,3 +150,16 @@ def test_large_draws_split_over_two_streams_are_reproducible_and_standard():
     assert abs(np.corrcoef(lo, hi)[0, 1]) < 5 / np.sqrt(h)
     u = Streams(5, be).get("update").uniform(shape)
     assert 0 <= u.min() and u.max() < 1 and abs(u.mean() - 0.5) < 0.002
+
+
+def test_dac_absmax_matches_reference(backend_name, dtype_name):
+    be = get_backend(backend_name, dtype_name)
+    x = np.random.default_rng(7).uniform(-3, 3, (20, 50)).astype(dtype_name)
+    x[3] = 0
+    out, s, sq = (to_numpy(a) for a in _kernels.dac_absmax(be.asarray(x), 6, 1.0))
+    ref_s = np.abs(x).max(axis=1)
+    ref_s[3] = 1
+    ref = _ref_convert(x / ref_s[:, None], 6, 1.0)
+    np.testing.assert_allclose(s, ref_s, **tolerance(dtype_name))
+    assert np.mean(np.abs(out - ref) > 1e-6) < 0.01            # rounding ties may differ
+    np.testing.assert_allclose(sq, (out * out).sum(axis=1), rtol=1e-5)
