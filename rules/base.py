@@ -39,6 +39,13 @@ class Estimate:
 class Rule:
     """Base class of learning rules. Subclasses set ``name``, ``needs`` and ``estimate``.
 
+    Contract: ``estimate`` observes the device only through the
+    :class:`noisesim.protocol.DeviceNetwork` methods its declared access allows, writes
+    nothing, and builds ``Estimate.updates`` as ``updates_from_record(Estimate.record)`` — a
+    pure function of the record (string keys → arrays, or lists of arrays one per layer;
+    never generator state) and of the rule's ``config()``. Each rule's module docstring
+    lists its record keys. ``forward_passes(n_layers)`` is the cost of one update.
+
     Parameters
     ----------
     lr : float

@@ -234,3 +234,19 @@ def test_np_inp_anp_coincide_in_expectation_on_a_single_layer():
         assert abs(np.linalg.norm(est[a]) / np.linalg.norm(g) - 1) < 0.15, a
         for b in est:
             assert np.linalg.norm(est[a] - est[b]) / np.linalg.norm(g) < 0.15, (a, b)
+
+
+@pytest.mark.parametrize("overrides", [{}, {"read_noise": 0.02, "w_max": 2.0}], ids=["ideal", "read-noise"])
+def test_weight_perturbed_forward_with_zero_omega_is_the_ordinary_stacked_forward(overrides):
+    """Same seed, same streams: Ω = 0 gives forward_stacked's passes (float32 rtol 1e-6), so WP
+    sees exactly the device semantics (noise, gating) every other rule sees."""
+    dev = DeviceConfig.preset("ideal", **overrides)
+    a = Network.mlp([6, 5, 4], device=dev, seed=2, backend="numpy")
+    b = Network.mlp([6, 5, 4], device=dev, seed=2, backend="numpy")
+    x = np.random.default_rng(0).standard_normal((3, 6))
+    pa = a.forward_stacked(x, 3, clean=[True, False, False])
+    zeros = [np.zeros((3, 5, 6)), np.zeros((3, 4, 5))]
+    pb = b.forward_weight_perturbed(x, zeros, clean=[True, False, False])
+    for u, v in zip(pa.pre, pb.pre):
+        np.testing.assert_allclose(u, v, rtol=1e-6, atol=1e-7)
+    assert not np.allclose(pa.pre[1][1], pa.pre[1][2])             # the noisy passes differ
