@@ -48,6 +48,17 @@ _BASE: dict[str, tuple[type, dict]] = {
     "anp": (ActivityNodePerturbation, {}),
     "regression": (RegressionPerturbation, {}),
 }
+# One line per base rule, for listings (`noisesim list`).
+DESCRIPTIONS: dict[str, str] = {
+    "bp": "backpropagation through transposed crossbar reads",
+    "fa": "feedback alignment: fixed random feedback matrices layer by layer",
+    "dfa": "direct feedback alignment: the output error sent to every layer by fixed random matrices",
+    "wp": "weight perturbation: known perturbations on every weight, two passes",
+    "np": "node perturbation: known perturbations injected on every unit, two passes",
+    "inp": "iterative node perturbation: one layer perturbed per pass, L+1 passes",
+    "anp": "activity-based node perturbation: measured activity differences, no noise readout",
+    "regression": "weak gradient: ridge regression of δL on observed δa over S perturbed copies",
+}
 # name -> (class, fixed options). "d" + name is the decorrelated variant of a rule.
 RULES: dict[str, tuple[type, dict]] = dict(_BASE)
 for _name, (_cls, _fixed) in _BASE.items():
@@ -73,4 +84,4 @@ def make(name: str, **options) -> Rule:
 __all__ = ["Estimate", "Rule", "Backprop", "FeedbackAlignment", "WeightPerturbation",
            "NodePerturbation", "IterativeNodePerturbation", "ActivityNodePerturbation",
            "RegressionPerturbation", "PerturbationRule", "node_perturbation", "Loss", "SGD", "Adam",
-           "alignment", "angle", "angles", "diagnostics", "exact_gradients", "RULES", "make"]
+           "alignment", "angle", "angles", "diagnostics", "exact_gradients", "RULES", "DESCRIPTIONS", "make"]

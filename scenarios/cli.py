@@ -25,8 +25,11 @@ def _cmd_list(args) -> int:
         print(f"  {name:<20} {sc.description}")
     print("rules:")
     for name, (cls, fixed) in rules.RULES.items():
-        extra = " (decorrelated)" if fixed.get("decorrelate") else ""
-        print(f"  {name:<20} {cls.__name__}{extra}; needs {', '.join(cls.needs)}")
+        rule = rules.make(name)
+        base = name[2:] if name.startswith("d-") else name[1:] if fixed.get("decorrelate") else name
+        extra = " (inputs decorrelated)" if fixed.get("decorrelate") else ""
+        print(f"  {name:<12} {rule.label:<7} {rules.DESCRIPTIONS[base]}{extra}; "
+              f"needs {', '.join(rule.required_access())}")
     print("device presets:")
     for name, p in noisesim.PRESETS.items():
         print(f"  {name:<20} {p.description}")

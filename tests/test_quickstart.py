@@ -68,7 +68,7 @@ def test_bad_run_arguments_are_reported_not_raised(tmp_path, capsys, args, messa
 def test_list_shows_scenarios_rules_and_presets(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
-    for word in ("quickstart", "danp", "bp", "ideal"):
+    for word in ("quickstart", "danp", "bp", "ideal", "direct feedback alignment", "pcm"):
         assert word in out
 
 
