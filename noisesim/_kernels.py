@@ -27,6 +27,8 @@ import math
 import numba
 import numpy as np
 
+from . import _rng_numba
+from ._rng_numba import normal as _normal, row_state as _row_state
 from .backend import get_array_module
 
 _MODE_NONE, _MODE_CLIP, _MODE_QUANT, _MODE_SIGN = 0, 1, 2, 3
@@ -93,9 +95,10 @@ def _convert_ser(x, out, gain, has_gain, mode, half, step, bound):
         _convert_row(x, out, i, gain, has_gain, mode, half, s, b)
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=True, error_model="numpy", fastmath={"reassoc", "nsz", "arcp", "contract"})
 def _dac_absmax_numba(x, out, scale, sumsq, mode, half, step, bound):
-    # per row, in cache: s = max|x| (1 for an all-zero row), x̂ = q(x/s), Σ x̂²
+    # per row, in cache: s = max|x| (1 for an all-zero row), x̂ = q(x/s), Σ x̂². Reassociation
+    # lets the max and the sum vectorise (no NaN/Inf reach here: inputs are checked).
     s_, b = x.dtype.type(step), x.dtype.type(bound)
     for i in range(x.shape[0]):
         m = x.dtype.type(0.0)
@@ -162,6 +165,50 @@ def _epilogue_ser(a, out, zr, rs, zn, ns, inj, post, gain, has_r, has_n, has_inj
 
 
 @numba.njit(cache=True, inline="always", error_model="numpy")
+def _keyed_row(a, out, i, rkey, rs, nkey, ns, inj, post, g, has_r, has_n, has_inj, has_post, acc,
+               mode, half, s, b, xs, fx):
+    # the epilogue with its Gaussian noise drawn in place (see noisesim._rng_numba)
+    r = rs[i] if has_r else 0.0
+    q = ns[i] if has_n else 0.0
+    p = post[i] if has_post else 1.0
+    sr = _row_state(rkey, i)
+    sn = _row_state(nkey, i)
+    for j in range(a.shape[1]):
+        v = a[i, j]
+        if has_r:
+            sr, z = _normal(sr, xs, fx)
+            v += r * z
+        if has_n:
+            sn, z = _normal(sn, xs, fx)
+            v += q * z
+        if has_inj:
+            v += inj[i, j]
+        v = _convert_scalar(v * g, mode, half, s, b) * p
+        if acc:
+            out[i, j] += v
+        else:
+            out[i, j] = v
+
+
+@numba.njit(cache=True, parallel=True, error_model="numpy")
+def _keyed_par(a, out, rkey, rs, nkey, ns, inj, post, gain, has_r, has_n, has_inj, has_post, acc,
+               mode, half, step, bound, xs, fx):
+    s, b, g = a.dtype.type(step), a.dtype.type(bound), a.dtype.type(gain)
+    for i in numba.prange(a.shape[0]):
+        _keyed_row(a, out, i, rkey, rs, nkey, ns, inj, post, g, has_r, has_n, has_inj, has_post, acc,
+                   mode, half, s, b, xs, fx)
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _keyed_ser(a, out, rkey, rs, nkey, ns, inj, post, gain, has_r, has_n, has_inj, has_post, acc,
+               mode, half, step, bound, xs, fx):
+    s, b, g = a.dtype.type(step), a.dtype.type(bound), a.dtype.type(gain)
+    for i in range(a.shape[0]):
+        _keyed_row(a, out, i, rkey, rs, nkey, ns, inj, post, g, has_r, has_n, has_inj, has_post, acc,
+                   mode, half, s, b, xs, fx)
+
+
+@numba.njit(cache=True, inline="always", error_model="numpy")
 def _pulsed_row(gp, gm, i, d, r, z, dws, bp, bm, tprog, w, w_scale, now, dw_min, asym, c2c):
     # Branch-free on the data (selects, a fixed 16-step power by squaring) and with every
     # array present (the wrapper passes ones/scratch for absent ones): the pulse counts and
@@ -220,6 +267,12 @@ def _numba(par, ser):
 _convert_numba = _numba(_convert_par, _convert_ser)
 _epilogue_numba = _numba(_epilogue_par, _epilogue_ser)
 _pulsed_numba = _numba(_pulsed_par, _pulsed_ser)
+# Noise generation is compute-bound (~3 ns a number), so threads pay off much earlier.
+_KEYED_PARALLEL_MIN = 1 << 18
+
+
+def _keyed_numba(a, *args):
+    (_keyed_par if a.size >= _KEYED_PARALLEL_MIN else _keyed_ser)(a, *args, _rng_numba.XS, _rng_numba.FX)
 
 
 # --------------------------------------------------------------------------- cupy (GPU)
@@ -354,24 +407,44 @@ def dac_absmax(x, bits, bound):
 
 
 def read_epilogue(a, *, read_z=None, read_std=None, node_z=None, node_std=None, inject=None,
-                  bits=None, bound=None, gain=1.0, post=None, out=None):
-    """``out (+)= ADC(gain · (a + read_std·read_z + node_std·node_z + inject)) · post``.
+                  bits=None, bound=None, gain=1.0, post=None, out=None, read_rng=None, node_rng=None):
+    """``out (+)= ADC(gain · (a + read_std·z_r + node_std·z_n + inject)) · post``.
 
-    ``read_std``, ``node_std`` and ``post`` are per-row arrays of shape ``(M,)``; ``read_z``,
-    ``node_z`` and ``inject`` have the shape of ``a``. ``gain`` (a scalar) maps the analog
-    output onto the ADC's full scale and ``post`` maps the code back to pre-activation units.
-    ``out=None`` works in place on ``a``; otherwise the result is *added* to ``out`` (the
-    digital partial sum over tiles). Returns the result array.
+    ``read_std``, ``node_std`` and ``post`` are per-row arrays of shape ``(M,)``; ``inject``
+    has the shape of ``a``. The Gaussians ``z_r``, ``z_n`` come either as arrays
+    (``read_z``, ``node_z``) or from named streams (``read_rng``, ``node_rng``): on the NumPy
+    backend the kernel then draws them in place from one key per stream and call
+    (:mod:`noisesim._rng_numba`); on CuPy the stream draws arrays. ``gain`` (a scalar) maps
+    the analog output onto the ADC's full scale and ``post`` maps the code back to
+    pre-activation units. ``out=None`` works in place on ``a``; otherwise the result is
+    *added* to ``out`` (the digital partial sum over tiles). Returns the result array.
     """
     if a.ndim != 2:
         raise ValueError(f"read_epilogue expects a 2-D array, got shape {a.shape}")
     mode, half, step, b = converter_params(bits, bound)
-    has_r, has_n, has_inj, has_post = read_z is not None, node_z is not None, inject is not None, post is not None
+    keyed = get_array_module(a) is np and (read_rng is not None or node_rng is not None)
+    if not keyed:
+        if read_rng is not None and read_std is not None:
+            read_z = read_rng.normal(a.shape)
+        if node_rng is not None and node_std is not None:
+            node_z = node_rng.normal(a.shape)
+    has_r = read_std is not None and (read_z is not None or (keyed and read_rng is not None))
+    has_n = node_std is not None and (node_z is not None or (keyed and node_rng is not None))
+    has_inj, has_post = inject is not None, post is not None
     acc = out is not None
     if not (has_r or has_n or has_inj or has_post or acc) and mode == _MODE_NONE and gain == 1.0:
         return a
     e2 = _empty2(a)
     e1 = a[0, :0]
+    if keyed:
+        _keyed_numba(
+            a, out if acc else a,
+            read_rng.key() if has_r else np.uint64(0), read_std if has_r else e1,
+            node_rng.key() if has_n else np.uint64(0), node_std if has_n else e1,
+            inject if has_inj else e2, post if has_post else e1, float(gain),
+            has_r, has_n, has_inj, has_post, acc, mode, half, step, b,
+        )
+        return out if acc else a
     _impl("epilogue", a)(
         a, out if acc else a,
         read_z if has_r else e2, read_std if has_r else e1,

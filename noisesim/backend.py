@@ -217,6 +217,12 @@ class Generator:
         z *= scale
         return z
 
+    def key(self) -> np.uint64:
+        """One 64-bit key from this stream, for noise generated inside a kernel (NumPy only)."""
+        if self.backend.name == "cupy":
+            raise RuntimeError("Generator.key is for the NumPy backend's in-kernel noise")
+        return np.uint64(self._g.bit_generator.random_raw())
+
     def uniform(self, shape, dtype=None):
         """Uniform on [0, 1)."""
         if self.backend.name == "cupy":

@@ -59,7 +59,6 @@ class Tile:
         self.streams = streams if streams is not None else Streams(0, backend)
         self.n_out, self.n_in = w0.shape
         self.time = 0.0
-        self._buf: dict = {}
         w0 = backend.asarray(w0)
         c = config
         self.mapped = c.w_max is not None
@@ -189,12 +188,6 @@ class Tile:
             self._refresh()
 
     # -- reads ---------------------------------------------------------------------------
-    def _noise(self, rng: Generator, name: str, shape):
-        buf = self._buf.get(name)
-        if buf is None or buf.shape != shape:
-            buf = self._buf[name] = self.xp.empty(shape, self.dtype)
-        return rng.normal(shape, out=buf)
-
     def _analog(self, x, mat, chunk, *, read_rng, node_rng=None, node_std=None, gate=None,
                 inject=None, dac: bool = True):
         """``x @ mat`` through DAC → analog MVM + noise → ADC, tiled along ``mat``'s rows."""
@@ -230,16 +223,15 @@ class Tile:
         for k, (lo, hi) in enumerate(bounds):
             xk = x if len(bounds) == 1 else x[:, lo:hi]
             a = xk @ mat[lo:hi] if len(bounds) > 1 else xk @ mat
-            read_z = read_std = node_z = None
+            read_std = None
             if c.read_noise > 0:
                 sq = sumsq if sumsq is not None and len(bounds) == 1 else xp.einsum("ij,ij->i", xk, xk)
                 read_std = (c.read_noise * wscale) * xp.sqrt(sq)
                 read_std = read_std.astype(self.dtype, copy=False)
-                read_z = self._noise(read_rng, "read", a.shape)
-            if nstd is not None:
-                node_z = self._noise(node_rng if node_rng is not None else read_rng, "node", a.shape)
+            # the noise itself is drawn inside the kernel module, from these named streams
             res = _kernels.read_epilogue(
-                a, read_z=read_z, read_std=read_std, node_z=node_z, node_std=nstd,
+                a, read_std=read_std, read_rng=read_rng if read_std is not None else None,
+                node_std=nstd, node_rng=(node_rng if node_rng is not None else read_rng) if nstd is not None else None,
                 inject=inject if k == 0 else None, bits=c.out_bits, bound=c.out_bound,
                 gain=gain, post=post, out=out,
             )

@@ -163,3 +163,42 @@ def test_dac_absmax_matches_reference(backend_name, dtype_name):
     np.testing.assert_allclose(s, ref_s, **tolerance(dtype_name))
     assert np.mean(np.abs(out - ref) > 1e-6) < 0.01            # rounding ties may differ
     np.testing.assert_allclose(sq, (out * out).sum(axis=1), rtol=1e-5)
+
+
+def test_in_kernel_normals_match_the_normal_distribution():
+    """The ziggurat of noisesim._rng_numba against N(0, 1): moments, CDF, tails, rows."""
+    from scipy import stats
+
+    from noisesim import _rng_numba as R
+
+    z = np.empty((2000, 1000))
+    R.fill_normal(z, np.uint64(2024), R.XS, R.FX)
+    n = z.size                                                   # 2e6 draws
+    assert abs(z.mean()) < 5 / np.sqrt(n)                        # 5σ
+    assert abs(z.var() - 1) < 5 * np.sqrt(2 / n)
+    assert abs(stats.kurtosis(z.ravel())) < 5 * np.sqrt(24 / n)
+    assert stats.kstest(z.ravel(), "norm").pvalue > 1e-4
+    for c in (1.0, 2.5, R._R, 4.0):                              # the tail beyond R included
+        p = 2 * stats.norm.sf(c)
+        assert abs(np.mean(np.abs(z) > c) - p) < 5 * np.sqrt(p * (1 - p) / n)
+    # rows and neighbours uncorrelated; the same key gives the same numbers
+    assert abs(np.corrcoef(z[:, :-1].ravel(), z[:, 1:].ravel())[0, 1]) < 5 / np.sqrt(n)
+    assert abs(np.corrcoef(z[:-1].ravel(), z[1:].ravel())[0, 1]) < 5 / np.sqrt(n)
+    z2 = np.empty_like(z)
+    R.fill_normal(z2, np.uint64(2024), R.XS, R.FX)
+    np.testing.assert_array_equal(z, z2)
+
+
+def test_keyed_epilogue_parallel_equals_serial():
+    from noisesim import _rng_numba as R
+
+    a = np.random.default_rng(1).standard_normal((600, 500))
+    rs = np.full(600, 0.3)
+    outs = []
+    for fn in (_kernels._keyed_par, _kernels._keyed_ser):
+        b = a.copy()
+        fn(b, b, np.uint64(9), rs, np.uint64(10), rs, b[:0, :0], rs[:0], 1.0,
+           True, True, False, False, False, 0, 0, 0.0, 0.0, R.XS, R.FX)
+        outs.append(b)
+    np.testing.assert_array_equal(outs[0], outs[1])
+    assert np.std(outs[0] - a) == pytest.approx(0.3 * np.sqrt(2), rel=0.01)
