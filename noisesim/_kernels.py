@@ -14,11 +14,14 @@ Converter semantics (DAC and ADC alike), with ``b`` bits and bound ``B``:
 
 Operations
 ----------
-``convert``   DAC/ADC of a 2-D array, optionally after a per-row gain (input scaling).
-``epilogue``  one tile read's analog tail: ``ADC(g·(a + σ_r z_r + σ_n z_n + inj)) · post``,
-              optionally accumulated into a digital partial sum.
-``pulsed``    the pulsed update of every device (stochastic pulse counts, soft bounds,
-              asymmetry, cycle-to-cycle noise), see :mod:`noisesim.update`.
+``convert``     DAC/ADC of a 2-D array, optionally after a per-row gain (input scaling).
+``dac_absmax``  per-row ``max|x|`` scaling, DAC and ``Σ x̂²`` in one pass.
+``epilogue``    one tile read's analog tail: ``ADC(g·(a + σ_r z_r + σ_n z_n + inj)) · post``,
+                optionally accumulated into a digital partial sum. On the CPU the Gaussians
+                are drawn inside the kernel from one key per named stream
+                (:mod:`noisesim._rng_numba`); on the GPU CuPy's generator draws arrays.
+``pulsed``      the pulsed update of every device (stochastic pulse counts, soft bounds,
+                asymmetry, cycle-to-cycle noise), see :mod:`noisesim.update`.
 """
 from __future__ import annotations
 
