@@ -60,9 +60,10 @@ def row_state(key, i):
 
 
 @numba.njit(cache=True, inline="always")
-def _uniform(s):
+def uniform(s):
+    """``(s', u)``: one uniform on (0, 1) from counter ``s``."""
     s += _GAMMA
-    return s, (np.float64(_mix(s) >> _S11) + 0.5) * _U53      # in (0, 1)
+    return s, (np.float64(_mix(s) >> _S11) + 0.5) * _U53
 
 
 @numba.njit(cache=True, inline="always", error_model="numpy")
@@ -78,12 +79,12 @@ def normal(s, xs, fx):
             return s, x
         if i == 0:                                                 # the tail |x| > R
             while True:
-                s, u1 = _uniform(s)
-                s, u2 = _uniform(s)
+                s, u1 = uniform(s)
+                s, u2 = uniform(s)
                 a = -math.log(u1) / _R
                 if -2.0 * math.log(u2) > a * a:
                     return s, (_R + a) if u > 0 else -(_R + a)
-        s, u3 = _uniform(s)
+        s, u3 = uniform(s)
         if fx[i] + u3 * (fx[i + 1] - fx[i]) < math.exp(-0.5 * x * x):
             return s, x
 

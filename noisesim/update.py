@@ -50,12 +50,11 @@ def pulsed(tile, delta) -> None:
     c, xp = tile.config, tile.xp
     d = delta / tile.w_max if tile.w_max != 1 else delta
     d = xp.ascontiguousarray(d, dtype=tile.dtype)
-    r = tile.streams.get("update").uniform(d.shape)
-    z = tile.streams.get("c2c").normal(d.shape) if c.c2c > 0 else None
     # With no drift and no faults the kernel writes the effective weights directly.
     direct = tile._tprog is None and not tile.fab.has_faults
     _kernels.pulsed_update(
-        tile._gp, tile._gm, d, r, dw_min=c.dw_min, asymmetry=c.asymmetry, c2c=c.c2c, z=z,
+        tile._gp, tile._gm, d, rng=tile.streams.get("update"), c2c_rng=tile.streams.get("c2c"),
+        dw_min=c.dw_min, asymmetry=c.asymmetry, c2c=c.c2c,
         dw_scale=tile.fab.dw_scale, bound_up=tile.fab.gmax_p, bound_down=tile.fab.gmax_m,
         tprog=tile._tprog, now=tile.time, w=tile._w if direct else None, w_scale=tile.w_max,
     )
