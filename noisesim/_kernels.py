@@ -224,18 +224,18 @@ def _pulsed_row(gp, gm, i, d, r, z, dws, bp, bm, tprog, w, w_scale, now, dw_min,
         fl = math.floor(ax)
         nf = min(fl + (one if r[i, j] < ax - fl else zero), _MAX_PULSES)
         ni = np.int32(nf)
-        up = x > 0
+        upf = one if x > 0 else zero
         hi = bp[i, j]
         lo = bm[i, j]
-        b = hi if up else lo
-        sg = one if up else -one
+        b = lo + upf * (hi - lo)
+        sg = upf + upf - one
         st = dw_min * dws[i, j] * (one + sg * asym)
         base = max(one - st / b, zero)
-        p = one
-        q = base
+        p = 1.0                                # base^n by squaring, select-free arithmetic
+        q = np.float64(base)
         for k in range(16):
-            p = p * q if (ni >> k) & 1 else p
-            q = q * q
+            p *= 1.0 + np.float64((ni >> k) & 1) * (q - 1.0)
+            q = q * q if q > 1e-150 else 0.0    # never into denormals (slow on x86)
         u = gp[i, j] - gm[i, j]
         # n soft-bounded pulses, up (sg = 1) or down (sg = -1), plus cycle-to-cycle noise
         v = sg * b - (sg * b - u) * p + c2c * st * math.sqrt(nf) * z[i, j]
@@ -250,7 +250,7 @@ def _pulsed_row(gp, gm, i, d, r, z, dws, bp, bm, tprog, w, w_scale, now, dw_min,
 
 @numba.njit(cache=True, inline="always", error_model="numpy")
 def _pulsed_keyed_row(gp, gm, i, d, ukey, ckey, dws, bp, bm, tprog, w, w_scale, now, dw_min, asym,
-                      c2c, has_c, xs, fx):
+                      c2c, has_c, has_t, has_w, xs, fx):
     # _pulsed_row with its uniforms (pulse-count rounding) and cycle-to-cycle normals drawn
     # in place from per-row counters of the "update" and "c2c" streams
     one = gp.dtype.type(1.0)
@@ -267,42 +267,44 @@ def _pulsed_keyed_row(gp, gm, i, d, ukey, ckey, dws, bp, bm, tprog, w, w_scale, 
         fl = math.floor(ax)
         nf = min(fl + (one if rr < ax - fl else zero), _MAX_PULSES)
         ni = np.int32(nf)
-        up = x > 0
+        upf = one if x > 0 else zero
         hi = bp[i, j]
         lo = bm[i, j]
-        b = hi if up else lo
-        sg = one if up else -one
+        b = lo + upf * (hi - lo)
+        sg = upf + upf - one
         st = dw_min * dws[i, j] * (one + sg * asym)
         base = max(one - st / b, zero)
-        p = one
-        q = base
+        p = 1.0                                # base^n by squaring, select-free arithmetic
+        q = np.float64(base)
         for k in range(16):
-            p = p * q if (ni >> k) & 1 else p
-            q = q * q
+            p *= 1.0 + np.float64((ni >> k) & 1) * (q - 1.0)
+            q = q * q if q > 1e-150 else 0.0    # never into denormals (slow on x86)
         u = gp[i, j] - gm[i, j]
         v = sg * b - (sg * b - u) * p + c2c * st * math.sqrt(nf) * zz
         v = min(max(v, -lo), hi)
         moved = ni > 0
         gp[i, j] = max(v, zero) if moved else gp[i, j]
         gm[i, j] = max(-v, zero) if moved else gm[i, j]
-        tprog[i, j] = now if moved else tprog[i, j]
-        w[i, j] = w_scale * v if moved else w[i, j]
+        if has_t:                              # memory-bound: skip arrays nobody reads
+            tprog[i, j] = now if moved else tprog[i, j]
+        if has_w:
+            w[i, j] = w_scale * v if moved else w[i, j]
 
 
 @numba.njit(cache=True, parallel=True, error_model="numpy")
 def _pulsed_keyed_par(gp, gm, d, ukey, ckey, dws, bp, bm, tprog, w, w_scale, now, dw_min, asym, c2c,
-                      has_c, xs, fx):
+                      has_c, has_t, has_w, xs, fx):
     for i in numba.prange(gp.shape[0]):
         _pulsed_keyed_row(gp, gm, i, d, ukey, ckey, dws, bp, bm, tprog, w, w_scale, now, dw_min, asym,
-                          c2c, has_c, xs, fx)
+                          c2c, has_c, has_t, has_w, xs, fx)
 
 
 @numba.njit(cache=True, error_model="numpy")
 def _pulsed_keyed_ser(gp, gm, d, ukey, ckey, dws, bp, bm, tprog, w, w_scale, now, dw_min, asym, c2c,
-                      has_c, xs, fx):
+                      has_c, has_t, has_w, xs, fx):
     for i in range(gp.shape[0]):
         _pulsed_keyed_row(gp, gm, i, d, ukey, ckey, dws, bp, bm, tprog, w, w_scale, now, dw_min, asym,
-                          c2c, has_c, xs, fx)
+                          c2c, has_c, has_t, has_w, xs, fx)
 
 
 @numba.njit(cache=True, parallel=True, error_model="numpy")
@@ -552,7 +554,7 @@ def pulsed_update(gp, gm, d, r=None, *, dw_min, asymmetry=0.0, c2c=0.0, z=None, 
             tprog if tprog is not None else _constant(gp, "scratch_t"),
             w if w is not None else _constant(gp, "scratch_w"),
             t(w_scale), t(now), t(dw_min), t(asymmetry), t(c2c if has_c else 0.0), has_c,
-            _rng_numba.XS, _rng_numba.FX)
+            tprog is not None, w is not None, _rng_numba.XS, _rng_numba.FX)
         return gp, gm
     if r is None:
         r = rng.uniform(d.shape)

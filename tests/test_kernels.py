@@ -214,7 +214,7 @@ def test_keyed_pulsed_parallel_equals_serial_and_counts_are_unbiased():
         gp, gm, w, t = np.zeros(shape), np.zeros(shape), np.zeros(shape), np.zeros(shape)
         ones = np.ones(shape)
         fn(gp, gm, d, np.uint64(3), np.uint64(4), ones, ones, ones, t, w, 1.0, 1.0, 0.002, 0.0, 0.5, True,
-           R.XS, R.FX)
+           True, True, R.XS, R.FX)
         outs.append((gp.copy(), t.copy()))
     np.testing.assert_array_equal(outs[0][0], outs[1][0])
     moved = outs[0][1] == 1.0
