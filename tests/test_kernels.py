@@ -203,21 +203,3 @@ def test_keyed_epilogue_parallel_equals_serial():
     np.testing.assert_array_equal(outs[0], outs[1])
     assert np.std(outs[0] - a) == pytest.approx(0.3 * np.sqrt(2), rel=0.01)
 
-
-def test_keyed_pulsed_parallel_equals_serial_and_counts_are_unbiased():
-    from noisesim import _rng_numba as R
-
-    shape = (600, 500)
-    d = np.full(shape, 0.3 * 0.002)
-    outs = []
-    for fn in (_kernels._pulsed_keyed_par, _kernels._pulsed_keyed_ser):
-        gp, gm, w, t = np.zeros(shape), np.zeros(shape), np.zeros(shape), np.zeros(shape)
-        ones = np.ones(shape)
-        fn(gp, gm, d, np.uint64(3), np.uint64(4), ones, ones, ones, t, w, 1.0, 1.0, 0.002, 0.0, 0.5, True,
-           True, True, R.XS, R.FX)
-        outs.append((gp.copy(), t.copy()))
-    np.testing.assert_array_equal(outs[0][0], outs[1][0])
-    moved = outs[0][1] == 1.0
-    # 300 000 Bernoulli(0.3) pulse decisions: 5σ interval; c2c spread of one pulse: 0.5·dw_min
-    assert abs(moved.mean() - 0.3) < 5 * np.sqrt(0.21 / moved.size)
-    assert np.std(outs[0][0][moved] - outs[0][0][moved].mean()) == pytest.approx(0.5 * 0.002, rel=0.05)
