@@ -214,11 +214,14 @@ class Network:
             if len(inject) != self.n_layers:
                 raise ValueError(f"inject has {len(inject)} entries for {self.n_layers} layers")
         read_rng, node_rng = self.streams.get(prefix + "read"), self.streams.get(prefix + "node")
-        h = xp.tile(x, (P, 1)) if P > 1 else x
         inputs, pre, post = [], [], []
         for l, tile in enumerate(self.tiles):
             R = self._R[l]
-            xs = h @ R.T if R is not None else h
+            if l == 0:  # the network input is the same in every pass: decorrelate it once
+                x0 = x @ R.T if R is not None else x
+                xs = xp.tile(x0, (P, 1)) if P > 1 else x0
+            else:
+                xs = h @ R.T if R is not None else h
             inj = None
             if inject is not None and inject[l] is not None:
                 inj = self.backend.asarray(inject[l]).reshape(P * B, tile.n_out)
@@ -349,11 +352,14 @@ class Network:
                 node_std *= gate
         prefix = "" if purpose == "train" else f"{purpose}/"
         read_rng, node_rng = self.streams.get(prefix + "read"), self.streams.get(prefix + "node")
-        h = xp.tile(x, (P, 1)) if P > 1 else x
         inputs, pre, post = [], [], []
         for l, tile in enumerate(self.tiles):
             R = self._R[l]
-            xs = h @ R.T if R is not None else h
+            if l == 0:  # the network input is the same in every pass: decorrelate it once
+                x0 = x @ R.T if R is not None else x
+                xs = xp.tile(x0, (P, 1)) if P > 1 else x0
+            else:
+                xs = h @ R.T if R is not None else h
             inj = None
             if omega[l] is not None:
                 om = self.backend.asarray(omega[l])
