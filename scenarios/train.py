@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -80,6 +81,7 @@ def train(net, rule, data, epochs: int = 5, batch_size: int = 64, *, progress: b
     if trace is not None:
         import noisesim.trace
 
+        Path(trace).parent.mkdir(parents=True, exist_ok=True)
         writer = noisesim.trace.TraceWriter(trace, net, rule, **(trace_options or {}))
         on_step = _chain(writer.on_step, on_step)
     try:

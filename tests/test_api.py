@@ -35,7 +35,7 @@ def test_train_records_a_trace_that_replays_exactly(tmp_path):
 
     data = scenarios.load("digits", n_train=256, n_test=64)
     net = noisesim.Network.mlp([64, 32, 10], seed=1, backend="numpy")
-    path = tmp_path / "run.h5"
+    path = tmp_path / "not" / "yet" / "run.h5"   # folders are created
     history = scenarios.train(net, rules.make("danp", baseline="noisy"), data, epochs=2,
                               batch_size=64, progress=False, trace=path)
     assert history.trace == str(path)
