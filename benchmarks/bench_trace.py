@@ -1,16 +1,21 @@
 """Cost of tracing: training-step time with a trace written, divided by the time without.
 
-Quickstart network by default (64 → 256 → 256 → 256 → 10, batch 32, float32, ``ideal``
-device, digits), for DANP (noisy baseline) and BP. A step is ``rule.step`` (estimate →
+Two configurations by default, in one run: the quickstart network (64 → 256 → 256 → 256 → 10,
+batch 32) and a realistic one (64 → 1024 → 1024 → 1024 → 10, batch 256) — float32, ``ideal``
+device, digits, for DANP (noisy baseline) and BP. At larger widths the compute of a step grows
+faster (∝ batch·width²) than the bytes it records (∝ batch·width), so the ratio shrinks. A step is ``rule.step`` (estimate →
 decorrelation → optimizer → apply) plus, when tracing, ``TraceWriter.write`` (pack the arrays
 into one row, crc32, one HDF5 write per per-step dataset, rewrite ``complete_steps``, flush).
 The variants — off, uncompressed, gzip, lzf, float16 — run in interleaved blocks on the same
 batches, and each ratio is the median block time over the median "off" block time, all from
 one run, so they are comparable on a busy machine.
 
-    python benchmarks/bench_trace.py [--steps 100] [--blocks 5] [--batch 32] [--sizes 64,256,256,256,10]
+    python benchmarks/bench_trace.py [--steps 100] [--blocks 5] [--configs quickstart,large]
+    python benchmarks/bench_trace.py --sizes 64,512,512,10 --batch 64      # one custom configuration
 
 Goal (issue 5): ≤ 1.2× with compression. Prints bytes per step (on disk) for each variant.
+``OPENBLAS_NUM_THREADS`` is not pinned (it is printed): with gzip the writer deflates in a
+background thread, which competes for the cores with a multi-threaded BLAS on a small machine.
 """
 from __future__ import annotations
 
@@ -37,30 +42,52 @@ VARIANTS = [
 ]
 
 
+CONFIGS = {"quickstart": ("64,256,256,256,10", 32), "large": ("64,1024,1024,1024,10", 256)}
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=100, help="steps per block")
     ap.add_argument("--blocks", type=int, default=5, help="interleaved blocks per variant")
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--sizes", default="64,256,256,256,10")
+    ap.add_argument("--configs", default="quickstart,large",
+                    help=f"named configurations, in order ({', '.join(CONFIGS)})")
+    ap.add_argument("--batch", type=int, default=None, help="with --sizes: one custom configuration")
+    ap.add_argument("--sizes", default=None, help="comma-separated layer widths (first: 64)")
+    ap.add_argument("--large-steps", type=int, default=None,
+                    help="steps per block for the large configuration (default: --steps / 4, at least 10)")
     ap.add_argument("--rules", default="danp,bp")
     args = ap.parse_args(argv)
-    sizes = [int(s) for s in args.sizes.split(",")]
     data = scenarios.load("digits")
+    if args.sizes is not None or args.batch is not None:
+        sizes = args.sizes or CONFIGS["quickstart"][0]
+        configs = [([int(s) for s in sizes.split(",")], args.batch or 32, args.steps)]
+    else:
+        configs = []
+        for c in args.configs.split(","):
+            if c not in CONFIGS:
+                raise SystemExit(f"unknown configuration {c!r}; known: {list(CONFIGS)}")
+            sizes, batch = CONFIGS[c]
+            steps = args.steps if c == "quickstart" else (args.large_steps or max(10, args.steps // 4))
+            configs.append(([int(s) for s in sizes.split(",")], batch, steps))
+    for sizes, batch, steps in configs:
+        run(data, sizes, batch, steps, args.blocks, args.rules.split(","))
+
+
+def run(data, sizes, batch, steps, blocks, rule_names) -> None:
     if sizes[0] != data.n_features:
         raise SystemExit(f"the first size must be {data.n_features} (digits)")
     rng = np.random.default_rng(0)
     batches = []
-    for _ in range(args.steps):
-        idx = rng.choice(len(data.x_train), args.batch, replace=False)
+    for _ in range(steps):
+        idx = rng.choice(len(data.x_train), batch, replace=False)
         batches.append((idx, data.x_train[idx], np.eye(sizes[-1], dtype=np.float32)[data.y_train[idx]]))
     tmp = tempfile.mkdtemp(prefix="bench_trace_")
-    print(f"network {sizes}, batch {args.batch}, {args.steps} steps x {args.blocks} blocks per variant, "
+    print(f"\nnetwork {sizes}, batch {batch}, {steps} steps x {blocks} blocks per variant, "
           f"backend numpy, float32, OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}")
-    for name in args.rules.split(","):
+    for name in rule_names:
         times = {v: [] for v, _ in VARIANTS}
         nbytes = {}
-        for block in range(args.blocks):
+        for block in range(blocks):
             for label, opts in VARIANTS:
                 net = noisesim.Network.mlp(sizes, device=noisesim.DeviceConfig.preset("ideal"), seed=0, backend="numpy")
                 rule = rules.make(name, lr=1e-3)
@@ -73,7 +100,9 @@ def main(argv=None) -> None:
                     est = rule.step(net, x, t)
                     if tw is not None:
                         tw.write(s + 1, idx, est)
-                times[label].append((time.perf_counter() - t0) / args.steps)
+                if tw is not None:
+                    tw.flush()  # a background writer's queue counts: the steps are in the file
+                times[label].append((time.perf_counter() - t0) / steps)
                 if tw is not None:
                     tw.close(net)
                     with noisesim.trace.open_trace(path) as r:

@@ -15,11 +15,12 @@ import zlib
 
 import h5py
 import numpy as np
+from h5py import h5a, h5f, h5s, h5t
 
 from .._version import __version__
 from ..backend import to_numpy
 from .format import (COMPRESSIONS, CRC_COLUMN, FORMAT_NAME, FORMAT_VERSION, META_FIXED, TraceError,
-                     entry_name, step_checksum)
+                     entry_name)
 
 # HDF5 1.8 file format: checksummed superblock and object headers, and — unlike the 1.10
 # format — no "open for writing" flag left behind when the writer is killed, so a file cut
@@ -88,6 +89,8 @@ class TraceWriter:
     background : bool, optional
         Compress and write in a background thread (default: on for gzip). Up to
         ``queue_steps`` steps may then be in memory, not yet in the file; :meth:`flush` waits.
+        Only gzip is compressed off the GIL (by the writer itself); with lzf or none the thread
+        runs HDF5's write under the GIL, which overlaps only GIL-free work (large BLAS calls).
 
     Each :meth:`write` adds one row to every per-step dataset, then rewrites the root
     attribute ``complete_steps`` and flushes, so a run killed at any point leaves a file
@@ -143,16 +146,19 @@ class TraceWriter:
         self._n = 0
         self._cap = 0
         # gzip runs in a background thread (zlib releases the GIL; h5py's own filters do not),
-        # writing pre-filtered chunks; at most ``queue_steps`` steps wait in memory. Steps reach
-        # the file, and ``complete_steps``, in order, so a crash still leaves whole steps only.
+        # writing pre-filtered chunks (see _deflate); other modes may opt in. At most
+        # ``queue_steps`` steps wait in memory. Steps reach the file, and ``complete_steps``, in
+        # order, so a crash still leaves whole steps only.
         background = compression == "gzip" if background is None else bool(background)
-        if background and compression != "gzip":
-            raise TraceError(f"{self.path}: background=True needs compression='gzip'")
         self._level = 4 if compression_opts is None else int(compression_opts)
+        self._plane_state = [[0, None], [0, None]]  # values, ints: [steps to the next trial, levels]
         self._queue = queue.Queue(maxsize=max(1, int(queue_steps))) if background else None
         self._worker = None
         self._error = None
         self._f.flush()
+        self._fid = self._f.id
+        self._cs_attr = h5a.open(self._fid, b"complete_steps")
+        self._cs_buf = np.zeros((), np.int64)
 
     # -- helpers ---------------------------------------------------------------------------------
     def _write_state(self, group: str, state: dict) -> None:
@@ -211,6 +217,14 @@ class TraceWriter:
         self._meta = g.create_dataset("meta", (0, len(cols)), maxshape=(None, len(cols)),
                                       chunks=(small, len(cols)), dtype=np.int64)
         self._row = np.zeros(V, self.storage_dtype)
+        # Per entry, in item order: (alias?, layer, float?, offset, capacity, ndim, entry).
+        self._plan = [(e["alias"] == "xstar", e["layer"], e["kind"] == "float", e["offset"],
+                       math.prod(e["shape"]), len(e["shape"]), e) for e in entries]
+        self._xstar_of = {l: i for i, (src, _, l, _) in enumerate(items) if src == "xstar"}
+        # Region boundaries (one per non-alias array) of the values and ints rows, for _deflate.
+        self._regions = [sorted({0, width} | {e["offset"] for e in entries
+                                              if e["kind"] == kind and e["offset"] is not None and e["offset"] < width})
+                         for kind, width in (("float", V), ("int", I))]
         self._irow = np.zeros(I, np.int64) if I else None
         layout_json = json.dumps(self._layout)
         self._f.attrs["layout"] = layout_json
@@ -221,6 +235,18 @@ class TraceWriter:
         for d in (self._values, self._ints, self._indices, self._loss, self._meta):
             if d is not None:
                 d.resize(self._cap, axis=0)
+        # Low-level row writers: (dataset id, memory space of one row, file space, width). The
+        # file space is fetched once per resize and only its selection changes per step.
+        self._sinks = [None if d is None else (d.id, h5s.create_simple((1, d.shape[1])), d.id.get_space(),
+                                               d.shape[1], h5t.py_create(d.dtype))
+                       for d in (self._values, self._ints, self._indices, self._loss, self._meta)]
+
+    @staticmethod
+    def _put(sink, s: int, arr) -> None:
+        """Write the C-contiguous row ``arr`` (the dataset's dtype, ``width`` items) at row ``s``."""
+        dsid, mspace, fspace, width, mtype = sink
+        fspace.select_hyperslab((s, 0), (1, width))
+        dsid.write(mspace, fspace, arr, mtype)
 
     # -- the public API ---------------------------------------------------------------------------
     @property
@@ -245,44 +271,116 @@ class TraceWriter:
         if len(idx) > lay["max_batch"]:
             raise TraceError(f"{self.path}: step {step} has a batch of {len(idx)}, larger than the first "
                              f"step's {lay['max_batch']}; start tracing with the largest batch")
-        xstar = {l: a for src, _, l, a in items if src == "xstar"}
+        bg = self._queue is not None
+        # In background mode each step packs into fresh rows (the queue holds them); else the
+        # rows are reused.
+        row = np.empty_like(self._row) if bg else self._row
+        irow_ = self._irow
+        if irow_ is not None and bg:
+            irow_ = np.empty_like(irow_)
+        xstar = {l: items[i][3] for l, i in self._xstar_of.items()}
         shapes = []
-        for e, (src, key, layer, a) in zip(lay["entries"], items):
-            if a.ndim != len(e["shape"]) or a.size > math.prod(e["shape"]):
+        for (alias, layer, is_float, off, cap, ndim, e), (_, _, _, a) in zip(self._plan, items):
+            if a.ndim != ndim or a.size > cap:
                 raise TraceError(f"{self.path}: step {step}: {e['name']} has shape {a.shape}, which does not "
                                  f"fit the shape {tuple(e['shape'])} set at the first step")
             shapes += a.shape
-            if e["alias"] == "xstar":
+            if alias:
                 x = xstar[layer]
-                if a.size != x.size or not np.array_equal(a.reshape(x.shape), x):
+                if a.size != x.size or not (
+                        (a.dtype == x.dtype and a.flags.c_contiguous and x.flags.c_contiguous
+                         and a.__array_interface__["data"][0] == x.__array_interface__["data"][0])
+                        or np.array_equal(a.reshape(x.shape), x)):
                     raise TraceError(f"{self.path}: step {step}: {e['name']} no longer equals x* of layer {layer}")
                 continue
-            row = self._row if e["kind"] == "float" else self._irow
-            off, cap = e["offset"], math.prod(e["shape"])
-            row[off:off + a.size] = a.ravel()
-            if a.size < cap:
-                row[off + a.size:off + cap] = 0
-        irow = np.full(self._indices.shape[1], -1, np.int64)
+            r = row if is_float else irow_
+            n = a.size
+            r[off:off + n] = a.reshape(-1)
+            if n < cap:
+                r[off + n:off + cap] = 0
+        irow = np.full(lay["max_batch"] or 1, -1, np.int64)
         irow[:len(idx)] = idx
         t = getattr(self._network, "time", None)
         scalars = np.array([float(est.loss), float(t) if isinstance(t, (int, float)) else np.nan])
-        head = np.array([int(step), len(idx), int(getattr(est, "forward_passes", 0))], np.int64)
-        crc = step_checksum(self._row, self._irow, irow, scalars, head)
-        meta = np.concatenate([head, [crc], np.asarray(shapes, np.int64)]).astype(np.int64)
-        if self._queue is None:
-            self._commit((self._row, self._irow, irow, scalars, meta))
+        meta = np.empty(len(self._layout["meta_columns"]), np.int64)
+        meta[0], meta[1], meta[2] = int(step), len(idx), int(getattr(est, "forward_passes", 0))
+        meta[CRC_COLUMN + 1:] = shapes
+        if not bg:
+            meta[CRC_COLUMN] = self._crc(row, irow_, irow, scalars, meta)
+            self._commit((row, irow_, irow, scalars, meta))
             return
-        ints = None if self._irow is None else self._irow.copy()
-        job = (self._row.copy(), ints, irow, scalars, meta)  # the buffers are reused next step
+        job = (row, irow_, irow, scalars, meta)  # the checksum is computed by the worker
         if self._worker is None:
             self._worker = threading.Thread(target=self._work, name="TraceWriter", daemon=True)
             self._worker.start()
         self._queue.put(job)
 
-    def _deflate(self, row) -> bytes:
-        """HDF5's shuffle + deflate filters, done here so the GIL-free zlib overlaps training."""
-        b = np.ascontiguousarray(row).view(np.uint8).reshape(-1, row.itemsize).T
-        return zlib.compress(np.ascontiguousarray(b), self._level)
+    @staticmethod
+    def _crc(row, irow_, irow, scalars, meta) -> int:
+        """:func:`.format.step_checksum` of C-contiguous rows of the right dtypes, without copies."""
+        c = zlib.crc32(row)
+        if irow_ is not None:
+            c = zlib.crc32(irow_, c)
+        c = zlib.crc32(irow, c)
+        c = zlib.crc32(scalars, c)
+        return zlib.crc32(meta[:CRC_COLUMN], c)
+
+    # Byte planes whose deflate output is larger than this fraction of their size are stored
+    # (deflate "stored" blocks) instead: the low mantissa bytes of noise-like floats do not
+    # compress, and deflating them costs most of the time. Re-decided every RETRY_STEPS steps.
+    PLANE_RATIO = 0.95
+    RETRY_STEPS = 64
+
+    def _deflate(self, row, which: int = 0) -> bytes:
+        """HDF5's shuffle + deflate filters, done here so the GIL-free zlib overlaps training.
+
+        The result is one zlib stream, as HDF5's deflate filter writes and reads it: a header,
+        then for each byte plane of the shuffled row and each array's region in it, deflate
+        blocks, then the adler32 of the whole shuffled row. Each part is coded the cheapest
+        way that was smallest at the last trial (every ``RETRY_STEPS`` steps): deflate at
+        ``self._level``, Huffman-only (the exponent bytes of noise-like floats: faster and
+        smaller than LZ matching), or stored blocks when neither saves ``1 - PLANE_RATIO``
+        (the low mantissa bytes, whose deflating would cost most of the time for nothing).
+        """
+        n = row.itemsize
+        b = np.ascontiguousarray(np.ascontiguousarray(row).view(np.uint8).reshape(-1, n).T)
+        state = self._plane_state[which]
+        bounds = self._regions[which]
+        nseg = len(bounds) - 1
+        trial = state[0] <= 0
+        codes = state[1]
+        parts = [b"\x78\x01"]  # zlib header: deflate, 32 KiB window (FLEVEL is informational)
+        last = n * nseg - 1
+        chosen = []
+        k = 0
+        for p in range(n):
+            plane = b[p]
+            for j in range(nseg):
+                data = plane[bounds[j]:bounds[j + 1]]
+                mode = zlib.Z_FINISH if k == last else zlib.Z_SYNC_FLUSH
+                if trial:
+                    best, code = None, None
+                    for cand in ((self._level, zlib.Z_DEFAULT_STRATEGY), (self._level, zlib.Z_HUFFMAN_ONLY)):
+                        c = zlib.compressobj(cand[0], zlib.DEFLATED, -15, 8, cand[1])
+                        seg = c.compress(data) + c.flush(mode)
+                        if best is None or len(seg) < len(best):
+                            best, code = seg, cand
+                    if len(best) > self.PLANE_RATIO * len(data):
+                        code = (0, zlib.Z_DEFAULT_STRATEGY)
+                        c = zlib.compressobj(0, zlib.DEFLATED, -15)
+                        best = c.compress(data) + c.flush(mode)
+                    chosen.append(code)
+                else:
+                    level, strategy = codes[k]
+                    c = zlib.compressobj(level, zlib.DEFLATED, -15, 8, strategy)
+                    best = c.compress(data) + c.flush(mode)
+                parts.append(best)
+                k += 1
+        parts.append(zlib.adler32(b).to_bytes(4, "big"))
+        if trial:
+            state[0], state[1] = self.RETRY_STEPS, chosen
+        state[0] -= 1
+        return b"".join(parts)
 
     def _commit(self, job) -> None:
         """Write one step's rows, then the new ``complete_steps``, then flush (crash-safe order)."""
@@ -290,20 +388,24 @@ class TraceWriter:
         s = self._n
         if s >= self._cap:
             self._grow()
-        if self._queue is not None:
-            self._values.id.write_direct_chunk((s, 0), self._deflate(values))
+        sv, si, sx, sl, sm = self._sinks
+        put = self._put
+        if self._queue is not None and self.compression == "gzip":
+            sv[0].write_direct_chunk((s, 0), self._deflate(values))
             if ints is not None:
-                self._ints.id.write_direct_chunk((s, 0), self._deflate(ints))
+                si[0].write_direct_chunk((s, 0), self._deflate(ints, 1))
         else:
-            self._values[s] = values
+            put(sv, s, values)
             if ints is not None:
-                self._ints[s] = ints
-        self._indices[s] = irow
-        self._loss[s] = scalars
-        self._meta[s] = meta
+                put(si, s, ints)
+        put(sx, s, irow)
+        put(sl, s, scalars)
+        put(sm, s, meta)
         self._n = s + 1
-        self._f.attrs["complete_steps"] = self._n
-        self._f.flush()
+        # Written in place (the attribute is opened once); the steps above are in before it.
+        self._cs_buf[()] = self._n
+        self._cs_attr.write(self._cs_buf)
+        h5f.flush(self._fid)
 
     def _work(self) -> None:
         while True:
@@ -312,6 +414,8 @@ class TraceWriter:
                 if job is None:
                     return
                 if self._error is None:
+                    values, ints, irow, scalars, meta = job
+                    meta[CRC_COLUMN] = self._crc(values, ints, irow, scalars, meta)
                     self._commit(job)
             except BaseException as exc:  # reported to the training thread at its next write/close
                 self._error = exc
@@ -345,6 +449,7 @@ class TraceWriter:
                 self._worker.join()
                 self._worker = None
                 self._check_worker()
+            self._cs_attr = None
             if self._layout is not None:
                 for d in (self._values, self._ints, self._indices, self._loss, self._meta):
                     if d is not None:
