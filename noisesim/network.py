@@ -193,7 +193,22 @@ class Network:
         P, B = int(passes), x.shape[0]
         if P < 1:
             raise ValueError(f"passes={passes!r} must be at least 1")
-        xp = self.xp
+        known = None
+        if inject is not None:
+            self.require("an injected perturbation", ["inject"])
+            if len(inject) != self.n_layers:
+                raise ValueError(f"inject has {len(inject)} entries for {self.n_layers} layers")
+
+            def known(l, xs):
+                if inject[l] is None:
+                    return None
+                return self.backend.asarray(inject[l]).reshape(P * B, self.tiles[l].n_out)
+        return self._run_stacked(x, P, clean, known, purpose)
+
+    def _run_stacked(self, x, P: int, clean, known, purpose: str) -> Pass:
+        """The stacked forward shared by every public pass: ``known(l, x*)`` returns the known
+        term injected into layer ``l``'s pre-activations (or ``None``)."""
+        B, xp = x.shape[0], self.xp
         prefix = "" if purpose == "train" else f"{purpose}/"
         node_std = gate = None
         if self.device.node_noise > 0:
@@ -203,16 +218,9 @@ class Network:
             if len(clean) != P:
                 raise ValueError(f"clean has {len(clean)} entries for {P} passes")
             # the clean switch gates the intrinsic node and output noise, never the read noise
-            gate = xp.ones(P * B, dtype=self.dtype)
-            for k, c in enumerate(clean):
-                if c:
-                    gate[k * B:(k + 1) * B] = 0
+            gate = xp.repeat(xp.asarray([0 if c else 1 for c in clean], dtype=self.dtype), B)
             if node_std is not None:
                 node_std *= gate
-        if inject is not None:
-            self.require("an injected perturbation", ["inject"])
-            if len(inject) != self.n_layers:
-                raise ValueError(f"inject has {len(inject)} entries for {self.n_layers} layers")
         read_rng, node_rng = self.streams.get(prefix + "read"), self.streams.get(prefix + "node")
         inputs, pre, post = [], [], []
         for l, tile in enumerate(self.tiles):
@@ -222,9 +230,7 @@ class Network:
                 xs = xp.tile(x0, (P, 1)) if P > 1 else x0
             else:
                 xs = h @ R.T if R is not None else h
-            inj = None
-            if inject is not None and inject[l] is not None:
-                inj = self.backend.asarray(inject[l]).reshape(P * B, tile.n_out)
+            inj = known(l, xs) if known is not None else None
             a = tile.read(xs, read_rng=read_rng, node_rng=node_rng, node_std=node_std, inject=inj, gate=gate)
             h = self.act(l, a)
             inputs.append(xs.reshape(P, B, -1))
@@ -339,36 +345,13 @@ class Network:
         P = next((int(o.shape[0]) for o in omega if o is not None), 1)
         x = self._check_input(x)
         B, xp = x.shape[0], self.xp
-        node_std = gate = None
-        if self.device.node_noise > 0:
-            node_std = xp.full(P * B, self.device.node_noise, dtype=self.dtype)
-        if clean is not None and any(clean):
-            self.require("a clean (noise-gated) pass", ["clean"])
-            if len(clean) != P:
-                raise ValueError(f"clean has {len(clean)} entries for {P} passes")
-            # the same switch as in forward_stacked: gates node and output noise, not read noise
-            gate = xp.repeat(xp.asarray([0 if c else 1 for c in clean], dtype=self.dtype), B)
-            if node_std is not None:
-                node_std *= gate
-        prefix = "" if purpose == "train" else f"{purpose}/"
-        read_rng, node_rng = self.streams.get(prefix + "read"), self.streams.get(prefix + "node")
-        inputs, pre, post = [], [], []
-        for l, tile in enumerate(self.tiles):
-            R = self._R[l]
-            if l == 0:  # the network input is the same in every pass: decorrelate it once
-                x0 = x @ R.T if R is not None else x
-                xs = xp.tile(x0, (P, 1)) if P > 1 else x0
-            else:
-                xs = h @ R.T if R is not None else h
-            inj = None
-            if omega[l] is not None:
-                om = self.backend.asarray(omega[l])
-                if om.shape != (P, tile.n_out, tile.n_in):
-                    raise ValueError(f"omega[{l}] has shape {tuple(om.shape)}, expected {(P, tile.n_out, tile.n_in)}")
-                inj = (xs.reshape(P, B, -1) @ xp.swapaxes(om, 1, 2)).reshape(P * B, tile.n_out)
-            a = tile.read(xs, read_rng=read_rng, node_rng=node_rng, node_std=node_std, inject=inj, gate=gate)
-            h = self.act(l, a)
-            inputs.append(xs.reshape(P, B, -1))
-            pre.append(a.reshape(P, B, -1))
-            post.append(h.reshape(P, B, -1))
-        return Pass(inputs, pre, post, passes=P, stacked=True)
+
+        def known(l, xs):
+            if omega[l] is None:
+                return None
+            tile = self.tiles[l]
+            om = self.backend.asarray(omega[l])
+            if om.shape != (P, tile.n_out, tile.n_in):
+                raise ValueError(f"omega[{l}] has shape {tuple(om.shape)}, expected {(P, tile.n_out, tile.n_in)}")
+            return (xs.reshape(P, B, -1) @ xp.swapaxes(om, 1, 2)).reshape(P * B, tile.n_out)
+        return self._run_stacked(x, P, clean, known, purpose)
