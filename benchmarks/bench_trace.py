@@ -14,8 +14,11 @@ one run, so they are comparable on a busy machine.
     python benchmarks/bench_trace.py --sizes 64,512,512,10 --batch 64      # one custom configuration
 
 Goal (issue 5): ≤ 1.2× with compression. Prints bytes per step (on disk) for each variant.
-``OPENBLAS_NUM_THREADS`` is not pinned (it is printed): with gzip the writer deflates in a
-background thread, which competes for the cores with a multi-threaded BLAS on a small machine.
+``OPENBLAS_NUM_THREADS`` is not pinned here (it is printed), but it matters for gzip: the
+writer deflates in a background thread, and on a small machine (2 cores) a multi-threaded
+OpenBLAS whose threads must share the cores with any busy thread slows the *training step*
+itself by up to 3x (a plain zlib loop in a thread does the same). For the cost of tracing on
+such a machine, compare ``OPENBLAS_NUM_THREADS=1 python benchmarks/bench_trace.py``.
 """
 from __future__ import annotations
 

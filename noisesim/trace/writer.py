@@ -89,8 +89,8 @@ class TraceWriter:
     background : bool, optional
         Compress and write in a background thread (default: on for gzip). Up to
         ``queue_steps`` steps may then be in memory, not yet in the file; :meth:`flush` waits.
-        Only gzip is compressed off the GIL (by the writer itself); with lzf or none the thread
-        runs HDF5's write under the GIL, which overlaps only GIL-free work (large BLAS calls).
+        The thread only checksums and deflates (zlib runs without the GIL); the training thread
+        writes the finished steps into the file at its next :meth:`write`.
 
     Each :meth:`write` adds one row to every per-step dataset, then rewrites the root
     attribute ``complete_steps`` and flushes, so a run killed at any point leaves a file
@@ -146,13 +146,18 @@ class TraceWriter:
         self._n = 0
         self._cap = 0
         # gzip runs in a background thread (zlib releases the GIL; h5py's own filters do not),
-        # writing pre-filtered chunks (see _deflate); other modes may opt in. At most
+        # writing pre-filtered chunks (see _deflate). At most
         # ``queue_steps`` steps wait in memory. Steps reach the file, and ``complete_steps``, in
         # order, so a crash still leaves whole steps only.
         background = compression == "gzip" if background is None else bool(background)
+        if background and compression != "gzip":
+            raise TraceError(f"{self.path}: background=True needs compression='gzip'")
         self._level = 4 if compression_opts is None else int(compression_opts)
         self._plane_state = [[0, None], [0, None]]  # values, ints: [steps to the next trial, levels]
-        self._queue = queue.Queue(maxsize=max(1, int(queue_steps))) if background else None
+        self._queue = queue.Queue() if background else None  # steps to the worker
+        self._done = queue.Queue()  # (step, deflated chunks, error) from the worker, in order
+        self._qmax = max(1, int(queue_steps))
+        self._inflight = 0  # handed to the worker, not yet in the file
         self._worker = None
         self._error = None
         self._f.flush()
@@ -309,11 +314,15 @@ class TraceWriter:
             meta[CRC_COLUMN] = self._crc(row, irow_, irow, scalars, meta)
             self._commit((row, irow_, irow, scalars, meta))
             return
-        job = (row, irow_, irow, scalars, meta)  # the checksum is computed by the worker
         if self._worker is None:
             self._worker = threading.Thread(target=self._work, name="TraceWriter", daemon=True)
             self._worker.start()
-        self._queue.put(job)
+        self._collect(block=False)
+        while self._inflight >= self._qmax:
+            self._collect(block=True)
+        self._check_worker()
+        self._inflight += 1
+        self._queue.put((row, irow_, irow, scalars, meta))  # the checksum is computed by the worker
 
     @staticmethod
     def _crc(row, irow_, irow, scalars, meta) -> int:
@@ -343,46 +352,44 @@ class TraceWriter:
         (the low mantissa bytes, whose deflating would cost most of the time for nothing).
         """
         n = row.itemsize
-        b = np.ascontiguousarray(np.ascontiguousarray(row).view(np.uint8).reshape(-1, n).T)
+        b = np.ascontiguousarray(np.ascontiguousarray(row).view(np.uint8).reshape(-1, n).T).reshape(-1)
         state = self._plane_state[which]
-        bounds = self._regions[which]
-        nseg = len(bounds) - 1
-        trial = state[0] <= 0
-        codes = state[1]
         parts = [b"\x78\x01"]  # zlib header: deflate, 32 KiB window (FLEVEL is informational)
-        last = n * nseg - 1
-        chosen = []
-        k = 0
-        for p in range(n):
-            plane = b[p]
-            for j in range(nseg):
-                data = plane[bounds[j]:bounds[j + 1]]
-                mode = zlib.Z_FINISH if k == last else zlib.Z_SYNC_FLUSH
-                if trial:
-                    best, code = None, None
-                    for cand in ((self._level, zlib.Z_DEFAULT_STRATEGY), (self._level, zlib.Z_HUFFMAN_ONLY)):
-                        c = zlib.compressobj(cand[0], zlib.DEFLATED, -15, 8, cand[1])
-                        seg = c.compress(data) + c.flush(mode)
-                        if best is None or len(seg) < len(best):
-                            best, code = seg, cand
-                    if len(best) > self.PLANE_RATIO * len(data):
-                        code = (0, zlib.Z_DEFAULT_STRATEGY)
-                        c = zlib.compressobj(0, zlib.DEFLATED, -15)
-                        best = c.compress(data) + c.flush(mode)
-                    chosen.append(code)
-                else:
-                    level, strategy = codes[k]
-                    c = zlib.compressobj(level, zlib.DEFLATED, -15, 8, strategy)
+        if state[0] <= 0:  # trial: code each part every way, keep the smallest
+            width = len(b) // n
+            bounds = [p * width + o for p in range(n) for o in self._regions[which][:-1]] + [len(b)]
+            runs = []
+            for j in range(len(bounds) - 1):
+                data = b[bounds[j]:bounds[j + 1]]
+                mode = zlib.Z_FINISH if j == len(bounds) - 2 else zlib.Z_SYNC_FLUSH
+                best, code = None, None
+                for cand in ((self._level, zlib.Z_DEFAULT_STRATEGY), (self._level, zlib.Z_HUFFMAN_ONLY)):
+                    c = zlib.compressobj(cand[0], zlib.DEFLATED, -15, 8, cand[1])
+                    seg = c.compress(data) + c.flush(mode)
+                    if best is None or len(seg) < len(best):
+                        best, code = seg, cand
+                if len(best) > self.PLANE_RATIO * len(data):
+                    code = (0, zlib.Z_DEFAULT_STRATEGY)
+                    c = zlib.compressobj(0, zlib.DEFLATED, -15)
                     best = c.compress(data) + c.flush(mode)
                 parts.append(best)
-                k += 1
+                # Adjacent parts (also across planes) coded alike are one run from now on:
+                # fewer zlib calls, so fewer GIL hand-overs with the training thread.
+                if runs and runs[-1][2] == code:
+                    runs[-1][1] = bounds[j + 1]
+                else:
+                    runs.append([bounds[j], bounds[j + 1], code])
+            state[0], state[1] = self.RETRY_STEPS, runs
+        else:
+            runs = state[1]
+            for j, (lo, hi, (level, strategy)) in enumerate(runs):
+                c = zlib.compressobj(level, zlib.DEFLATED, -15, 8, strategy)
+                parts.append(c.compress(b[lo:hi]) + c.flush(zlib.Z_FINISH if j == len(runs) - 1 else zlib.Z_SYNC_FLUSH))
         parts.append(zlib.adler32(b).to_bytes(4, "big"))
-        if trial:
-            state[0], state[1] = self.RETRY_STEPS, chosen
         state[0] -= 1
         return b"".join(parts)
 
-    def _commit(self, job) -> None:
+    def _commit(self, job, chunks=None) -> None:
         """Write one step's rows, then the new ``complete_steps``, then flush (crash-safe order)."""
         values, ints, irow, scalars, meta = job
         s = self._n
@@ -390,10 +397,10 @@ class TraceWriter:
             self._grow()
         sv, si, sx, sl, sm = self._sinks
         put = self._put
-        if self._queue is not None and self.compression == "gzip":
-            sv[0].write_direct_chunk((s, 0), self._deflate(values))
+        if chunks is not None:
+            sv[0].write_direct_chunk((s, 0), chunks[0])
             if ints is not None:
-                si[0].write_direct_chunk((s, 0), self._deflate(ints, 1))
+                si[0].write_direct_chunk((s, 0), chunks[1])
         else:
             put(sv, s, values)
             if ints is not None:
@@ -408,19 +415,38 @@ class TraceWriter:
         h5f.flush(self._fid)
 
     def _work(self) -> None:
+        """Background thread: checksum and deflate each step (zlib runs without the GIL). The
+        HDF5 writes stay on the training thread (:meth:`_collect`): h5py holds the GIL
+        throughout, and a worker doing them would stall training at every hand-over."""
         while True:
             job = self._queue.get()
+            if job is None:
+                return
             try:
-                if job is None:
-                    return
-                if self._error is None:
-                    values, ints, irow, scalars, meta = job
-                    meta[CRC_COLUMN] = self._crc(values, ints, irow, scalars, meta)
-                    self._commit(job)
+                values, ints, irow, scalars, meta = job
+                meta[CRC_COLUMN] = self._crc(values, ints, irow, scalars, meta)
+                chunks = (self._deflate(values), None if ints is None else self._deflate(ints, 1))
+                self._done.put((job, chunks, None))
             except BaseException as exc:  # reported to the training thread at its next write/close
-                self._error = exc
-            finally:
-                self._queue.task_done()
+                self._done.put((job, None, exc))
+
+    def _collect(self, block: bool) -> None:
+        """Commit, in order, the steps the worker has finished; with ``block``, wait for one."""
+        while self._inflight:
+            try:
+                job, chunks, exc = self._done.get(block)
+            except queue.Empty:
+                return
+            block = False
+            self._inflight -= 1
+            if self._error is not None:  # a step failed: later ones must not follow it in
+                continue
+            if exc is None:
+                try:
+                    self._commit(job, chunks)
+                except BaseException as e:
+                    exc = e
+            self._error = exc
 
     def _check_worker(self) -> None:
         if self._error is not None:
@@ -429,8 +455,8 @@ class TraceWriter:
 
     def flush(self) -> None:
         """Wait until every step handed to :meth:`write` is in the file."""
-        if self._queue is not None and self._worker is not None:
-            self._queue.join()
+        while self._inflight:
+            self._collect(block=True)
         self._check_worker()
 
     def on_step(self, step, indices, est) -> None:
@@ -445,6 +471,8 @@ class TraceWriter:
         self._network = None
         try:
             if self._worker is not None:
+                while self._inflight:
+                    self._collect(block=True)
                 self._queue.put(None)
                 self._worker.join()
                 self._worker = None
