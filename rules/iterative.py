@@ -23,7 +23,7 @@ from __future__ import annotations
 from noisesim.backend import get_array_module
 
 from .base import Estimate, host_float
-from .perturbation import PerturbationRule, check_sigma, contract, injection
+from .perturbation import InjectingRule, contract, injection
 
 
 def iterative_updates(dL, eps, xs) -> list:
@@ -38,7 +38,7 @@ def iterative_updates(dL, eps, xs) -> list:
     return out
 
 
-class IterativeNodePerturbation(PerturbationRule):
+class IterativeNodePerturbation(InjectingRule):
     """INP; ``decorrelate=True`` gives DINP.
 
     Parameters
@@ -55,15 +55,6 @@ class IterativeNodePerturbation(PerturbationRule):
     """
 
     name = "inp"
-    needs = ("observe", "inject")
-    injects = True
-
-    def __init__(self, *, sigma: float = 1e-3, **kw):
-        super().__init__(**kw)
-        self.sigma = check_sigma(self.name, sigma)
-
-    def _options(self) -> dict:
-        return {**super()._options(), "sigma": self.sigma}
 
     def forward_passes(self, n_layers: int | None = None) -> int:
         """``K (L+1)``; ``None`` when the depth is not given."""

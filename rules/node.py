@@ -24,7 +24,7 @@ Record keys: ``dL (K, B)``; ``eps`` — per layer ``(K, B, n_l)``, the injected 
 from __future__ import annotations
 
 from .base import Estimate, host_float
-from .perturbation import BASELINES, PerturbationRule, check_sigma, contract, injection, known_layout
+from .perturbation import BASELINES, InjectingRule, contract, injection, known_layout
 
 
 def node_updates(dL, eps, xs, sigma: float, eps2=None) -> list:
@@ -36,7 +36,7 @@ def node_updates(dL, eps, xs, sigma: float, eps2=None) -> list:
     return [contract(c[..., None] * (e1 - e2), x) for e1, e2, x in zip(eps, eps2, xs)]
 
 
-class NodePerturbation(PerturbationRule):
+class NodePerturbation(InjectingRule):
     """NP; ``decorrelate=True`` gives DNP.
 
     Parameters
@@ -53,16 +53,7 @@ class NodePerturbation(PerturbationRule):
     """
 
     name = "np"
-    needs = ("observe", "inject")
     baselines = BASELINES
-    injects = True
-
-    def __init__(self, *, sigma: float = 1e-3, **kw):
-        super().__init__(**kw)
-        self.sigma = check_sigma(self.name, sigma)
-
-    def _options(self) -> dict:
-        return {**super()._options(), "sigma": self.sigma}
 
     def forward_passes(self, n_layers: int | None = None) -> int:
         return known_layout(self.baseline, self.samples)[0]

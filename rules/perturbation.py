@@ -102,6 +102,21 @@ class PerturbationRule(Rule):
         return tuple(need + (["inject"] if self.injects else []))
 
 
+class InjectingRule(PerturbationRule):
+    """A perturbation rule that injects known Gaussian perturbations of std ``sigma``
+    (needs ``inject`` access; paper: σ = 1e-3, σ² = 1e-6)."""
+
+    needs = ("observe", "inject")
+    injects = True
+
+    def __init__(self, *, sigma: float = 1e-3, **kw):
+        super().__init__(**kw)
+        self.sigma = check_sigma(self.name, sigma)
+
+    def _options(self) -> dict:
+        return {**super()._options(), "sigma": self.sigma}
+
+
 def node_perturbation(estimator: str = "activity", **options) -> Rule:
     """One factory for the node-perturbation family.
 
@@ -129,16 +144,3 @@ def node_perturbation(estimator: str = "activity", **options) -> Rule:
     if estimator not in table:
         raise ValueError(f"estimator={estimator!r} is not known; allowed: {list(table)}")
     return table[estimator](**options)
-
-
-def __getattr__(name):
-    # Back-compatibility: ANP lived here before the family was split into modules.
-    if name in ("ActivityNodePerturbation", "activity_updates"):
-        from . import activity
-
-        return getattr(activity, name)
-    raise AttributeError(name)
-
-
-__all__ = ["BASELINES", "PerturbationRule", "contract", "known_layout", "injection",
-           "node_perturbation"]

@@ -21,7 +21,7 @@ Record keys: ``dL (K, B)``; ``omega`` — per layer ``(K, n_out, n_in)``; ``omeg
 from __future__ import annotations
 
 from .base import Estimate, host_float
-from .perturbation import BASELINES, PerturbationRule, check_sigma, known_layout
+from .perturbation import BASELINES, InjectingRule, known_layout
 
 
 def weight_updates(dL, omega, sigma: float, omega2=None) -> list:
@@ -34,7 +34,7 @@ def weight_updates(dL, omega, sigma: float, omega2=None) -> list:
             for o1, o2 in zip(omega, omega2)]
 
 
-class WeightPerturbation(PerturbationRule):
+class WeightPerturbation(InjectingRule):
     """WP; ``decorrelate=True`` gives DWP.
 
     Parameters
@@ -51,16 +51,7 @@ class WeightPerturbation(PerturbationRule):
     """
 
     name = "wp"
-    needs = ("observe", "inject")
     baselines = BASELINES
-    injects = True
-
-    def __init__(self, *, sigma: float = 1e-3, **kw):
-        super().__init__(**kw)
-        self.sigma = check_sigma(self.name, sigma)
-
-    def _options(self) -> dict:
-        return {**super()._options(), "sigma": self.sigma}
 
     def forward_passes(self, n_layers: int | None = None) -> int:
         return known_layout(self.baseline, self.samples)[0]

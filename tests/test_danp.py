@@ -6,7 +6,7 @@ import pytest
 
 import rules
 from noisesim import DeviceConfig, Network
-from rules.perturbation import activity_updates
+from rules.activity import activity_updates
 
 
 def test_anp_update_matches_hand_derivation():
