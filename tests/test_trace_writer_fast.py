@@ -83,9 +83,12 @@ def test_background_failure_is_reported_and_the_file_keeps_whole_steps(tmp_path,
     tw._deflate = failing
     with pytest.raises(TraceError, match="failed in the background.*disk on fire"):
         scenarios.train(net, rule, digits, epochs=1, batch_size=100, progress=False, on_step=tw.on_step)
+    with pytest.raises(TraceError, match="trace ends at its 2 complete steps"):
+        tw.write(99, np.arange(3), None)
     tw.close()
     with open_trace(tmp_path / "x.h5") as r:
-        assert r.complete_steps == 2 and r.verify() == 2 and r.closed
+        assert r.complete_steps == 2 and r.verify() == 2 and r.closed and r.final_state() is None
+    assert replay(tmp_path / "x.h5").steps == 2
 
 
 def test_background_lag_is_bounded_by_queue_steps(tmp_path, digits):

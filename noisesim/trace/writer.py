@@ -158,6 +158,7 @@ class TraceWriter:
         self._done = queue.Queue()  # (step, deflated chunks, error) from the worker, in order
         self._qmax = max(1, int(queue_steps))
         self._inflight = 0  # handed to the worker, not yet in the file
+        self._failed = False  # sticky: no step is written after one that failed
         self._worker = None
         self._error = None
         self._f.flush()
@@ -439,16 +440,20 @@ class TraceWriter:
                 return
             block = False
             self._inflight -= 1
-            if self._error is not None:  # a step failed: later ones must not follow it in
+            if self._failed:  # a step failed: later ones must not follow it in (a gap)
                 continue
             if exc is None:
                 try:
                     self._commit(job, chunks)
                 except BaseException as e:
                     exc = e
-            self._error = exc
+            if exc is not None:
+                self._error, self._failed = exc, True
 
     def _check_worker(self) -> None:
+        if self._failed and self._error is None:
+            raise TraceError(f"{self.path}: a step failed to be written in the background; the trace ends "
+                             f"at its {self._n} complete steps")
         if self._error is not None:
             exc, self._error = self._error, None
             raise TraceError(f"{self.path}: writing the trace failed in the background ({exc})") from exc
@@ -464,7 +469,9 @@ class TraceWriter:
         self.write(step, indices, est)
 
     def close(self, network=None) -> None:
-        """Trim the datasets to the steps written, store the network's final state, mark closed."""
+        """Trim the datasets to the steps written, store the network's final state, mark closed.
+
+        After a failed background write the file keeps its whole steps and no final state."""
         if self._f is None:
             return
         network = network if network is not None else self._network
@@ -476,13 +483,14 @@ class TraceWriter:
                 self._queue.put(None)
                 self._worker.join()
                 self._worker = None
-                self._check_worker()
+                if self._error is not None:  # not reported yet
+                    self._check_worker()
             self._cs_attr = None
             if self._layout is not None:
                 for d in (self._values, self._ints, self._indices, self._loss, self._meta):
                     if d is not None:
                         d.resize(self._n, axis=0)
-            if network is not None:
+            if network is not None and not self._failed:  # else the network ran past the last step
                 self._write_state("final_state", network.get_state())
             self._f.attrs["closed"] = 1
         finally:
