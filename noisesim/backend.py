@@ -77,9 +77,6 @@ class Backend:
         """``a`` as an array of this backend and dtype (copies only when needed)."""
         return self.xp.asarray(a, dtype=self.dtype)
 
-    def rng(self, seed: int, name: str) -> "Generator":
-        return Streams(seed, self).get(name)
-
 
 def get_backend(name: str = "auto", dtype: str | Any = "float32") -> Backend:
     """Resolve a backend by name.
