@@ -156,6 +156,18 @@ class Rule:
             net.apply_update(l, d)
 
 
+def forward_with_output_error(rule, net, x, t):
+    """One noisy pass and the output error ``g_L = ∂L/∂a_L`` at the observed ``a_L``.
+
+    Returns ``(pass, per-sample losses, g_L)``; BP and feedback alignment start from here.
+    """
+    p = net.forward(x)
+    t = net.backend.asarray(t)
+    L = net.n_layers
+    losses = rule.loss.per_sample(p.out, t)
+    return p, losses, rule.loss.grad(p.out, t) * net.act_grad(L - 1, p.pre[L - 1])
+
+
 def batch_outer(g, x):
     """``⟨g xᵀ⟩`` over the batch: ``gᵀx / B`` for ``g (B, n_out)``, ``x (B, n_in)``."""
     return (g.T @ x) / g.shape[0]

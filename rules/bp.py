@@ -11,7 +11,7 @@ reference (``oracle``).
 """
 from __future__ import annotations
 
-from .base import Estimate, Rule, batch_outer, host_float
+from .base import Estimate, Rule, batch_outer, forward_with_output_error, host_float
 
 
 class Backprop(Rule):
@@ -27,11 +27,8 @@ class Backprop(Rule):
     needs = ("observe", "backward")
 
     def estimate(self, net, x, t) -> Estimate:
-        p = net.forward(x)
-        t = net.backend.asarray(t)
+        p, losses, g = forward_with_output_error(self, net, x, t)
         L = net.n_layers
-        losses = self.loss.per_sample(p.out, t)
-        g = self.loss.grad(p.out, t) * net.act_grad(L - 1, p.pre[L - 1])
         deltas = [None] * L
         deltas[L - 1] = g
         for l in range(L - 1, 0, -1):

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Estimate, Rule, batch_outer, host_float
+from .base import Estimate, Rule, batch_outer, forward_with_output_error, host_float
 
 
 class FeedbackAlignment(Rule):
@@ -73,11 +73,8 @@ class FeedbackAlignment(Rule):
     def estimate(self, net, x, t) -> Estimate:
         if not self._feedback_fits(net):
             self.feedback = self._draw(net)
-        p = net.forward(x)
-        t = net.backend.asarray(t)
+        p, losses, e = forward_with_output_error(self, net, x, t)
         L = net.n_layers
-        losses = self.loss.per_sample(p.out, t)
-        e = self.loss.grad(p.out, t) * net.act_grad(L - 1, p.pre[L - 1])
         g = [None] * L
         g[L - 1] = e
         if self.direct:
