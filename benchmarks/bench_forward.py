@@ -7,7 +7,9 @@ as preset with 512-row tiles, ``pcm`` untiled) it times ``Network.forward`` of a
 network and ``x @ W.T``, interleaved, and prints the median of the per-repeat ratios
 (robust on a shared machine). Where IBM's aihwkit imports (the ``compare`` extra) it also
 times ``AnalogLinear`` forwards with a matching inference configuration — its default
-(C++) inference tile and its pure-PyTorch tile — against the same bare GEMM.
+(C++) inference tile and its pure-PyTorch tile — and the default tile exactly as shipped
+(``InferenceRPUConfig()``: 512×512 tiles, iterative bound management), against the same
+bare GEMM.
 """
 from __future__ import annotations
 
@@ -39,6 +41,12 @@ def paired_ratio(f, ref, repeats, sync=lambda: None):
         b = _time(f, sync)
         tf.append(b), tr.append(a), ratios.append(b / a)
     return statistics.median(ratios), statistics.median(tf), statistics.median(tr)
+
+
+def alone(f, repeats, sync=lambda: None):
+    """Median time of ``f`` run back to back with itself (no other work in between)."""
+    f(), sync()
+    return statistics.median(_time(f, sync) for _ in range(repeats))
 
 
 def devices():
@@ -84,6 +92,14 @@ def aihwkit_layers(n_in, n_out, w):
         layer.program_analog_weights()
         layer.drift_analog_weights(3600.0)
         out.append((name, layer))
+    # and the default inference tile exactly as shipped: InferenceRPUConfig() with its own
+    # defaults (512×512 tiles, iterative bound management, its PCM noise model)
+    layer = AnalogLinear(n_in, n_out, bias=False, rpu_config=InferenceRPUConfig())
+    layer.set_weights(torch.from_numpy(w.astype(np.float32)))
+    layer.eval()
+    layer.program_analog_weights()
+    layer.drift_analog_weights(3600.0)
+    out.append(("aihwkit InferenceRPUConfig() as shipped", layer))
     return out, None
 
 
@@ -102,6 +118,7 @@ def main(argv=None):
           "ratio = median over repeats of t(forward)/t(bare x @ W.T), measured back to back")
     rows = []
     data = {}
+    solo = {}      # (shape, name) -> time of the forward alone, for ours-vs-aihwkit
     for n_in, n_out in SHAPES:
         x_host = rng.uniform(0, 1, (BATCH, n_in)).astype(args.dtype)
         w_host = (rng.standard_normal((n_out, n_in)) * np.sqrt(2 / n_in)).astype(args.dtype)
@@ -117,6 +134,7 @@ def main(argv=None):
         for name, dev in devices().items():
             net = noisesim.Network.mlp(list(shape), dev, seed=0, backend=be)
             report(shape, name, *paired_ratio(lambda: net.forward(x), lambda: x @ W.T, args.repeats, sync))
+            solo[shape, name] = alone(lambda: net.forward(x), args.repeats, sync)
     if not args.no_aihwkit:
         for shape, (x_host, w_host) in data.items():
             layers, err = aihwkit_layers(*shape, w_host)
@@ -134,9 +152,23 @@ def main(argv=None):
                     with torch.no_grad():
                         layer(xt)
                 report(shape, name, *paired_ratio(fwd, lambda: xg @ W.T, args.repeats, sync))
+                solo[shape, name] = alone(fwd, args.repeats)
     if any(r[1].endswith("*") for r in rows):
         print("  * aihwkit's PyTorch tile supports no per-read weight noise: it runs without read noise")
-    return rows
+    speedups = []
+    pairs = [("aihwkit InferenceRPUConfig (default C++ tile)", "pcm untiled"),
+             ("aihwkit TorchInferenceRPUConfig (PyTorch tile)*", "pcm untiled"),
+             ("aihwkit InferenceRPUConfig() as shipped", "pcm (512-row tiles)")]
+    if any(k[1].startswith("aihwkit") for k in solo):
+        print("noisesim vs aihwkit, each forward timed alone (median of back-to-back runs):")
+        for shape in data:
+            for theirs, ours in pairs:
+                if (shape, theirs) in solo:
+                    x = solo[shape, theirs] / solo[shape, ours]
+                    speedups.append((f"{shape[0]}→{shape[1]}", theirs, ours, x))
+                    print(f"  {shape[0]:>4}→{shape[1]:<5} {theirs:<48} {solo[shape, theirs]*1e3:7.1f} ms"
+                          f"  / noisesim {ours:<20} {solo[shape, ours]*1e3:6.1f} ms = {x:5.1f}× faster", flush=True)
+    return rows, speedups
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ import numba
 import numpy as np
 
 from . import _rng_numba
-from ._rng_numba import normal as _normal, row_state as _row_state
+from ._rng_numba import fill_row as _fill_row
 from .backend import get_array_module
 
 _MODE_NONE, _MODE_CLIP, _MODE_QUANT, _MODE_SIGN = 0, 1, 2, 3
@@ -169,21 +169,18 @@ def _epilogue_ser(a, out, zr, rs, zn, ns, inj, post, gain, has_r, has_n, has_inj
 
 @numba.njit(cache=True, inline="always", error_model="numpy")
 def _keyed_row(a, out, i, rkey, rs, nkey, ns, inj, post, g, has_r, has_n, has_inj, has_post, acc,
-               mode, half, s, b, xs, fx):
-    # the epilogue with its Gaussian noise drawn in place (see noisesim._rng_numba)
+               mode, half, s, b, xs, fx, zr, zn, bits):
+    # the epilogue with its Gaussian noise drawn in place (see noisesim._rng_numba); zr, zn
+    # and bits are row scratch
+    if has_r:
+        _fill_row(zr, bits, rkey, i, xs, fx)
+    if has_n:
+        _fill_row(zn, bits, nkey, i, xs, fx)
     r = rs[i] if has_r else 0.0
     q = ns[i] if has_n else 0.0
     p = post[i] if has_post else 1.0
-    sr = _row_state(rkey, i)
-    sn = _row_state(nkey, i)
     for j in range(a.shape[1]):
-        v = a[i, j]
-        if has_r:
-            sr, z = _normal(sr, xs, fx)
-            v += r * z
-        if has_n:
-            sn, z = _normal(sn, xs, fx)
-            v += q * z
+        v = a[i, j] + r * zr[j] + q * zn[j]
         if has_inj:
             v += inj[i, j]
         v = _convert_scalar(v * g, mode, half, s, b) * p
@@ -198,17 +195,21 @@ def _keyed_par(a, out, rkey, rs, nkey, ns, inj, post, gain, has_r, has_n, has_in
                mode, half, step, bound, xs, fx):
     s, b, g = a.dtype.type(step), a.dtype.type(bound), a.dtype.type(gain)
     for i in numba.prange(a.shape[0]):
+        zr, zn = np.zeros(a.shape[1]), np.zeros(a.shape[1])
+        bits = np.empty(a.shape[1], np.uint64)
         _keyed_row(a, out, i, rkey, rs, nkey, ns, inj, post, g, has_r, has_n, has_inj, has_post, acc,
-                   mode, half, s, b, xs, fx)
+                   mode, half, s, b, xs, fx, zr, zn, bits)
 
 
 @numba.njit(cache=True, error_model="numpy")
 def _keyed_ser(a, out, rkey, rs, nkey, ns, inj, post, gain, has_r, has_n, has_inj, has_post, acc,
                mode, half, step, bound, xs, fx):
     s, b, g = a.dtype.type(step), a.dtype.type(bound), a.dtype.type(gain)
+    zr, zn = np.zeros(a.shape[1]), np.zeros(a.shape[1])
+    bits = np.empty(a.shape[1], np.uint64)
     for i in range(a.shape[0]):
         _keyed_row(a, out, i, rkey, rs, nkey, ns, inj, post, g, has_r, has_n, has_inj, has_post, acc,
-                   mode, half, s, b, xs, fx)
+                   mode, half, s, b, xs, fx, zr, zn, bits)
 
 
 @numba.njit(cache=True, inline="always", error_model="numpy")
@@ -271,7 +272,7 @@ _convert_numba = _numba(_convert_par, _convert_ser)
 _epilogue_numba = _numba(_epilogue_par, _epilogue_ser)
 _pulsed_numba = _numba(_pulsed_par, _pulsed_ser)
 # Noise generation is compute-bound (~3 ns a number), so threads pay off much earlier.
-_KEYED_PARALLEL_MIN = 1 << 18
+_KEYED_PARALLEL_MIN = _PARALLEL_MIN
 
 
 def _keyed_numba(a, *args):
