@@ -50,38 +50,47 @@ def converter_params(bits, bound):
 
 
 # --------------------------------------------------------------------------- numba (CPU)
-@numba.njit(cache=True, inline="always", error_model="numpy")
-def _convert_scalar(v, mode, half, step, bound):
-    if mode == _MODE_CLIP:
-        if v > bound:
-            return bound
-        if v < -bound:
-            return -bound
-        return v
-    if mode == _MODE_QUANT:
-        k = np.rint(v / step)
-        if k > half:
-            k = half
-        elif k < -half:
-            k = -half
-        return k * step
-    if mode == _MODE_SIGN:
-        return bound if v >= 0 else -bound
-    return v
-
-
-# Each kernel is a row body plus a parallel and a serial driver. The work is memory-bound
-# (a serial pass costs ~0.4 ns per element), and on a loaded 2-core machine numba's OpenMP
-# threads measured 10× slower than the serial loop, so only very large arrays go parallel.
+# Each kernel works row by row: a row body plus a parallel and a serial driver. Inside a row
+# every loop is straight-line code the compiler vectorises (the converter's mode is chosen
+# once per row, not per element). The work is memory-bound or close to it, and on a 2-core
+# machine numba's threads measured slower than the serial loop (they fight the BLAS
+# threads that just ran the GEMM), so only very large arrays go parallel.
 _PARALLEL_MIN = 1 << 23
 _MAX_PULSES = 65535.0      # pulses per device per update (a real pulse train is far shorter)
 
 
 @numba.njit(cache=True, inline="always", error_model="numpy")
+def _convert_inplace(w, g, p, mode, half, s, b):
+    """``w ← q(g·w)·p`` for a 1-D row ``w`` (``q`` the converter of the module docstring)."""
+    n = w.shape[0]
+    if mode == _MODE_QUANT:
+        h = w.dtype.type(half)
+        for j in range(n):
+            k = np.rint(w[j] * g / s)
+            k = h if k > h else k
+            k = -h if k < -h else k
+            w[j] = k * s * p
+    elif mode == _MODE_CLIP:
+        for j in range(n):
+            v = w[j] * g
+            v = b if v > b else v
+            v = -b if v < -b else v
+            w[j] = v * p
+    elif mode == _MODE_SIGN:
+        for j in range(n):
+            w[j] = (b if w[j] * g >= 0 else -b) * p
+    elif g != 1 or p != 1:
+        for j in range(n):
+            w[j] = w[j] * g * p
+
+
+@numba.njit(cache=True, inline="always", error_model="numpy")
 def _convert_row(x, out, i, gain, has_gain, mode, half, s, b):
     g = gain[i] if has_gain else x.dtype.type(1.0)
+    row = out[i]
     for j in range(x.shape[1]):
-        out[i, j] = _convert_scalar(x[i, j] * g, mode, half, s, b)
+        row[j] = x[i, j]
+    _convert_inplace(row, g, x.dtype.type(1.0), mode, half, s, b)
 
 
 @numba.njit(cache=True, parallel=True, error_model="numpy")
@@ -99,24 +108,38 @@ def _convert_ser(x, out, gain, has_gain, mode, half, step, bound):
 
 
 @numba.njit(cache=True, error_model="numpy", fastmath={"reassoc", "nsz", "arcp", "contract"})
-def _dac_absmax_numba(x, out, scale, sumsq, mode, half, step, bound):
-    # per row, in cache: s = max|x| (1 for an all-zero row), x̂ = q(x/s), Σ x̂². Reassociation
-    # lets the max and the sum vectorise (no NaN/Inf reach here: inputs are checked).
+def _dac_absmax_numba(x, bits, mask, out, scale, scale_bits, sumsq, mode, half, step, bound):
+    # Per row: s = max|x| (1 for an all-zero row), x̂ = q(x/s), Σ x̂². ``bits`` is x viewed as
+    # integers of its width: for finite floats, |x| orders as the integer bits & mask, and an
+    # integer max vectorises where a float max (NaN rules) does not. Inputs are checked finite.
+    one = x.dtype.type(1.0)
     s_, b = x.dtype.type(step), x.dtype.type(bound)
     for i in range(x.shape[0]):
-        m = x.dtype.type(0.0)
+        m = bits[i, 0] & mask
+        for j in range(1, x.shape[1]):
+            v = bits[i, j] & mask
+            m = v if v > m else m
+        scale_bits[i] = m
+        if scale[i] == 0:
+            scale[i] = one
+        row = out[i]
         for j in range(x.shape[1]):
-            m = max(m, abs(x[i, j]))
-        if m == 0:
-            m = x.dtype.type(1.0)
-        scale[i] = m
-        g = x.dtype.type(1.0) / m
+            row[j] = x[i, j]
+        _convert_inplace(row, one / scale[i], one, mode, half, s_, b)
         acc = 0.0
         for j in range(x.shape[1]):
-            v = _convert_scalar(x[i, j] * g, mode, half, s_, b)
-            out[i, j] = v
-            acc += v * v
+            acc += row[j] * row[j]
         sumsq[i] = acc
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _max_magnitude_bits(bits, mask):
+    # the largest |x| of a float array, as its integer bits (see _dac_absmax_numba)
+    m = bits[0] & mask
+    for j in range(1, bits.shape[0]):
+        v = bits[j] & mask
+        m = v if v > m else m
+    return m
 
 
 def _dac_absmax_cupy(x, out, scale, sumsq, mode, half, step, bound):
@@ -129,87 +152,101 @@ def _dac_absmax_cupy(x, out, scale, sumsq, mode, half, step, bound):
 
 
 @numba.njit(cache=True, inline="always", error_model="numpy")
+def _tail_row(a, out, i, w, zr, r, zn, q, inj, has_inj, g, p, acc, mode, half, s, b):
+    """One row of the epilogue: ``q(g·(a_i + r·zr + q·zn (+ inj_i)))·p``, stored or added."""
+    n = a.shape[1]
+    if has_inj:
+        for j in range(n):
+            w[j] = a[i, j] + r * zr[j] + q * zn[j] + inj[i, j]
+    else:
+        for j in range(n):
+            w[j] = a[i, j] + r * zr[j] + q * zn[j]
+    if mode == _MODE_QUANT and not acc:           # the common case in one pass
+        h = w.dtype.type(half)
+        for j in range(n):
+            k = np.rint(w[j] * g / s)
+            k = h if k > h else k
+            k = -h if k < -h else k
+            out[i, j] = k * s * p
+        return
+    _convert_inplace(w, g, p, mode, half, s, b)
+    if acc:
+        for j in range(n):
+            out[i, j] += w[j]
+    else:
+        for j in range(n):
+            out[i, j] = w[j]
+
+
+@numba.njit(cache=True, inline="always", error_model="numpy")
 def _epilogue_row(a, out, i, zr, rs, zn, ns, inj, post, g, has_r, has_n, has_inj, has_post, acc,
-                  mode, half, s, b):
-    r = rs[i] if has_r else 0.0
-    q = ns[i] if has_n else 0.0
-    p = post[i] if has_post else 1.0
-    for j in range(a.shape[1]):
-        v = a[i, j]
-        if has_r:
-            v += r * zr[i, j]
-        if has_n:
-            v += q * zn[i, j]
-        if has_inj:
-            v += inj[i, j]
-        v = _convert_scalar(v * g, mode, half, s, b) * p
-        if acc:
-            out[i, j] += v
-        else:
-            out[i, j] = v
+                  mode, half, s, b, w, zero):
+    # the Gaussians come as arrays; ``zero`` stands in for an absent one
+    one, zero_ = a.dtype.type(1.0), a.dtype.type(0.0)
+    _tail_row(a, out, i, w, zr[i] if has_r else zero, rs[i] if has_r else zero_, zn[i] if has_n else zero,
+              ns[i] if has_n else zero_, inj, has_inj, g, post[i] if has_post else one, acc, mode, half, s, b)
 
 
 @numba.njit(cache=True, parallel=True, error_model="numpy")
 def _epilogue_par(a, out, zr, rs, zn, ns, inj, post, gain, has_r, has_n, has_inj, has_post, acc,
                   mode, half, step, bound):
     s, b, g = a.dtype.type(step), a.dtype.type(bound), a.dtype.type(gain)
+    zero = np.zeros(a.shape[1], a.dtype)
     for i in numba.prange(a.shape[0]):
+        w = np.empty(a.shape[1], a.dtype)
         _epilogue_row(a, out, i, zr, rs, zn, ns, inj, post, g, has_r, has_n, has_inj, has_post, acc,
-                      mode, half, s, b)
+                      mode, half, s, b, w, zero)
 
 
 @numba.njit(cache=True, error_model="numpy")
 def _epilogue_ser(a, out, zr, rs, zn, ns, inj, post, gain, has_r, has_n, has_inj, has_post, acc,
                   mode, half, step, bound):
     s, b, g = a.dtype.type(step), a.dtype.type(bound), a.dtype.type(gain)
+    zero = np.zeros(a.shape[1], a.dtype)
+    w = np.empty(a.shape[1], a.dtype)
     for i in range(a.shape[0]):
         _epilogue_row(a, out, i, zr, rs, zn, ns, inj, post, g, has_r, has_n, has_inj, has_post, acc,
-                      mode, half, s, b)
+                      mode, half, s, b, w, zero)
 
 
 @numba.njit(cache=True, inline="always", error_model="numpy")
 def _keyed_row(a, out, i, rkey, rs, nkey, ns, inj, post, g, has_r, has_n, has_inj, has_post, acc,
-               mode, half, s, b, xs, fx, zr, zn, bits):
-    # the epilogue with its Gaussian noise drawn in place (see noisesim._rng_numba); zr, zn
-    # and bits are row scratch
+               mode, half, s, b, xs32, xs, fx, w, zr, zn, bits, flags):
+    # the epilogue with its Gaussian noise drawn in place (see noisesim._rng_numba); w, zr,
+    # zn and bits are row scratch (zr, zn stay zero when their noise is off)
     if has_r:
-        _fill_row(zr, bits, rkey, i, xs, fx)
+        _fill_row(zr, bits, flags, rkey, i, xs32, xs, fx)
     if has_n:
-        _fill_row(zn, bits, nkey, i, xs, fx)
-    r = rs[i] if has_r else 0.0
-    q = ns[i] if has_n else 0.0
-    p = post[i] if has_post else 1.0
-    for j in range(a.shape[1]):
-        v = a[i, j] + r * zr[j] + q * zn[j]
-        if has_inj:
-            v += inj[i, j]
-        v = _convert_scalar(v * g, mode, half, s, b) * p
-        if acc:
-            out[i, j] += v
-        else:
-            out[i, j] = v
+        _fill_row(zn, bits, flags, nkey, i, xs32, xs, fx)
+    one, zero_ = a.dtype.type(1.0), a.dtype.type(0.0)
+    _tail_row(a, out, i, w, zr, rs[i] if has_r else zero_, zn, ns[i] if has_n else zero_, inj, has_inj, g,
+              post[i] if has_post else one, acc, mode, half, s, b)
+
+
+@numba.njit(cache=True, inline="always")
+def _keyed_scratch(n, dtype):
+    bits, flags = _rng_numba.scratch(n)
+    return np.empty(n, dtype), np.zeros(n, np.float32), np.zeros(n, np.float32), bits, flags
 
 
 @numba.njit(cache=True, parallel=True, error_model="numpy")
 def _keyed_par(a, out, rkey, rs, nkey, ns, inj, post, gain, has_r, has_n, has_inj, has_post, acc,
-               mode, half, step, bound, xs, fx):
+               mode, half, step, bound, xs32, xs, fx):
     s, b, g = a.dtype.type(step), a.dtype.type(bound), a.dtype.type(gain)
     for i in numba.prange(a.shape[0]):
-        zr, zn = np.zeros(a.shape[1]), np.zeros(a.shape[1])
-        bits = np.empty(a.shape[1], np.uint64)
+        w, zr, zn, bits, flags = _keyed_scratch(a.shape[1], a.dtype)
         _keyed_row(a, out, i, rkey, rs, nkey, ns, inj, post, g, has_r, has_n, has_inj, has_post, acc,
-                   mode, half, s, b, xs, fx, zr, zn, bits)
+                   mode, half, s, b, xs32, xs, fx, w, zr, zn, bits, flags)
 
 
 @numba.njit(cache=True, error_model="numpy")
 def _keyed_ser(a, out, rkey, rs, nkey, ns, inj, post, gain, has_r, has_n, has_inj, has_post, acc,
-               mode, half, step, bound, xs, fx):
+               mode, half, step, bound, xs32, xs, fx):
     s, b, g = a.dtype.type(step), a.dtype.type(bound), a.dtype.type(gain)
-    zr, zn = np.zeros(a.shape[1]), np.zeros(a.shape[1])
-    bits = np.empty(a.shape[1], np.uint64)
+    w, zr, zn, bits, flags = _keyed_scratch(a.shape[1], a.dtype)
     for i in range(a.shape[0]):
         _keyed_row(a, out, i, rkey, rs, nkey, ns, inj, post, g, has_r, has_n, has_inj, has_post, acc,
-                   mode, half, s, b, xs, fx, zr, zn, bits)
+                   mode, half, s, b, xs32, xs, fx, w, zr, zn, bits, flags)
 
 
 @numba.njit(cache=True, inline="always", error_model="numpy")
@@ -276,7 +313,7 @@ _KEYED_PARALLEL_MIN = _PARALLEL_MIN
 
 
 def _keyed_numba(a, *args):
-    (_keyed_par if a.size >= _KEYED_PARALLEL_MIN else _keyed_ser)(a, *args, _rng_numba.XS, _rng_numba.FX)
+    (_keyed_par if a.size >= _KEYED_PARALLEL_MIN else _keyed_ser)(a, *args, _rng_numba.XS32, _rng_numba.XS, _rng_numba.FX)
 
 
 # --------------------------------------------------------------------------- cupy (GPU)
@@ -361,7 +398,6 @@ def _pulsed_cupy(gp, gm, d, r, z, dws, bp, bm, tprog, w, w_scale, now, dw_min, a
 
 _DISPATCH = {
     "convert": {"numpy": _convert_numba, "cupy": _convert_cupy},
-    "dac_absmax": {"numpy": _dac_absmax_numba, "cupy": _dac_absmax_cupy},
     "epilogue": {"numpy": _epilogue_numba, "cupy": _epilogue_cupy},
     "pulsed": {"numpy": _pulsed_numba, "cupy": _pulsed_cupy},
 }
@@ -395,6 +431,23 @@ def convert(x, bits, bound, out=None, *, gain=None):
     return out
 
 
+def all_finite(x) -> bool:
+    """Whether every element of ``x`` is finite (no NaN, no ±Inf).
+
+    On the CPU one vectorised pass over the integer bits: a float is finite exactly when its
+    magnitude bits are below those of +Inf.
+    """
+    xp = get_array_module(x)
+    if x.size == 0:
+        return True
+    if xp is not np or x.dtype.kind != "f" or x.dtype.itemsize not in (4, 8):
+        return bool(xp.isfinite(x).all())
+    x = np.ascontiguousarray(x).reshape(-1)
+    ints = np.dtype(f"int{8 * x.itemsize}")
+    inf = np.array(np.inf, x.dtype).view(ints)
+    return bool(_max_magnitude_bits(x.view(ints), ints.type(np.iinfo(ints).max)) < inf)
+
+
 def dac_absmax(x, bits, bound):
     """Input scaling and DAC in one pass: ``(x̂, s, Σ_j x̂²)`` with ``s = max_j |x_ij|``.
 
@@ -406,7 +459,13 @@ def dac_absmax(x, bits, bound):
     out = xp.empty_like(x)
     scale = xp.empty(x.shape[0], x.dtype)
     sumsq = xp.empty(x.shape[0], x.dtype)
-    _impl("dac_absmax", x)(x, out, scale, sumsq, mode, half, step, b)
+    if xp is np:
+        x = np.ascontiguousarray(x)
+        ints = np.dtype(f"int{8 * x.itemsize}")
+        mask = ints.type(np.iinfo(ints).max)              # every bit but the sign
+        _dac_absmax_numba(x, x.view(ints), mask, out, scale, scale.view(ints), sumsq, mode, half, step, b)
+    else:
+        _dac_absmax_cupy(x, out, scale, sumsq, mode, half, step, b)
     return out, scale, sumsq
 
 

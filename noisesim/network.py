@@ -23,7 +23,7 @@ from .backend import Backend, Streams, get_backend, to_numpy
 from .config import DeviceConfig
 from .errors import AccessError, DivergenceError
 from .tile import Tile
-from . import drift
+from . import _kernels, drift
 
 
 @dataclass
@@ -166,7 +166,7 @@ class Network:
         x = self.backend.asarray(x)
         if x.ndim != 2 or x.shape[1] != self.sizes[0]:
             raise ValueError(f"input of shape {tuple(x.shape)}; expected (batch, {self.sizes[0]})")
-        if not bool(self.xp.isfinite(x).all()):
+        if not _kernels.all_finite(x):
             raise ValueError("input contains NaN or Inf")
         return x
 
@@ -288,7 +288,7 @@ class Network:
         delta = self.backend.asarray(delta)
         if delta.shape != shape:
             raise ValueError(f"{what} for layer {l} has shape {tuple(delta.shape)}, expected {shape}")
-        if not bool(self.xp.isfinite(delta).all()):
+        if not _kernels.all_finite(delta):
             raise DivergenceError(
                 f"{what} for layer {l} contains NaN or Inf; the update was not applied and the "
                 "network keeps its last good state (lower the learning rate)"
@@ -307,7 +307,7 @@ class Network:
         R = self._R[l]
         delta = self._check_delta("decorrelation update", l, delta, R.shape)
         new = R + delta
-        if not bool(self.xp.isfinite(new).all()):
+        if not _kernels.all_finite(new):
             raise DivergenceError(f"decorrelation matrix of layer {l} overflowed; state kept")
         self._R[l] = new
 

@@ -172,7 +172,7 @@ def test_in_kernel_normals_match_the_normal_distribution():
     from noisesim import _rng_numba as R
 
     z = np.empty((2000, 1000))
-    R.fill_normal(z, np.uint64(2024), R.XS, R.FX)
+    R.fill_normal(z, 2024)
     n = z.size                                                   # 2e6 draws
     assert abs(z.mean()) < 5 / np.sqrt(n)                        # 5σ
     assert abs(z.var() - 1) < 5 * np.sqrt(2 / n)
@@ -185,7 +185,7 @@ def test_in_kernel_normals_match_the_normal_distribution():
     assert abs(np.corrcoef(z[:, :-1].ravel(), z[:, 1:].ravel())[0, 1]) < 5 / np.sqrt(n)
     assert abs(np.corrcoef(z[:-1].ravel(), z[1:].ravel())[0, 1]) < 5 / np.sqrt(n)
     z2 = np.empty_like(z)
-    R.fill_normal(z2, np.uint64(2024), R.XS, R.FX)
+    R.fill_normal(z2, 2024)
     np.testing.assert_array_equal(z, z2)
 
 
@@ -198,8 +198,22 @@ def test_keyed_epilogue_parallel_equals_serial():
     for fn in (_kernels._keyed_par, _kernels._keyed_ser):
         b = a.copy()
         fn(b, b, np.uint64(9), rs, np.uint64(10), rs, b[:0, :0], rs[:0], 1.0,
-           True, True, False, False, False, 0, 0, 0.0, 0.0, R.XS, R.FX)
+           True, True, False, False, False, 0, 0, 0.0, 0.0, R.XS32, R.XS, R.FX)
         outs.append(b)
     np.testing.assert_array_equal(outs[0], outs[1])
     assert np.std(outs[0] - a) == pytest.approx(0.3 * np.sqrt(2), rel=0.01)
 
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_all_finite_finds_every_non_finite_value(dtype):
+    x = np.random.default_rng(3).uniform(-1, 1, (64, 33)).astype(dtype)
+    x[0, 0], x[1, 1] = np.finfo(dtype).max, -np.finfo(dtype).max    # the largest finite values
+    x[2, 2] = np.finfo(dtype).smallest_subnormal
+    assert _kernels.all_finite(x) and _kernels.all_finite(x[:, ::3]) and _kernels.all_finite(x[:0])
+    for bad in (np.nan, -np.nan, np.inf, -np.inf):
+        y = x.copy()
+        y[41, 17] = bad
+        assert not _kernels.all_finite(y), bad
+        assert not _kernels.all_finite(y[:, 1::2]), bad                    # strided: column 17 kept
+    assert not _kernels.all_finite(np.array([[np.uint32(0xFFC00000)]], np.uint32).view(np.float32))
