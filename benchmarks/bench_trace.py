@@ -3,22 +3,25 @@
 Two configurations by default, in one run: the quickstart network (64 → 256 → 256 → 256 → 10,
 batch 32) and a realistic one (64 → 1024 → 1024 → 1024 → 10, batch 256) — float32, ``ideal``
 device, digits, for DANP (noisy baseline) and BP. At larger widths the compute of a step grows
-faster (∝ batch·width²) than the bytes it records (∝ batch·width), so the ratio shrinks. A step is ``rule.step`` (estimate →
-decorrelation → optimizer → apply) plus, when tracing, ``TraceWriter.write`` (pack the arrays
-into one row, crc32, one HDF5 write per per-step dataset, rewrite ``complete_steps``, flush).
-The variants — off, uncompressed, gzip, lzf, float16 — run in interleaved blocks on the same
-batches, and each ratio is the median block time over the median "off" block time, all from
-one run, so they are comparable on a busy machine.
+faster (∝ batch·width²) than the bytes it records (∝ batch·width), so the ratio shrinks. A
+step is ``rule.step`` (estimate → decorrelation → optimizer → apply) plus, when tracing,
+``TraceWriter.write``: pack the step into one buffer and write it into the pipe of the writer
+process, which checksums, compresses and writes it (its CPU time counts wherever it hurts the
+training process, which shares the machine with it). The timed steps end with a ``flush``
+(every step in the file). The writer process starts once per trace; that start is reported
+apart (seconds), not in the per-step time. The variants — off, uncompressed, gzip, lzf,
+float16 — run in interleaved blocks on the same batches, and each ratio is the median block
+time over the median "off" block time, all from one run, so they are comparable on a busy
+machine.
 
     python benchmarks/bench_trace.py [--steps 100] [--blocks 5] [--configs quickstart,large]
     python benchmarks/bench_trace.py --sizes 64,512,512,10 --batch 64      # one custom configuration
+    python benchmarks/bench_trace.py --in-process        # HDF5 work inside the training process
 
 Goal (issue 5): ≤ 1.2× with compression. Prints bytes per step (on disk) for each variant.
-``OPENBLAS_NUM_THREADS`` is not pinned here (it is printed), but it matters for gzip: the
-writer deflates in a background thread, and on a small machine (2 cores) a multi-threaded
-OpenBLAS whose threads must share the cores with any busy thread slows the *training step*
-itself by up to 3x (a plain zlib loop in a thread does the same). For the cost of tracing on
-such a machine, compare ``OPENBLAS_NUM_THREADS=1 python benchmarks/bench_trace.py``.
+``OPENBLAS_NUM_THREADS`` is not pinned here (it is printed); on a 2-core machine a
+multi-threaded OpenBLAS competes with the writer process for the second core, so compare
+``OPENBLAS_NUM_THREADS=1 python benchmarks/bench_trace.py`` too.
 """
 from __future__ import annotations
 
@@ -59,6 +62,7 @@ def main(argv=None) -> None:
     ap.add_argument("--large-steps", type=int, default=None,
                     help="steps per block for the large configuration (default: --steps / 4, at least 10)")
     ap.add_argument("--rules", default="danp,bp")
+    ap.add_argument("--in-process", action="store_true", help="TraceWriter(background=False)")
     args = ap.parse_args(argv)
     data = scenarios.load("digits")
     if args.sizes is not None or args.batch is not None:
@@ -73,10 +77,10 @@ def main(argv=None) -> None:
             steps = args.steps if c == "quickstart" else (args.large_steps or max(10, args.steps // 4))
             configs.append(([int(s) for s in sizes.split(",")], batch, steps))
     for sizes, batch, steps in configs:
-        run(data, sizes, batch, steps, args.blocks, args.rules.split(","))
+        run(data, sizes, batch, steps, args.blocks, args.rules.split(","), background=not args.in_process)
 
 
-def run(data, sizes, batch, steps, blocks, rule_names) -> None:
+def run(data, sizes, batch, steps, blocks, rule_names, background=True) -> None:
     if sizes[0] != data.n_features:
         raise SystemExit(f"the first size must be {data.n_features} (digits)")
     rng = np.random.default_rng(0)
@@ -86,9 +90,11 @@ def run(data, sizes, batch, steps, blocks, rule_names) -> None:
         batches.append((idx, data.x_train[idx], np.eye(sizes[-1], dtype=np.float32)[data.y_train[idx]]))
     tmp = tempfile.mkdtemp(prefix="bench_trace_")
     print(f"\nnetwork {sizes}, batch {batch}, {steps} steps x {blocks} blocks per variant, "
-          f"backend numpy, float32, OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}")
+          f"backend numpy, float32, OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}, "
+          f"writer {'process' if background else 'in-process'}")
     for name in rule_names:
         times = {v: [] for v, _ in VARIANTS}
+        starts = {v: [] for v, _ in VARIANTS}
         nbytes = {}
         for block in range(blocks):
             for label, opts in VARIANTS:
@@ -97,7 +103,11 @@ def run(data, sizes, batch, steps, blocks, rule_names) -> None:
                 rule.init(net)
                 rule.step(net, batches[0][1], batches[0][2])  # warm-up (kernels, caches)
                 path = os.path.join(tmp, f"{name}-{label}.h5")
-                tw = TraceWriter(path, net, rule, **opts) if opts is not None else None
+                ts = time.perf_counter()
+                tw = TraceWriter(path, net, rule, background=background, **opts) if opts is not None else None
+                if tw is not None:
+                    tw.flush()  # the writer process is up (a one-time start, reported apart)
+                    starts[label].append(time.perf_counter() - ts)
                 t0 = time.perf_counter()
                 for s, (idx, x, t) in enumerate(batches):
                     est = rule.step(net, x, t)
@@ -113,11 +123,12 @@ def run(data, sizes, batch, steps, blocks, rule_names) -> None:
                     os.remove(path)
         off = statistics.median(times["off"])
         print(f"\n{rules.make(name).label}: step without tracing {off * 1e3:.2f} ms (median block)")
-        print(f"  {'variant':<13} {'ms/step':>8} {'ratio':>6} {'bytes/step':>11}")
+        print(f"  {'variant':<13} {'ms/step':>8} {'ratio':>6} {'bytes/step':>11} {'start (s)':>10}")
         for label, _ in VARIANTS:
             m = statistics.median(times[label])
             b = f"{nbytes[label]:>11,.0f}" if label in nbytes else f"{'-':>11}"
-            print(f"  {label:<13} {m * 1e3:>8.2f} {m / off:>6.2f} {b}")
+            st = f"{statistics.median(starts[label]):>10.2f}" if starts[label] else f"{'-':>10}"
+            print(f"  {label:<13} {m * 1e3:>8.2f} {m / off:>6.2f} {b} {st}")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
-"""The trace writer's fast paths: low-level row writes, the gzip background thread (checksum
-and deflate there, HDF5 writes on the training thread), and the hand-built gzip stream
-(shuffle + per-part deflate/Huffman-only/stored blocks)."""
+"""The trace writer's fast paths: the writer process (all HDF5 work out of the training
+process, fed one buffer per step through a pipe), low-level row writes, and the hand-built
+gzip stream (shuffle + per-part deflate/Huffman-only/stored blocks)."""
 from __future__ import annotations
 
+import os
+import signal
 import zlib
 
 import h5py
@@ -13,6 +15,7 @@ import noisesim
 import rules
 import scenarios
 from noisesim.trace import TraceError, TraceWriter, open_trace, replay
+from noisesim.trace._sink import Sink
 
 SIZES = [64, 16, 10]
 
@@ -22,12 +25,14 @@ def digits():
     return scenarios.load("digits")
 
 
-def record(path, digits, rule_name="danp", *, batch=300, retry=None, **opts):
+def record(path, digits, rule_name="danp", *, batch=300, retry=None, pump=False, **opts):
     net = noisesim.Network.mlp(SIZES, device=noisesim.DeviceConfig.preset("ideal"), seed=3, backend="numpy")
     rule = rules.make(rule_name, lr=1e-2)
     with TraceWriter(path, net, rule, **opts) as tw:
         if retry is not None:
             tw.RETRY_STEPS = retry
+        if pump:                  # every frame counts as large: written by the pump thread
+            tw.PIPE_DIRECT_BYTES = 0
         scenarios.train(net, rule, digits, epochs=1, batch_size=batch, progress=False, on_step=tw.on_step)
     return net.get_state()
 
@@ -61,59 +66,97 @@ def test_synchronous_writer_replays(tmp_path, digits, opts):
         assert replay(tmp_path / "sync.h5").matches is True
 
 
-def test_background_needs_gzip(tmp_path):
-    net = noisesim.Network.mlp(SIZES, device=noisesim.DeviceConfig.preset("ideal"), seed=3, backend="numpy")
-    with pytest.raises(TraceError, match="background=True needs compression='gzip'"):
-        TraceWriter(tmp_path / "x.h5", net, compression="lzf", background=True)
-
-
-def test_background_failure_is_reported_and_the_file_keeps_whole_steps(tmp_path, digits):
+def test_a_killed_writer_process_is_reported_and_the_file_keeps_whole_steps(tmp_path, digits):
     net = noisesim.Network.mlp(SIZES, device=noisesim.DeviceConfig.preset("ideal"), seed=3, backend="numpy")
     rule = rules.make("danp", lr=1e-2)
     tw = TraceWriter(tmp_path / "x.h5", net, rule, compression="gzip")
-    calls = []
-    deflate = tw._deflate
-
-    def failing(row, which=0):
-        calls.append(1)
-        if len(calls) == 3:
-            raise RuntimeError("disk on fire")
-        return deflate(row, which)
-
-    tw._deflate = failing
-    with pytest.raises(TraceError, match="failed in the background.*disk on fire"):
-        scenarios.train(net, rule, digits, epochs=1, batch_size=100, progress=False, on_step=tw.on_step)
-    with pytest.raises(TraceError, match="trace ends at its 2 complete steps"):
-        tw.write(99, np.arange(3), None)
-    tw.close()
-    with open_trace(tmp_path / "x.h5") as r:
-        assert r.complete_steps == 2 and r.verify() == 2 and r.closed and r.final_state() is None
-    assert replay(tmp_path / "x.h5").steps == 2
-
-
-def test_background_lag_is_bounded_by_queue_steps(tmp_path, digits):
-    net = noisesim.Network.mlp(SIZES, device=noisesim.DeviceConfig.preset("ideal"), seed=3, backend="numpy")
-    rule = rules.make("danp", lr=1e-2)
-    tw = TraceWriter(tmp_path / "x.h5", net, rule, compression="gzip", queue_steps=2)
     seen = []
 
     def on_step(step, idx, est):
         tw.on_step(step, idx, est)
-        seen.append((step, tw.complete_steps))
+        seen.append(step)
+        if step == 3:
+            tw.flush()                                        # steps 1-3 are in the file
+            assert tw.complete_steps == 3
+            os.kill(tw._proc.pid, signal.SIGKILL)
+            tw._proc.wait()
 
-    scenarios.train(net, rule, digits, epochs=1, batch_size=100, progress=False, on_step=on_step)
-    assert all(k - n <= 2 for k, (_, n) in enumerate(seen, 1))
+    with pytest.raises(TraceError, match="writer process was killed by signal 9.*whole steps"):
+        scenarios.train(net, rule, digits, epochs=1, batch_size=100, progress=False, on_step=on_step)
+    assert seen == [1, 2, 3]
+    with pytest.raises(TraceError, match="trace ends at its 3 confirmed steps"):
+        tw.write(99, np.arange(3), None)
+    tw.close()                                               # reported already: no second error
+    with open_trace(tmp_path / "x.h5") as r:
+        assert r.complete_steps == 3 and r.verify() == 3 and r.closed and r.final_state() is None
+    assert replay(tmp_path / "x.h5").steps == 3
+
+
+def test_a_failing_writer_process_reports_its_error(tmp_path, digits):
+    net = noisesim.Network.mlp(SIZES, device=noisesim.DeviceConfig.preset("ideal"), seed=3, backend="numpy")
+    rule = rules.make("danp", lr=1e-2)
+    tw = TraceWriter(tmp_path / "x.h5", net, rule)
+    scenarios.train(net, rule, digits, epochs=1, batch_size=300, progress=False, on_step=tw.on_step)
+    tw._send(b"X")                                           # a frame the process does not know
+    with pytest.raises(TraceError, match=r"exited with status 1: ValueError: unknown frame kind b'X'"):
+        tw.flush()
+    tw.close()
+    with open_trace(tmp_path / "x.h5") as r:
+        assert r.complete_steps == 5 and r.verify() == 5 and r.final_state() is None
+
+
+def test_flush_makes_every_written_step_visible(tmp_path, digits):
+    net = noisesim.Network.mlp(SIZES, device=noisesim.DeviceConfig.preset("ideal"), seed=3, backend="numpy")
+    rule = rules.make("danp", lr=1e-2)
+    tw = TraceWriter(tmp_path / "x.h5", net, rule, compression="gzip")
+    seen = []
+    scenarios.train(net, rule, digits, epochs=1, batch_size=100, progress=False,
+                    on_step=lambda *a: (tw.on_step(*a), seen.append(tw.complete_steps)))
+    assert all(n <= k for k, n in enumerate(seen, 1))       # confirmed steps never run ahead
     tw.flush()
-    assert tw.complete_steps == len(seen)
-    with h5py.File(tmp_path / "x.h5", "r") as f:
+    assert tw.complete_steps == len(seen) == 15
+    with h5py.File(tmp_path / "x.h5", "r", locking=False) as f:   # the writer process holds it
         assert f.attrs["complete_steps"] == len(seen)
     tw.close()
+    with open_trace(tmp_path / "x.h5") as r:
+        assert r.closed and r.complete_steps == 15 and r.final_state() is not None
+
+
+@pytest.mark.parametrize("opts", [{}, dict(pump=True), dict(pump=True, compression="gzip"), dict(float16=True)])
+def test_writer_process_and_in_process_writer_write_the_same_steps(tmp_path, digits, opts):
+    fg = {k: v for k, v in opts.items() if k != "pump"}
+    record(tmp_path / "bg.h5", digits, "danp", **opts)
+    record(tmp_path / "fg.h5", digits, "danp", background=False, **fg)
+    same_steps(steps_of(tmp_path / "bg.h5"), steps_of(tmp_path / "fg.h5"))
+    if not opts.get("float16"):
+        assert replay(tmp_path / "bg.h5").matches is True
+
+
+def test_a_killed_writer_process_is_reported_through_the_pump(tmp_path, digits):
+    net = noisesim.Network.mlp(SIZES, device=noisesim.DeviceConfig.preset("ideal"), seed=3, backend="numpy")
+    rule = rules.make("danp", lr=1e-2)
+    tw = TraceWriter(tmp_path / "x.h5", net, rule)
+    tw.PIPE_DIRECT_BYTES = 0
+
+    def on_step(step, idx, est):
+        tw.on_step(step, idx, est)
+        if step == 2:
+            tw.flush()
+            os.kill(tw._proc.pid, signal.SIGKILL)
+            tw._proc.wait()
+
+    with pytest.raises(TraceError, match="killed by signal 9"):
+        scenarios.train(net, rule, digits, epochs=3, batch_size=100, progress=False, on_step=on_step)
+        tw.flush()
+    tw.close()
+    with open_trace(tmp_path / "x.h5") as r:
+        assert r.complete_steps == 2 and r.verify() == 2
 
 
 @pytest.mark.parametrize("level", [1, 4])
 @pytest.mark.parametrize("rule_name", ["danp", "np"])
 def test_hand_built_gzip_chunks_read_back_like_hdf5s_own(tmp_path, digits, level, rule_name):
-    # background=True: rows deflated by the writer; background=False: HDF5's own gzip filter.
+    # background=True: rows deflated by the writer process; background=False: HDF5's own gzip filter.
     # retry=2: the per-part coding is re-decided during the run.
     record(tmp_path / "bg.h5", digits, rule_name, compression="gzip", compression_opts=level, retry=2)
     record(tmp_path / "h5.h5", digits, rule_name, compression="gzip", compression_opts=level, background=False)
@@ -125,37 +168,38 @@ def test_hand_built_gzip_chunks_read_back_like_hdf5s_own(tmp_path, digits, level
         assert f.attrs["complete_steps"] == d.shape[0]
 
 
-def test_deflate_stream_is_a_valid_zlib_stream_of_the_shuffled_row(tmp_path, digits):
-    net = noisesim.Network.mlp(SIZES, device=noisesim.DeviceConfig.preset("ideal"), seed=3, backend="numpy")
-    tw = TraceWriter(tmp_path / "x.h5", net, compression="gzip", compression_opts=1)
-    try:
+def _deflater(tmp_path, regions, level=4):
+    """A Sink set up for gzip rows, its deflate method tested on its own."""
+    f = h5py.File(tmp_path / "x.h5", "w")
+    f.attrs["complete_steps"] = 0
+    sink = Sink(f)
+    sink.create({"datasets": [], "attrs": {}, "deflate": True, "level": level, "regions": regions})
+    return f, sink
+
+
+def test_deflate_stream_is_a_valid_zlib_stream_of_the_shuffled_row(tmp_path):
+    # regions: noise (stored), small integers (deflated), a constant (deflated), a short tail
+    f, sink = _deflater(tmp_path, [[0, 4000, 8000, 9000, 9003], [0]], level=1)
+    with f:
         rng = np.random.default_rng(0)
-        # regions: noise (stored), small integers (deflated), a constant (deflated), a short tail
-        tw._regions = [[0, 4000, 8000, 9000, 9003], [0]]
         for trial in range(3):
             row = np.concatenate([rng.standard_normal(4000), rng.integers(0, 5, 4000), np.full(1000, 0.5),
                                   rng.standard_normal(3)]).astype(np.float32)
-            z = tw._deflate(row)
+            z = sink._deflate(row)
             shuffled = np.ascontiguousarray(row.view(np.uint8).reshape(-1, 4).T).tobytes()
             assert zlib.decompress(z) == shuffled
             assert len(z) < row.nbytes
-        runs = tw._plane_state[0][1]  # [start, stop, (level, strategy)] over the shuffled bytes
+        runs = sink._plane_state[0][1]  # [start, stop, (level, strategy)] over the shuffled bytes
         assert runs[0][0] == 0 and runs[-1][1] == row.nbytes
         assert all(r[1] == q[0] and r[2] != q[2] for r, q in zip(runs, runs[1:]))
         assert any(r[2][0] == 0 for r in runs) and any(r[2][0] != 0 for r in runs)
-    finally:
-        tw.close()
 
 
 def test_empty_region_and_single_plane(tmp_path):
-    net = noisesim.Network.mlp(SIZES, device=noisesim.DeviceConfig.preset("ideal"), seed=3, backend="numpy")
-    tw = TraceWriter(tmp_path / "x.h5", net, compression="gzip")
-    try:
-        tw._regions = [[0, 0, 5], [0, 7]]
+    f, sink = _deflater(tmp_path, [[0, 0, 5], [0, 7]])
+    with f:
         row = np.arange(5, dtype=np.float32)
-        assert zlib.decompress(tw._deflate(row)) == np.ascontiguousarray(row.view(np.uint8).reshape(-1, 4).T).tobytes()
+        assert zlib.decompress(sink._deflate(row)) == np.ascontiguousarray(row.view(np.uint8).reshape(-1, 4).T).tobytes()
         ints = np.arange(7, dtype=np.int64)
-        assert zlib.decompress(tw._deflate(ints, 1)) == np.ascontiguousarray(
+        assert zlib.decompress(sink._deflate(ints, 1)) == np.ascontiguousarray(
             ints.view(np.uint8).reshape(-1, 8).T).tobytes()
-    finally:
-        tw.close()

@@ -10,22 +10,20 @@ import json
 import math
 import os
 import queue
+import subprocess
+import sys
 import threading
 import zlib
 
 import h5py
 import numpy as np
-from h5py import h5a, h5f, h5s, h5t
 
 from .._version import __version__
 from ..backend import to_numpy
+from . import _sink
+from ._sink import FRAME, LIBVER, REPLY, Sink
 from .format import (COMPRESSIONS, CRC_COLUMN, FORMAT_NAME, FORMAT_VERSION, META_FIXED, TraceError,
                      entry_name)
-
-# HDF5 1.8 file format: checksummed superblock and object headers, and — unlike the 1.10
-# format — no "open for writing" flag left behind when the writer is killed, so a file cut
-# off by SIGKILL still opens.
-LIBVER = ("v108", "v108")
 
 
 def network_config(net) -> dict:
@@ -86,20 +84,25 @@ class TraceWriter:
     float16 : bool
         Store floating arrays as float16 (half the bytes; the file is flagged lossy and a
         replay of it warns that it is not exact). The initial/final states stay exact.
-    background : bool, optional
-        Compress and write in a background thread (default: on for gzip). Up to
-        ``queue_steps`` steps may then be in memory, not yet in the file; :meth:`flush` waits.
-        The thread only checksums and deflates (zlib runs without the GIL); the training thread
-        writes the finished steps into the file at its next :meth:`write`.
+    background : bool
+        Hand the HDF5 work to a separate writer process (default). The training process then
+        only packs each step into one buffer and writes it into a pipe (~1 MiB of buffered
+        steps; a full pipe makes :meth:`write` wait); the writer process checksums,
+        compresses, writes the rows, ``complete_steps`` and flushes, step by step, and keeps
+        every whole step it received if the training process dies. ``False``: all of that in
+        this process, inside :meth:`write`.
 
-    Each :meth:`write` adds one row to every per-step dataset, then rewrites the root
-    attribute ``complete_steps`` and flushes, so a run killed at any point leaves a file
-    whose first ``complete_steps`` steps are whole.
+    Each step adds one row to every per-step dataset, then rewrites the root attribute
+    ``complete_steps`` and flushes, so a run killed at any point leaves a file whose first
+    ``complete_steps`` steps are whole.
     """
 
+    RETRY_STEPS = 64      # how often the hand-built gzip re-decides its per-part coding
+    PIPE_DIRECT_BYTES = 1 << 19   # larger step frames are written by a pump thread
+    PUMP_FRAMES = 3               # buffers in flight with the pump thread
+
     def __init__(self, path, network, rule=None, *, meta: dict | None = None, compression: str | None = None,
-                 compression_opts=None, float16: bool = False, background: bool | None = None,
-                 queue_steps: int = 4):
+                 compression_opts=None, float16: bool = False, background: bool = True):
         if compression == "none":
             compression = None
         if compression not in COMPRESSIONS:
@@ -111,7 +114,8 @@ class TraceWriter:
         if compression == "lzf":
             self.compression_opts = None
         self.float16 = bool(float16)
-        net_dtype = np.dtype(network.dtype)
+        self.background = bool(background)
+        net_dtype = self._net_dtype = np.dtype(network.dtype)
         self.storage_dtype = np.dtype(np.float16) if self.float16 else net_dtype
         device = getattr(network, "device", None)
         config = {
@@ -128,47 +132,41 @@ class TraceWriter:
             config_json = json.dumps(config, sort_keys=True)
         except TypeError as exc:
             raise TraceError(f"{self.path}: the run config is not JSON-serialisable ({exc})") from None
-        self._f = h5py.File(self.path, "w", libver=LIBVER)
-        a = self._f.attrs
-        a["format"] = FORMAT_NAME
-        a["format_version"] = FORMAT_VERSION
-        a["noisesim_version"] = __version__
-        a["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat()
-        a["config"] = config_json
-        a["config_crc32"] = zlib.crc32(config_json.encode())
-        a["storage_dtype"] = self.storage_dtype.name
-        a["lossy"] = int(self.float16)
-        a["compression"] = compression or "none"
-        a["complete_steps"] = 0
-        a["closed"] = 0
-        self._write_state("initial_state", network.get_state())
+        f = h5py.File(self.path, "w", libver=LIBVER)
+        try:
+            a = f.attrs
+            a["format"] = FORMAT_NAME
+            a["format_version"] = FORMAT_VERSION
+            a["noisesim_version"] = __version__
+            a["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat()
+            a["config"] = config_json
+            a["config_crc32"] = zlib.crc32(config_json.encode())
+            a["storage_dtype"] = self.storage_dtype.name
+            a["lossy"] = int(self.float16)
+            a["compression"] = compression or "none"
+            a["complete_steps"] = 0
+            a["closed"] = 0
+            self._write_state(f, "initial_state", network.get_state())
+            f.flush()
+        except BaseException:
+            f.close()
+            raise
         self._layout = None
-        self._n = 0
-        self._cap = 0
-        # gzip runs in a background thread (zlib releases the GIL; h5py's own filters do not),
-        # writing pre-filtered chunks (see _deflate). At most
-        # ``queue_steps`` steps wait in memory. Steps reach the file, and ``complete_steps``, in
-        # order, so a crash still leaves whole steps only.
-        background = compression == "gzip" if background is None else bool(background)
-        if background and compression != "gzip":
-            raise TraceError(f"{self.path}: background=True needs compression='gzip'")
-        self._level = 4 if compression_opts is None else int(compression_opts)
-        self._plane_state = [[0, None], [0, None]]  # values, ints: [steps to the next trial, levels]
-        self._queue = queue.Queue() if background else None  # steps to the worker
-        self._done = queue.Queue()  # (step, deflated chunks, error) from the worker, in order
-        self._qmax = max(1, int(queue_steps))
-        self._inflight = 0  # handed to the worker, not yet in the file
-        self._failed = False  # sticky: no step is written after one that failed
-        self._worker = None
-        self._error = None
-        self._f.flush()
-        self._fid = self._f.id
-        self._cs_attr = h5a.open(self._fid, b"complete_steps")
-        self._cs_buf = np.zeros((), np.int64)
+        self._written = 0          # steps handed over (to the sink, or the process)
+        self._confirmed = 0        # steps known to be in the file
+        self._failed = None        # why the writer process stopped, once it has
+        self._pump, self._pump_error = None, None
+        if self.background:
+            f.close()
+            self._f, self._sink = None, None
+            self._proc = _start_process(self.path)
+        else:
+            self._f, self._sink, self._proc = f, Sink(f), None
 
     # -- helpers ---------------------------------------------------------------------------------
-    def _write_state(self, group: str, state: dict) -> None:
-        g = self._f.create_group(group)
+    @staticmethod
+    def _write_state(f, group: str, state: dict) -> None:
+        g = f.create_group(group)
         for k, v in state.items():
             a = np.ascontiguousarray(to_numpy(v))
             g.create_dataset(k, data=a).attrs["crc32"] = zlib.crc32(a.view(np.uint8))
@@ -208,63 +206,154 @@ class TraceWriter:
         self._keys = [(src, key, layer) for src, key, layer, _ in items]
         self._layout = {"entries": entries, "values_width": offsets["float"], "ints_width": offsets["int"],
                         "max_batch": int(batch), "meta_columns": cols}
-        chunk_opts = dict(compression=self.compression, compression_opts=self.compression_opts,
-                          shuffle=self.compression is not None)
-        g = self._f.create_group("steps")
-        V, I = offsets["float"], offsets["int"]
-        self._values = g.create_dataset("values", (0, V), maxshape=(None, V), chunks=(1, V),
-                                        dtype=self.storage_dtype, **chunk_opts)
-        self._ints = (g.create_dataset("ints", (0, I), maxshape=(None, I), chunks=(1, I), dtype=np.int64,
-                                       **chunk_opts) if I else None)
-        small = min(1024, max(1, (1 << 16) // (8 * max(len(cols), batch, 1))))
-        self._indices = g.create_dataset("indices", (0, max(batch, 1)), maxshape=(None, max(batch, 1)),
-                                         chunks=(small, max(batch, 1)), dtype=np.int64, fillvalue=-1)
-        self._loss = g.create_dataset("scalars", (0, 2), maxshape=(None, 2), chunks=(1024, 2), dtype=np.float64)
-        self._meta = g.create_dataset("meta", (0, len(cols)), maxshape=(None, len(cols)),
-                                      chunks=(small, len(cols)), dtype=np.int64)
-        self._row = np.zeros(V, self.storage_dtype)
+        V, I, B = offsets["float"], offsets["int"], max(int(batch), 1)
+        # One chunk per step for every per-step dataset: a flush then writes the new step's
+        # bytes only, never a half-filled chunk of earlier steps again.
+        comp = dict(compression=self.compression, compression_opts=self.compression_opts)
+        deflate = self.background and self.compression == "gzip"
+        layout_json = json.dumps(self._layout)
+        spec = {
+            "datasets": [
+                {"name": "values", "width": V, "dtype": self.storage_dtype.name, "chunk_rows": 1,
+                 "frame_dtype": self._net_dtype.name, **comp},
+                {"name": "ints", "width": I, "dtype": "int64", "chunk_rows": 1, **comp},
+                {"name": "indices", "width": B, "dtype": "int64", "chunk_rows": 1, "fillvalue": -1},
+                {"name": "scalars", "width": 2, "dtype": "float64", "chunk_rows": 1},
+                {"name": "meta", "width": len(cols), "dtype": "int64", "chunk_rows": 1},
+            ],
+            "attrs": {"layout": layout_json, "layout_crc32": zlib.crc32(layout_json.encode())},
+            # the gzip chunks of values/ints are deflated by the writer process itself (Sink._deflate)
+            "deflate": deflate, "level": 4 if self.compression_opts is None else int(self.compression_opts),
+            "retry_steps": int(self.RETRY_STEPS),
+            # region boundaries (one per non-alias array) of the values and ints rows
+            "regions": [sorted({0, width} | {e["offset"] for e in entries
+                                             if e["kind"] == kind and e["offset"] is not None and e["offset"] < width})
+                        for kind, width in (("float", V), ("int", I))],
+        }
+        # One buffer holds a whole step — frame header, then the five rows — so a step is one
+        # write into the pipe; the rows are views into it. A frame larger than the pipe would
+        # block the training thread until the writer process has read most of it: such frames
+        # go through a pump thread instead (os.write releases the GIL), from a few buffers.
+        sizes = _sink.row_sizes(spec)
+        nbytes = [w * np.dtype(t).itemsize for _, w, t in sizes]
+
+        def frame():
+            buf = np.zeros(FRAME.size + sum(nbytes), np.uint8)
+            buf[:FRAME.size] = np.frombuffer(FRAME.pack(b"S", sum(nbytes)), np.uint8)
+            off, rows = FRAME.size, []
+            for (_, w, t), nb in zip(sizes, nbytes):
+                rows.append(buf[off:off + nb].view(t))
+                off += nb
+            return buf, rows
+
+        self._frames = [frame()]
+        if self._proc is not None and self._frames[0][0].nbytes > self.PIPE_DIRECT_BYTES:
+            self._frames += [frame() for _ in range(self.PUMP_FRAMES - 1)]
+            self._start_pump()
         # Per entry, in item order: (alias?, layer, float?, offset, capacity, ndim, entry).
         self._plan = [(e["alias"] == "xstar", e["layer"], e["kind"] == "float", e["offset"],
                        math.prod(e["shape"]), len(e["shape"]), e) for e in entries]
         self._xstar_of = {l: i for i, (src, _, l, _) in enumerate(items) if src == "xstar"}
-        # Region boundaries (one per non-alias array) of the values and ints rows, for _deflate.
-        self._regions = [sorted({0, width} | {e["offset"] for e in entries
-                                              if e["kind"] == kind and e["offset"] is not None and e["offset"] < width})
-                         for kind, width in (("float", V), ("int", I))]
-        self._irow = np.zeros(I, np.int64) if I else None
-        layout_json = json.dumps(self._layout)
-        self._f.attrs["layout"] = layout_json
-        self._f.attrs["layout_crc32"] = zlib.crc32(layout_json.encode())
+        if self._proc is not None:
+            self._send(b"L", json.dumps(spec).encode())
+        else:
+            self._sink.create(spec)
 
-    def _grow(self) -> None:
-        self._cap = self._cap + max(16, self._cap // 2)
-        for d in (self._values, self._ints, self._indices, self._loss, self._meta):
-            if d is not None:
-                d.resize(self._cap, axis=0)
-        # Low-level row writers: (dataset id, memory space of one row, file space, width). The
-        # file space is fetched once per resize and only its selection changes per step.
-        self._sinks = [None if d is None else (d.id, h5s.create_simple((1, d.shape[1])), d.id.get_space(),
-                                               d.shape[1], h5t.py_create(d.dtype))
-                       for d in (self._values, self._ints, self._indices, self._loss, self._meta)]
+    # -- the writer process ---------------------------------------------------------------------
+    def _send(self, kind: bytes, payload=b"") -> None:
+        msg = FRAME.pack(kind, len(payload)) + bytes(payload)
+        if self._pump is not None:               # behind the step frames already queued
+            self._full.put((msg, None))
+        else:
+            self._pipe_write(memoryview(msg))
 
-    @staticmethod
-    def _put(sink, s: int, arr) -> None:
-        """Write the C-contiguous row ``arr`` (the dataset's dtype, ``width`` items) at row ``s``."""
-        dsid, mspace, fspace, width, mtype = sink
-        fspace.select_hyperslab((s, 0), (1, width))
-        dsid.write(mspace, fspace, arr, mtype)
+    def _start_pump(self) -> None:
+        self._free, self._full = queue.Queue(), queue.Queue()
+        for f in self._frames:
+            self._free.put(f)
+        self._pump = threading.Thread(target=self._run_pump, name="TraceWriter pump", daemon=True)
+        self._pump.start()
+
+    def _run_pump(self) -> None:
+        """Pump thread: write queued frames into the pipe, in order, and recycle the buffers.
+        After a failed write it only recycles (the training thread raises at its next write)."""
+        fd = self._proc.stdin.fileno()
+        while True:
+            buf, rows = self._full.get()
+            if buf is None:
+                return
+            if self._pump_error is None:
+                try:
+                    data = memoryview(buf)
+                    while data:
+                        data = data[os.write(fd, data):]
+                except OSError as exc:
+                    self._pump_error = exc
+            if rows is not None:
+                self._free.put((buf, rows))
+
+    def _stop_pump(self) -> None:
+        if self._pump is not None:
+            self._full.put((None, None))
+            self._pump.join()
+            self._pump = None
+
+    def _pipe_write(self, data: memoryview) -> None:
+        fd = self._proc.stdin.fileno()
+        try:
+            while data:
+                data = data[os.write(fd, data):]
+        except OSError as exc:  # BrokenPipeError: the writer process is gone
+            raise self._process_failed(exc) from None
+
+    def _reply(self, kind: bytes) -> int:
+        if self._pump is not None:
+            self._stop_pump_if_failed()
+        head = b""
+        while len(head) < REPLY.size:
+            more = self._proc.stdout.read(REPLY.size - len(head))
+            if not more:
+                raise self._process_failed(None)
+            head += more
+        got, n = REPLY.unpack(head)
+        if got != kind:
+            raise self._process_failed(f"unexpected reply {got!r}")
+        self._confirmed = n
+        return n
+
+    def _stop_pump_if_failed(self) -> None:
+        if self._pump_error is not None:
+            self._stop_pump()
+            raise self._process_failed(self._pump_error)
+
+    def _process_failed(self, why) -> TraceError:
+        """The error for a writer process that stopped; it has ended or is ended now."""
+        if self._failed is None:
+            try:
+                code = self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                code = self._proc.wait()
+            err = self._proc.stderr.read().decode(errors="replace").strip() if self._proc.stderr else ""
+            how = (f"exited with status {code}" if code >= 0 else f"was killed by signal {-code}")
+            self._failed = f"the trace writer process {how}" + (f": {err}" if err else "") + \
+                           (f" ({why})" if why and not err else "")
+        return TraceError(f"{self.path}: {self._failed}; the file keeps the whole steps it received")
 
     # -- the public API ---------------------------------------------------------------------------
     @property
     def complete_steps(self) -> int:
-        """Steps in the file so far (lags :meth:`write` by up to ``queue_steps`` in background mode)."""
-        return self._n
+        """Steps known to be in the file: every written step without ``background``; with it,
+        those confirmed by the last :meth:`flush` (call it first for an exact count)."""
+        return self._written if self._proc is None else self._confirmed
 
     def write(self, step: int, indices, est) -> None:
         """Record one applied step: its batch ``indices`` and the rule's ``Estimate``."""
-        if self._f is None:
+        if self._sink is None and self._proc is None:
             raise TraceError(f"{self.path}: the trace writer is closed")
-        self._check_worker()
+        if self._failed is not None:
+            raise TraceError(f"{self.path}: {self._failed}; the trace ends at its {self._confirmed} "
+                             f"confirmed steps")
         items = self._items(est)
         idx = np.asarray(to_numpy(indices), dtype=np.int64).ravel()
         if self._layout is None:
@@ -277,13 +366,14 @@ class TraceWriter:
         if len(idx) > lay["max_batch"]:
             raise TraceError(f"{self.path}: step {step} has a batch of {len(idx)}, larger than the first "
                              f"step's {lay['max_batch']}; start tracing with the largest batch")
-        bg = self._queue is not None
-        # In background mode each step packs into fresh rows (the queue holds them); else the
-        # rows are reused.
-        row = np.empty_like(self._row) if bg else self._row
-        irow_ = self._irow
-        if irow_ is not None and bg:
-            irow_ = np.empty_like(irow_)
+        if self._pump is not None:
+            buf, rows = self._free.get()          # waits while every buffer is in flight
+            if self._pump_error is not None:
+                self._free.put((buf, rows))
+                raise self._process_failed(self._pump_error)
+        else:
+            buf, rows = self._frames[0]
+        row, irow_, irow, scalars, meta = rows
         xstar = {l: items[i][3] for l, i in self._xstar_of.items()}
         shapes = []
         for (alias, layer, is_float, off, cap, ndim, e), (_, _, _, a) in zip(self._plan, items):
@@ -304,165 +394,30 @@ class TraceWriter:
             r[off:off + n] = a.reshape(-1)
             if n < cap:
                 r[off + n:off + cap] = 0
-        irow = np.full(lay["max_batch"] or 1, -1, np.int64)
         irow[:len(idx)] = idx
+        irow[len(idx):] = -1
         t = getattr(self._network, "time", None)
-        scalars = np.array([float(est.loss), float(t) if isinstance(t, (int, float)) else np.nan])
-        meta = np.empty(len(self._layout["meta_columns"]), np.int64)
+        scalars[0] = float(est.loss)
+        scalars[1] = float(t) if isinstance(t, (int, float)) else np.nan
         meta[0], meta[1], meta[2] = int(step), len(idx), int(getattr(est, "forward_passes", 0))
+        meta[CRC_COLUMN] = 0                    # the sink computes the checksum
         meta[CRC_COLUMN + 1:] = shapes
-        if not bg:
-            meta[CRC_COLUMN] = self._crc(row, irow_, irow, scalars, meta)
-            self._commit((row, irow_, irow, scalars, meta))
-            return
-        if self._worker is None:
-            self._worker = threading.Thread(target=self._work, name="TraceWriter", daemon=True)
-            self._worker.start()
-        self._collect(block=False)
-        while self._inflight >= self._qmax:
-            self._collect(block=True)
-        self._check_worker()
-        self._inflight += 1
-        self._queue.put((row, irow_, irow, scalars, meta))  # the checksum is computed by the worker
-
-    @staticmethod
-    def _crc(row, irow_, irow, scalars, meta) -> int:
-        """:func:`.format.step_checksum` of C-contiguous rows of the right dtypes, without copies."""
-        c = zlib.crc32(row)
-        if irow_ is not None:
-            c = zlib.crc32(irow_, c)
-        c = zlib.crc32(irow, c)
-        c = zlib.crc32(scalars, c)
-        return zlib.crc32(meta[:CRC_COLUMN], c)
-
-    # Byte planes whose deflate output is larger than this fraction of their size are stored
-    # (deflate "stored" blocks) instead: the low mantissa bytes of noise-like floats do not
-    # compress, and deflating them costs most of the time. Re-decided every RETRY_STEPS steps.
-    PLANE_RATIO = 0.95
-    RETRY_STEPS = 64
-
-    def _deflate(self, row, which: int = 0) -> bytes:
-        """HDF5's shuffle + deflate filters, done here so the GIL-free zlib overlaps training.
-
-        The result is one zlib stream, as HDF5's deflate filter writes and reads it: a header,
-        then for each byte plane of the shuffled row and each array's region in it, deflate
-        blocks, then the adler32 of the whole shuffled row. Each part is coded the cheapest
-        way that was smallest at the last trial (every ``RETRY_STEPS`` steps): deflate at
-        ``self._level``, Huffman-only (the exponent bytes of noise-like floats: faster and
-        smaller than LZ matching), or stored blocks when neither saves ``1 - PLANE_RATIO``
-        (the low mantissa bytes, whose deflating would cost most of the time for nothing).
-        """
-        n = row.itemsize
-        b = np.ascontiguousarray(np.ascontiguousarray(row).view(np.uint8).reshape(-1, n).T).reshape(-1)
-        state = self._plane_state[which]
-        parts = [b"\x78\x01"]  # zlib header: deflate, 32 KiB window (FLEVEL is informational)
-        if state[0] <= 0:  # trial: code each part every way, keep the smallest
-            width = len(b) // n
-            bounds = [p * width + o for p in range(n) for o in self._regions[which][:-1]] + [len(b)]
-            runs = []
-            for j in range(len(bounds) - 1):
-                data = b[bounds[j]:bounds[j + 1]]
-                mode = zlib.Z_FINISH if j == len(bounds) - 2 else zlib.Z_SYNC_FLUSH
-                best, code = None, None
-                for cand in ((self._level, zlib.Z_DEFAULT_STRATEGY), (self._level, zlib.Z_HUFFMAN_ONLY)):
-                    c = zlib.compressobj(cand[0], zlib.DEFLATED, -15, 8, cand[1])
-                    seg = c.compress(data) + c.flush(mode)
-                    if best is None or len(seg) < len(best):
-                        best, code = seg, cand
-                if len(best) > self.PLANE_RATIO * len(data):
-                    code = (0, zlib.Z_DEFAULT_STRATEGY)
-                    c = zlib.compressobj(0, zlib.DEFLATED, -15)
-                    best = c.compress(data) + c.flush(mode)
-                parts.append(best)
-                # Adjacent parts (also across planes) coded alike are one run from now on:
-                # fewer zlib calls, so fewer GIL hand-overs with the training thread.
-                if runs and runs[-1][2] == code:
-                    runs[-1][1] = bounds[j + 1]
-                else:
-                    runs.append([bounds[j], bounds[j + 1], code])
-            state[0], state[1] = self.RETRY_STEPS, runs
+        if self._pump is not None:
+            self._full.put((buf, rows))
+        elif self._proc is not None:
+            self._pipe_write(memoryview(buf))   # copied into the pipe: the buffer is free again
         else:
-            runs = state[1]
-            for j, (lo, hi, (level, strategy)) in enumerate(runs):
-                c = zlib.compressobj(level, zlib.DEFLATED, -15, 8, strategy)
-                parts.append(c.compress(b[lo:hi]) + c.flush(zlib.Z_FINISH if j == len(runs) - 1 else zlib.Z_SYNC_FLUSH))
-        parts.append(zlib.adler32(b).to_bytes(4, "big"))
-        state[0] -= 1
-        return b"".join(parts)
-
-    def _commit(self, job, chunks=None) -> None:
-        """Write one step's rows, then the new ``complete_steps``, then flush (crash-safe order)."""
-        values, ints, irow, scalars, meta = job
-        s = self._n
-        if s >= self._cap:
-            self._grow()
-        sv, si, sx, sl, sm = self._sinks
-        put = self._put
-        if chunks is not None:
-            sv[0].write_direct_chunk((s, 0), chunks[0])
-            if ints is not None:
-                si[0].write_direct_chunk((s, 0), chunks[1])
-        else:
-            put(sv, s, values)
-            if ints is not None:
-                put(si, s, ints)
-        put(sx, s, irow)
-        put(sl, s, scalars)
-        put(sm, s, meta)
-        self._n = s + 1
-        # Written in place (the attribute is opened once); the steps above are in before it.
-        self._cs_buf[()] = self._n
-        self._cs_attr.write(self._cs_buf)
-        h5f.flush(self._fid)
-
-    def _work(self) -> None:
-        """Background thread: checksum and deflate each step (zlib runs without the GIL). The
-        HDF5 writes stay on the training thread (:meth:`_collect`): h5py holds the GIL
-        throughout, and a worker doing them would stall training at every hand-over."""
-        while True:
-            job = self._queue.get()
-            if job is None:
-                return
-            try:
-                values, ints, irow, scalars, meta = job
-                meta[CRC_COLUMN] = self._crc(values, ints, irow, scalars, meta)
-                chunks = (self._deflate(values), None if ints is None else self._deflate(ints, 1))
-                self._done.put((job, chunks, None))
-            except BaseException as exc:  # reported to the training thread at its next write/close
-                self._done.put((job, None, exc))
-
-    def _collect(self, block: bool) -> None:
-        """Commit, in order, the steps the worker has finished; with ``block``, wait for one."""
-        while self._inflight:
-            try:
-                job, chunks, exc = self._done.get(block)
-            except queue.Empty:
-                return
-            block = False
-            self._inflight -= 1
-            if self._failed:  # a step failed: later ones must not follow it in (a gap)
-                continue
-            if exc is None:
-                try:
-                    self._commit(job, chunks)
-                except BaseException as e:
-                    exc = e
-            if exc is not None:
-                self._error, self._failed = exc, True
-
-    def _check_worker(self) -> None:
-        if self._failed and self._error is None:
-            raise TraceError(f"{self.path}: a step failed to be written in the background; the trace ends "
-                             f"at its {self._n} complete steps")
-        if self._error is not None:
-            exc, self._error = self._error, None
-            raise TraceError(f"{self.path}: writing the trace failed in the background ({exc})") from exc
+            self._sink.step(row, irow_, irow, scalars, meta)
+        self._written += 1
 
     def flush(self) -> None:
         """Wait until every step handed to :meth:`write` is in the file."""
-        while self._inflight:
-            self._collect(block=True)
-        self._check_worker()
+        if self._proc is not None and self._failed is None:
+            self._send(b"F")
+            self._reply(b"F")
+        if self._failed is not None:
+            raise TraceError(f"{self.path}: {self._failed}; the trace ends at its {self._confirmed} "
+                             f"confirmed steps")
 
     def on_step(self, step, indices, est) -> None:
         """The ``scenarios.train(on_step=…)`` hook: same as :meth:`write`."""
@@ -471,38 +426,69 @@ class TraceWriter:
     def close(self, network=None) -> None:
         """Trim the datasets to the steps written, store the network's final state, mark closed.
 
-        After a failed background write the file keeps its whole steps and no final state."""
-        if self._f is None:
+        After the writer process failed the file keeps its whole steps and no final state; a
+        failure first noticed here is raised."""
+        if self._sink is None and self._proc is None:
             return
         network = network if network is not None else self._network
         self._network = None
+        error = None
+        if self._proc is not None:
+            proc, self._proc = self._proc, None
+            if self._failed is None:
+                self._proc = proc
+                try:
+                    self._send(b"C")
+                    self._reply(b"C")
+                    proc.wait(timeout=60)
+                except TraceError as exc:
+                    error = exc
+                self._proc = None
+            self._stop_pump()
+            proc.stdin.close()
+            proc.stdout.close()
+            proc.stderr.close()
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            f = h5py.File(self.path, "r+", libver=LIBVER)
+        else:
+            self._sink.trim()
+            f, self._f, self._sink = self._f, None, None
         try:
-            if self._worker is not None:
-                while self._inflight:
-                    self._collect(block=True)
-                self._queue.put(None)
-                self._worker.join()
-                self._worker = None
-                if self._error is not None:  # not reported yet
-                    self._check_worker()
-            self._cs_attr = None
-            if self._layout is not None:
-                for d in (self._values, self._ints, self._indices, self._loss, self._meta):
-                    if d is not None:
-                        d.resize(self._n, axis=0)
-            if network is not None and not self._failed:  # else the network ran past the last step
-                self._write_state("final_state", network.get_state())
-            self._f.attrs["closed"] = 1
+            if network is not None and self._failed is None:  # else the network ran past the last step
+                self._write_state(f, "final_state", network.get_state())
+            f.attrs["closed"] = 1
         finally:
-            self._f.close()
-            self._f = None
+            f.close()
+        if error is not None:
+            raise error
 
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        self.close()
+    def __exit__(self, exc_type, *exc):
+        try:
+            self.close()
+        except TraceError:
+            if exc_type is None:
+                raise
         return False
+
+
+def _start_process(path: str) -> subprocess.Popen:
+    """Start the writer process (:mod:`._sink` run as a script) for the trace at ``path``."""
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, os.path.abspath(_sink.__file__), path], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, bufsize=0,
+                            start_new_session=True)   # Ctrl-C in a terminal reaches training only
+    try:  # room for several steps in the pipe (Linux; elsewhere the default size)
+        import fcntl
+
+        fcntl.fcntl(proc.stdin.fileno(), getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)
+    except (ImportError, OSError):
+        pass
+    return proc
 
 
 assert META_FIXED[CRC_COLUMN] == "crc32"

@@ -1,0 +1,277 @@
+"""The HDF5 side of a trace writer: steps in, crash-safe rows out.
+
+:class:`Sink` owns an open trace file once its header is written. It creates the per-step
+datasets from a *spec* (a JSON-able dict made by :class:`~noisesim.trace.TraceWriter` at the
+first step) and commits one step at a time: checksum, optional deflate, one row per dataset,
+then ``complete_steps``, then a flush — so a file cut off at any point holds whole steps only.
+
+It runs either inside the training process (``TraceWriter(..., background=False)``) or as a
+separate process fed through a pipe (the default), started as a plain script so it imports
+numpy and h5py only::
+
+    python _sink.py FILE            # frames on stdin, replies on stdout
+
+Frames are ``kind (1 byte) | length (uint64 LE) | payload``:
+
+* ``L`` the spec (JSON) — creates the datasets;
+* ``S`` one step: the values, ints, indices, scalars and meta rows back to back (their sizes
+  follow from the spec);
+* ``F`` flush request: every earlier step is in the file; reply ``F`` + complete steps (uint64);
+* ``C`` close: trim the datasets to the complete steps, close the file, reply ``C`` + count.
+
+At end of input without ``C`` (the training process died) the sink closes the file as it
+stands: its whole steps, ``closed=0``, no final state. An error is printed to stderr and the
+process exits with status 1; steps before the failing one stay in the file.
+"""
+from __future__ import annotations
+
+import sys
+
+if __name__ == "__main__":  # run as a script: this folder must not shadow other modules
+    sys.path.pop(0)
+
+import json  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import struct  # noqa: E402
+import zlib  # noqa: E402
+
+import h5py  # noqa: E402
+import numpy as np  # noqa: E402
+from h5py import h5a, h5f, h5s, h5t  # noqa: E402
+
+# HDF5 1.8 file format: checksummed superblock and object headers, and — unlike the 1.10
+# format — no "open for writing" flag left behind when the writer is killed, so a file cut
+# off by SIGKILL still opens.
+LIBVER = ("v108", "v108")
+CRC_COLUMN = 3                    # format.META_FIXED.index("crc32"); checked by the writer
+FRAME = struct.Struct("<cQ")      # kind, payload length
+REPLY = struct.Struct("<cQ")      # kind, complete steps
+
+
+def row_sizes(spec) -> list[tuple[str, int, str]]:
+    """``(name, width, dtype)`` of the five per-step rows as a step frame carries them, in
+    frame order (ints may be 0 wide; values in the network's dtype, ``frame_dtype``)."""
+    return [(d["name"], d["width"], d.get("frame_dtype", d["dtype"])) for d in spec["datasets"]]
+
+
+class Sink:
+    """Commit steps into the open trace file ``f`` (see the module docstring)."""
+
+    # Byte planes whose deflate output is larger than this fraction of their size are stored
+    # (deflate "stored" blocks) instead: the low mantissa bytes of noise-like floats do not
+    # compress, and deflating them costs most of the time. Re-decided every ``retry_steps``.
+    PLANE_RATIO = 0.95
+
+    def __init__(self, f: h5py.File):
+        self._f = f
+        self._fid = f.id
+        self._cs_attr = h5a.open(self._fid, b"complete_steps")
+        self._cs_buf = np.zeros((), np.int64)
+        self.n = int(f.attrs["complete_steps"])
+        self._cap = 0
+        self._sets = None
+
+    # -- datasets ---------------------------------------------------------------------------------
+    def create(self, spec: dict) -> None:
+        """Create ``/steps/*`` and store the layout attributes, as ``spec`` describes them."""
+        g = self._f.create_group("steps")
+        self._sets = []
+        for d in spec["datasets"]:
+            if d["width"] == 0:
+                self._sets.append(None)
+                continue
+            opts = {}
+            if d.get("compression"):
+                opts = dict(compression=d["compression"], compression_opts=d.get("compression_opts"),
+                            shuffle=True)
+            if d.get("fillvalue") is not None:
+                opts["fillvalue"] = d["fillvalue"]
+            self._sets.append(g.create_dataset(d["name"], (0, d["width"]), maxshape=(None, d["width"]),
+                                               chunks=(d["chunk_rows"], d["width"]), dtype=d["dtype"], **opts))
+        self._values_dtype = np.dtype(spec["datasets"][0]["dtype"]) if spec["datasets"] else None
+        for k, v in spec["attrs"].items():
+            self._f.attrs[k] = v
+        # hand-built gzip chunks for the values and ints rows (see _deflate)
+        self._deflate_rows = bool(spec.get("deflate"))
+        self._level = int(spec.get("level", 4))
+        self._retry = int(spec.get("retry_steps", 64))
+        self._regions = spec.get("regions", [[0], [0]])
+        self._plane_state = [[0, None], [0, None]]
+        self._f.flush()
+
+    def _grow(self) -> None:
+        self._cap = self._cap + max(16, self._cap // 2)
+        for d in self._sets:
+            if d is not None:
+                d.resize(self._cap, axis=0)
+        # Low-level row writers: (dataset id, memory space of one row, file space, width, type).
+        # The file space is fetched once per resize and only its selection changes per step.
+        self._sinks = [None if d is None else (d.id, h5s.create_simple((1, d.shape[1])), d.id.get_space(),
+                                               d.shape[1], h5t.py_create(d.dtype))
+                       for d in self._sets]
+
+    @staticmethod
+    def _put(sink, s: int, arr) -> None:
+        dsid, mspace, fspace, width, mtype = sink
+        fspace.select_hyperslab((s, 0), (1, width))
+        dsid.write(mspace, fspace, arr, mtype)
+
+    # -- steps -------------------------------------------------------------------------------------
+    @staticmethod
+    def checksum(values, ints, indices, scalars, meta) -> int:
+        """:func:`..format.step_checksum` of C-contiguous rows of the right dtypes, without copies."""
+        c = zlib.crc32(values)
+        if ints is not None and ints.size:
+            c = zlib.crc32(ints, c)
+        c = zlib.crc32(indices, c)
+        c = zlib.crc32(scalars, c)
+        return zlib.crc32(meta[:CRC_COLUMN], c)
+
+    def step(self, values, ints, indices, scalars, meta) -> None:
+        """Checksum one step into ``meta``, write its rows, then ``complete_steps``, then flush.
+
+        ``values`` comes in the network's dtype and is stored in the dataset's (float16 when
+        lossy): the cast happens here, off the training process when this runs apart."""
+        if values.dtype != self._values_dtype:
+            values = values.astype(self._values_dtype)
+        meta[CRC_COLUMN] = self.checksum(values, ints, indices, scalars, meta)
+        s = self.n
+        if s >= self._cap:
+            self._grow()
+        rows = (values, ints, indices, scalars, meta)
+        for k, (sink, row) in enumerate(zip(self._sinks, rows)):
+            if sink is None:
+                continue
+            if k < 2 and self._deflate_rows:
+                sink[0].write_direct_chunk((s, 0), self._deflate(row, k))
+            else:
+                self._put(sink, s, row)
+        self.n = s + 1
+        # Written in place (the attribute is opened once); the rows above are in before it.
+        self._cs_buf[()] = self.n
+        self._cs_attr.write(self._cs_buf)
+        h5f.flush(self._fid)
+
+    def _deflate(self, row, which: int = 0) -> bytes:
+        """HDF5's shuffle + deflate filters, built by hand (zlib), for one row.
+
+        The result is one zlib stream, as HDF5's deflate filter writes and reads it: a header,
+        then for each byte plane of the shuffled row and each array's region in it, deflate
+        blocks, then the adler32 of the whole shuffled row. Each part is coded the cheapest
+        way that was smallest at the last trial (every ``retry_steps`` steps): deflate at the
+        level asked for, Huffman-only (the exponent bytes of noise-like floats: faster and
+        smaller than LZ matching), or stored blocks when neither saves ``1 - PLANE_RATIO``
+        (the low mantissa bytes, whose deflating would cost most of the time for nothing).
+        """
+        n = row.itemsize
+        b = np.ascontiguousarray(np.ascontiguousarray(row).view(np.uint8).reshape(-1, n).T).reshape(-1)
+        state = self._plane_state[which]
+        parts = [b"\x78\x01"]  # zlib header: deflate, 32 KiB window (FLEVEL is informational)
+        if state[0] <= 0:  # trial: code each part every way, keep the smallest
+            width = len(b) // n
+            bounds = [p * width + o for p in range(n) for o in self._regions[which][:-1]] + [len(b)]
+            runs = []
+            for j in range(len(bounds) - 1):
+                data = b[bounds[j]:bounds[j + 1]]
+                mode = zlib.Z_FINISH if j == len(bounds) - 2 else zlib.Z_SYNC_FLUSH
+                best, code = None, None
+                for cand in ((self._level, zlib.Z_DEFAULT_STRATEGY), (self._level, zlib.Z_HUFFMAN_ONLY)):
+                    c = zlib.compressobj(cand[0], zlib.DEFLATED, -15, 8, cand[1])
+                    seg = c.compress(data) + c.flush(mode)
+                    if best is None or len(seg) < len(best):
+                        best, code = seg, cand
+                if len(best) > self.PLANE_RATIO * len(data):
+                    code = (0, zlib.Z_DEFAULT_STRATEGY)
+                    c = zlib.compressobj(0, zlib.DEFLATED, -15)
+                    best = c.compress(data) + c.flush(mode)
+                parts.append(best)
+                # Adjacent parts (also across planes) coded alike are one run from now on.
+                if runs and runs[-1][2] == code:
+                    runs[-1][1] = bounds[j + 1]
+                else:
+                    runs.append([bounds[j], bounds[j + 1], code])
+            state[0], state[1] = self._retry, runs
+        else:
+            runs = state[1]
+            for j, (lo, hi, (level, strategy)) in enumerate(runs):
+                c = zlib.compressobj(level, zlib.DEFLATED, -15, 8, strategy)
+                parts.append(c.compress(b[lo:hi]) + c.flush(zlib.Z_FINISH if j == len(runs) - 1 else zlib.Z_SYNC_FLUSH))
+        parts.append(zlib.adler32(b).to_bytes(4, "big"))
+        state[0] -= 1
+        return b"".join(parts)
+
+    def trim(self) -> None:
+        """Shrink the per-step datasets to the complete steps (a clean close)."""
+        if self._sets is not None:
+            for d in self._sets:
+                if d is not None:
+                    d.resize(self.n, axis=0)
+        self._cs_attr = None
+
+
+# -- the separate process ----------------------------------------------------------------------------
+def _read_exact(fin, n: int) -> bytes | None:
+    buf = fin.read(n)
+    if buf is None or len(buf) < n:
+        return None
+    return buf
+
+
+def serve(path: str, fin, fout) -> int:
+    """Run a sink for the trace at ``path`` on frames from ``fin``; replies go to ``fout``."""
+    f = h5py.File(path, "r+", libver=LIBVER)
+    try:
+        sink = Sink(f)
+        views = None
+        while True:
+            head = _read_exact(fin, FRAME.size)
+            if head is None:          # the training process is gone: keep the whole steps
+                return 0
+            kind, length = FRAME.unpack(head)
+            payload = _read_exact(fin, length) if length else b""
+            if payload is None:       # cut off mid-frame: that step never happened
+                return 0
+            if kind == b"S":
+                buf = np.frombuffer(bytearray(payload), np.uint8)
+                if views is None or buf.size != views[0]:
+                    raise ValueError(f"step frame of {buf.size} bytes; the layout says {views and views[0]}")
+                rows, off = [], 0
+                for _, width, dtype in views[1]:
+                    nbytes = width * np.dtype(dtype).itemsize
+                    rows.append(buf[off:off + nbytes].view(dtype))
+                    off += nbytes
+                sink.step(*rows)
+            elif kind == b"L":
+                spec = json.loads(payload)
+                sink.create(spec)
+                sizes = row_sizes(spec)
+                views = (sum(w * np.dtype(t).itemsize for _, w, t in sizes), sizes)
+            elif kind in (b"F", b"C"):
+                if kind == b"C":
+                    sink.trim()
+                    f.close()
+                fout.write(REPLY.pack(kind, sink.n))
+                fout.flush()
+                if kind == b"C":
+                    return 0
+            else:
+                raise ValueError(f"unknown frame kind {kind!r}")
+    finally:
+        if f.id.valid:
+            f.close()
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the training process
+    try:
+        return serve(argv[0], sys.stdin.buffer, sys.stdout.buffer)
+    except BaseException as exc:  # reported to the training process through stderr
+        sys.stderr.write(f"{type(exc).__name__}: {exc}\n")
+        sys.stderr.flush()
+        return 1
+
+
+if __name__ == "__main__":
+    os._exit(main())
