@@ -25,7 +25,7 @@ def digits():
     return scenarios.load("digits")
 
 
-def record(path, digits, rule_name="danp", *, batch=300, retry=None, pump=False, **opts):
+def record(path, digits, rule_name="danp", *, batch=300, retry=None, pump=False, backlog=None, **opts):
     net = noisesim.Network.mlp(SIZES, device=noisesim.DeviceConfig.preset("ideal"), seed=3, backend="numpy")
     rule = rules.make(rule_name, lr=1e-2)
     with TraceWriter(path, net, rule, **opts) as tw:
@@ -33,6 +33,8 @@ def record(path, digits, rule_name="danp", *, batch=300, retry=None, pump=False,
             tw.RETRY_STEPS = retry
         if pump:                  # every frame counts as large: written by the pump thread
             tw.PIPE_DIRECT_BYTES = 0
+        if backlog is not None:   # 0: every gzip step counts as behind, stored unfiltered
+            tw.BACKLOG_STEPS = backlog
         scenarios.train(net, rule, digits, epochs=1, batch_size=batch, progress=False, on_step=tw.on_step)
     return net.get_state()
 
@@ -122,14 +124,22 @@ def test_flush_makes_every_written_step_visible(tmp_path, digits):
         assert r.closed and r.complete_steps == 15 and r.final_state() is not None
 
 
-@pytest.mark.parametrize("opts", [{}, dict(pump=True), dict(pump=True, compression="gzip"), dict(float16=True)])
+@pytest.mark.parametrize("opts", [{}, dict(pump=True), dict(pump=True, compression="gzip"), dict(float16=True),
+                                  dict(compression="gzip", backlog=0)])
 def test_writer_process_and_in_process_writer_write_the_same_steps(tmp_path, digits, opts):
-    fg = {k: v for k, v in opts.items() if k != "pump"}
+    fg = {k: v for k, v in opts.items() if k not in ("pump", "backlog")}
     record(tmp_path / "bg.h5", digits, "danp", **opts)
     record(tmp_path / "fg.h5", digits, "danp", background=False, **fg)
     same_steps(steps_of(tmp_path / "bg.h5"), steps_of(tmp_path / "fg.h5"))
     if not opts.get("float16"):
         assert replay(tmp_path / "bg.h5").matches is True
+    if opts.get("backlog") == 0:  # every values chunk stored unfiltered, in a gzip dataset
+        with h5py.File(tmp_path / "bg.h5", "r") as f:
+            d = f["steps/values"]
+            assert d.compression == "gzip"
+            masks = [d.id.get_chunk_info(i).filter_mask for i in range(d.id.get_num_chunks())]
+            assert masks == [0b11] * d.shape[0]
+            assert d.id.get_chunk_info(0).size == d.shape[1] * d.dtype.itemsize
 
 
 def test_a_killed_writer_process_is_reported_through_the_pump(tmp_path, digits):

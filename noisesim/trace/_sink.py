@@ -96,6 +96,7 @@ class Sink:
         self._deflate_rows = bool(spec.get("deflate"))
         self._level = int(spec.get("level", 4))
         self._retry = int(spec.get("retry_steps", 64))
+        self.backlog_steps = int(spec.get("backlog_steps", 1))
         self._regions = spec.get("regions", [[0], [0]])
         self._plane_state = [[0, None], [0, None]]
         self._f.flush()
@@ -128,11 +129,14 @@ class Sink:
         c = zlib.crc32(scalars, c)
         return zlib.crc32(meta[:CRC_COLUMN], c)
 
-    def step(self, values, ints, indices, scalars, meta) -> None:
+    def step(self, values, ints, indices, scalars, meta, *, hurry: bool = False) -> None:
         """Checksum one step into ``meta``, write its rows, then ``complete_steps``, then flush.
 
         ``values`` comes in the network's dtype and is stored in the dataset's (float16 when
-        lossy): the cast happens here, off the training process when this runs apart."""
+        lossy): the cast happens here, off the training process when this runs apart.
+        ``hurry`` (the writer process is behind the training process): hand-built gzip rows
+        are stored unfiltered this once — HDF5's per-chunk filter mask says so, and readers
+        decode such chunks like any other — so compression never holds training up."""
         if values.dtype != self._values_dtype:
             values = values.astype(self._values_dtype)
         meta[CRC_COLUMN] = self.checksum(values, ints, indices, scalars, meta)
@@ -144,7 +148,10 @@ class Sink:
             if sink is None:
                 continue
             if k < 2 and self._deflate_rows:
-                sink[0].write_direct_chunk((s, 0), self._deflate(row, k))
+                if hurry:   # skip both filters of this chunk: shuffle (bit 0) and deflate (bit 1)
+                    sink[0].write_direct_chunk((s, 0), np.ascontiguousarray(row), filter_mask=0b11)
+                else:
+                    sink[0].write_direct_chunk((s, 0), self._deflate(row, k))
             else:
                 self._put(sink, s, row)
         self.n = s + 1
@@ -211,29 +218,53 @@ class Sink:
 
 
 # -- the separate process ----------------------------------------------------------------------------
-def _read_exact(fin, n: int) -> bytes | None:
-    buf = fin.read(n)
-    if buf is None or len(buf) < n:
-        return None
-    return buf
+class _Input:
+    """Frames from a pipe, read in large blocks; knows how much is waiting (the backlog)."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        self.buf = bytearray()
+
+    def read_exact(self, n: int) -> bytes | None:
+        while len(self.buf) < n:
+            more = os.read(self.fd, max(n - len(self.buf), 1 << 20))
+            if not more:
+                return None
+            self.buf += more
+        out = self.buf[:n]
+        del self.buf[:n]
+        return out
+
+    def waiting(self) -> int:
+        """Bytes already read or sitting in the pipe."""
+        try:
+            import fcntl
+            import termios
+
+            n = struct.unpack("i", fcntl.ioctl(self.fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+        except (ImportError, OSError):
+            n = 0
+        return len(self.buf) + n
 
 
 def serve(path: str, fin, fout) -> int:
-    """Run a sink for the trace at ``path`` on frames from ``fin``; replies go to ``fout``."""
+    """Run a sink for the trace at ``path`` on frames from the file descriptor ``fin``;
+    replies go to the binary stream ``fout``."""
     f = h5py.File(path, "r+", libver=LIBVER)
+    src = _Input(fin)
     try:
         sink = Sink(f)
         views = None
         while True:
-            head = _read_exact(fin, FRAME.size)
+            head = src.read_exact(FRAME.size)
             if head is None:          # the training process is gone: keep the whole steps
                 return 0
             kind, length = FRAME.unpack(head)
-            payload = _read_exact(fin, length) if length else b""
+            payload = src.read_exact(length) if length else b""
             if payload is None:       # cut off mid-frame: that step never happened
                 return 0
             if kind == b"S":
-                buf = np.frombuffer(bytearray(payload), np.uint8)
+                buf = np.frombuffer(payload, np.uint8)          # a bytearray: writable
                 if views is None or buf.size != views[0]:
                     raise ValueError(f"step frame of {buf.size} bytes; the layout says {views and views[0]}")
                 rows, off = [], 0
@@ -241,7 +272,8 @@ def serve(path: str, fin, fout) -> int:
                     nbytes = width * np.dtype(dtype).itemsize
                     rows.append(buf[off:off + nbytes].view(dtype))
                     off += nbytes
-                sink.step(*rows)
+                # further whole steps already waiting: the training process is ahead
+                sink.step(*rows, hurry=src.waiting() >= sink.backlog_steps * len(payload))
             elif kind == b"L":
                 spec = json.loads(payload)
                 sink.create(spec)
@@ -266,7 +298,7 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the training process
     try:
-        return serve(argv[0], sys.stdin.buffer, sys.stdout.buffer)
+        return serve(argv[0], sys.stdin.fileno(), sys.stdout.buffer)
     except BaseException as exc:  # reported to the training process through stderr
         sys.stderr.write(f"{type(exc).__name__}: {exc}\n")
         sys.stderr.flush()

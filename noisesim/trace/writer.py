@@ -89,8 +89,11 @@ class TraceWriter:
         only packs each step into one buffer and writes it into a pipe (~1 MiB of buffered
         steps; a full pipe makes :meth:`write` wait); the writer process checksums,
         compresses, writes the rows, ``complete_steps`` and flushes, step by step, and keeps
-        every whole step it received if the training process dies. ``False``: all of that in
-        this process, inside :meth:`write`.
+        every whole step it received if the training process dies. With gzip it deflates the
+        rows itself and, while ``BACKLOG_STEPS`` further steps already wait in the pipe,
+        stores a step unfiltered instead (HDF5's per-chunk filter mask; readers see no
+        difference): compression gives way before training does. ``False``: all of the work
+        in this process, inside :meth:`write`, with HDF5's own filters.
 
     Each step adds one row to every per-step dataset, then rewrites the root attribute
     ``complete_steps`` and flushes, so a run killed at any point leaves a file whose first
@@ -100,6 +103,7 @@ class TraceWriter:
     RETRY_STEPS = 64      # how often the hand-built gzip re-decides its per-part coding
     PIPE_DIRECT_BYTES = 1 << 19   # larger step frames are written by a pump thread
     PUMP_FRAMES = 3               # buffers in flight with the pump thread
+    BACKLOG_STEPS = 1             # gzip: store a step unfiltered while this many more wait
 
     def __init__(self, path, network, rule=None, *, meta: dict | None = None, compression: str | None = None,
                  compression_opts=None, float16: bool = False, background: bool = True):
@@ -224,7 +228,7 @@ class TraceWriter:
             "attrs": {"layout": layout_json, "layout_crc32": zlib.crc32(layout_json.encode())},
             # the gzip chunks of values/ints are deflated by the writer process itself (Sink._deflate)
             "deflate": deflate, "level": 4 if self.compression_opts is None else int(self.compression_opts),
-            "retry_steps": int(self.RETRY_STEPS),
+            "retry_steps": int(self.RETRY_STEPS), "backlog_steps": int(self.BACKLOG_STEPS),
             # region boundaries (one per non-alias array) of the values and ints rows
             "regions": [sorted({0, width} | {e["offset"] for e in entries
                                              if e["kind"] == kind and e["offset"] is not None and e["offset"] < width})
