@@ -297,6 +297,7 @@ def serve(path: str, fin, fout) -> int:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the training process
+
     try:
         return serve(argv[0], sys.stdin.fileno(), sys.stdout.buffer)
     except BaseException as exc:  # reported to the training process through stderr

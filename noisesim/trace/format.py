@@ -21,9 +21,11 @@ Layout of format version 1 (``S`` = rows allocated, ``n = attrs["complete_steps"
 
 Every array has a fixed *region* of its row (its capacity, the shape at the first step); a
 smaller step (the last batch of an epoch) fills a prefix of the flattened region and its real
-shape is in ``meta``. One row per dataset per step keeps a traced step at a handful of HDF5
-writes. With gzip the writer deflates rows in a background thread and writes the filtered
-chunks directly (``write_direct_chunk``); the file is the same as HDF5's own gzip+shuffle.
+shape is in ``meta``. One row — and one chunk — per dataset per step keeps a traced step at a
+handful of HDF5 writes, and a flush never rewrites earlier steps. With gzip the writer
+process deflates rows itself and writes the filtered chunks directly (``write_direct_chunk``);
+the file is the same as HDF5's own gzip+shuffle, except that a step written while the writer
+was behind may be stored unfiltered (the chunk's filter mask says so; HDF5 reads it as is).
 The crc32 covers the full stored rows of ``values``/``ints``/``indices``/``scalars`` and
 the meta row up to the checksum column — exactly the bytes a reader gets back.
 
