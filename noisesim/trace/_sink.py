@@ -134,8 +134,8 @@ class Sink:
 
         ``values`` comes in the network's dtype and is stored in the dataset's (float16 when
         lossy): the cast happens here, off the training process when this runs apart.
-        ``hurry`` (the writer process is behind the training process): hand-built gzip rows
-        are stored unfiltered this once — HDF5's per-chunk filter mask says so, and readers
+        ``hurry`` (the writer process is behind the training process): compressed rows are
+        stored unfiltered this once — HDF5's per-chunk filter mask says so, and readers
         decode such chunks like any other — so compression never holds training up."""
         if values.dtype != self._values_dtype:
             values = values.astype(self._values_dtype)
@@ -147,11 +147,11 @@ class Sink:
         for k, (sink, row) in enumerate(zip(self._sinks, rows)):
             if sink is None:
                 continue
-            if k < 2 and self._deflate_rows:
-                if hurry:   # skip both filters of this chunk: shuffle (bit 0) and deflate (bit 1)
-                    sink[0].write_direct_chunk((s, 0), np.ascontiguousarray(row), filter_mask=0b11)
-                else:
-                    sink[0].write_direct_chunk((s, 0), self._deflate(row, k))
+            if k < 2 and hurry and self._sets[k].compression is not None:
+                # skip both filters of this chunk: shuffle (bit 0) and the compressor (bit 1)
+                sink[0].write_direct_chunk((s, 0), np.ascontiguousarray(row), filter_mask=0b11)
+            elif k < 2 and self._deflate_rows:
+                sink[0].write_direct_chunk((s, 0), self._deflate(row, k))
             else:
                 self._put(sink, s, row)
         self.n = s + 1

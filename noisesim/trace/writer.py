@@ -90,9 +90,9 @@ class TraceWriter:
         steps; a full pipe makes :meth:`write` wait); the writer process checksums,
         compresses, writes the rows, ``complete_steps`` and flushes, step by step, and keeps
         every whole step it received if the training process dies. With gzip it deflates the
-        rows itself and, while ``BACKLOG_STEPS`` further steps already wait in the pipe,
-        stores a step unfiltered instead (HDF5's per-chunk filter mask; readers see no
-        difference): compression gives way before training does. ``False``: all of the work
+        rows itself; with any compression, while ``BACKLOG_STEPS`` further steps already wait
+        in the pipe it stores a step unfiltered instead (HDF5's per-chunk filter mask;
+        readers see no difference): compression gives way before training does. ``False``: all of the work
         in this process, inside :meth:`write`, with HDF5's own filters.
 
     Each step adds one row to every per-step dataset, then rewrites the root attribute
@@ -103,7 +103,7 @@ class TraceWriter:
     RETRY_STEPS = 64      # how often the hand-built gzip re-decides its per-part coding
     PIPE_DIRECT_BYTES = 1 << 19   # larger step frames are written by a pump thread
     PUMP_FRAMES = 3               # buffers in flight with the pump thread
-    BACKLOG_STEPS = 1             # gzip: store a step unfiltered while this many more wait
+    BACKLOG_STEPS = 1             # compression: store a step unfiltered while this many more wait
 
     def __init__(self, path, network, rule=None, *, meta: dict | None = None, compression: str | None = None,
                  compression_opts=None, float16: bool = False, background: bool = True):
