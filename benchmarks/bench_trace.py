@@ -19,13 +19,14 @@ machine.
     python benchmarks/bench_trace.py --in-process        # HDF5 work inside the training process
 
 Goal (issue 5): ≤ 1.2× with compression. Prints bytes per step (on disk) for each variant.
-``OPENBLAS_NUM_THREADS`` is not pinned here (it is printed); on a 2-core machine a
-multi-threaded OpenBLAS competes with the writer process for the second core, so compare
-``OPENBLAS_NUM_THREADS=1 python benchmarks/bench_trace.py`` too.
+While a traced block runs, BLAS uses one thread fewer than there are cores
+(:func:`noisesim.trace.leave_a_core`, as ``scenarios.train`` does when tracing), so the writer
+process has a core; ``--all-cores`` keeps BLAS on every core to show what that avoids.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import tempfile
@@ -36,7 +37,7 @@ import numpy as np
 import noisesim
 import rules
 import scenarios
-from noisesim.trace import TraceWriter
+from noisesim.trace import TraceWriter, leave_a_core
 
 VARIANTS = [
     ("off", None),
@@ -63,6 +64,8 @@ def main(argv=None) -> None:
                     help="steps per block for the large configuration (default: --steps / 4, at least 10)")
     ap.add_argument("--rules", default="danp,bp")
     ap.add_argument("--in-process", action="store_true", help="TraceWriter(background=False)")
+    ap.add_argument("--all-cores", action="store_true",
+                    help="keep BLAS on every core while tracing (scenarios.train leaves one to the writer)")
     args = ap.parse_args(argv)
     data = scenarios.load("digits")
     if args.sizes is not None or args.batch is not None:
@@ -77,10 +80,11 @@ def main(argv=None) -> None:
             steps = args.steps if c == "quickstart" else (args.large_steps or max(10, args.steps // 4))
             configs.append(([int(s) for s in sizes.split(",")], batch, steps))
     for sizes, batch, steps in configs:
-        run(data, sizes, batch, steps, args.blocks, args.rules.split(","), background=not args.in_process)
+        run(data, sizes, batch, steps, args.blocks, args.rules.split(","), background=not args.in_process,
+            all_cores=args.all_cores)
 
 
-def run(data, sizes, batch, steps, blocks, rule_names, background=True) -> None:
+def run(data, sizes, batch, steps, blocks, rule_names, background=True, all_cores=False) -> None:
     if sizes[0] != data.n_features:
         raise SystemExit(f"the first size must be {data.n_features} (digits)")
     rng = np.random.default_rng(0)
@@ -91,7 +95,8 @@ def run(data, sizes, batch, steps, blocks, rule_names, background=True) -> None:
     tmp = tempfile.mkdtemp(prefix="bench_trace_")
     print(f"\nnetwork {sizes}, batch {batch}, {steps} steps x {blocks} blocks per variant, "
           f"backend numpy, float32, OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}, "
-          f"writer {'process' if background else 'in-process'}")
+          f"writer {'process' if background else 'in-process'}"
+          f"{', BLAS leaves it a core' if background and not all_cores else ''}")
     for name in rule_names:
         times = {v: [] for v, _ in VARIANTS}
         starts = {v: [] for v, _ in VARIANTS}
@@ -108,14 +113,16 @@ def run(data, sizes, batch, steps, blocks, rule_names, background=True) -> None:
                 if tw is not None:
                     tw.flush()  # the writer process is up (a one-time start, reported apart)
                     starts[label].append(time.perf_counter() - ts)
-                t0 = time.perf_counter()
-                for s, (idx, x, t) in enumerate(batches):
-                    est = rule.step(net, x, t)
+                cores = leave_a_core() if tw is not None and background and not all_cores else contextlib.nullcontext()
+                with cores:  # as scenarios.train does while a writer process runs
+                    t0 = time.perf_counter()
+                    for s, (idx, x, t) in enumerate(batches):
+                        est = rule.step(net, x, t)
+                        if tw is not None:
+                            tw.write(s + 1, idx, est)
                     if tw is not None:
-                        tw.write(s + 1, idx, est)
-                if tw is not None:
-                    tw.flush()  # a background writer's queue counts: the steps are in the file
-                times[label].append((time.perf_counter() - t0) / steps)
+                        tw.flush()  # every step handed over is in the file
+                    times[label].append((time.perf_counter() - t0) / steps)
                 if tw is not None:
                     tw.close(net)
                     with noisesim.trace.open_trace(path) as r:

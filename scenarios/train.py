@@ -4,6 +4,8 @@
 """
 from __future__ import annotations
 
+import contextlib
+
 import logging
 import time
 from dataclasses import dataclass, field
@@ -104,8 +106,12 @@ def train(net, rule, data, epochs: int = 5, batch_size: int = 64, *, progress: b
 
     record(0, float("nan"), 0.0)
     bar = _progress(epochs * steps_per_epoch, hist.rule, progress)
+    scope = contextlib.ExitStack()
     t0 = time.perf_counter()
     try:
+        if writer is not None and writer.background:
+            # the trace writer process gets a core of its own (BLAS gives one up meanwhile)
+            scope.enter_context(noisesim.trace.leave_a_core())
         for epoch in range(1, epochs + 1):
             perm = order_rng.permutation(n)
             losses = []
@@ -127,6 +133,7 @@ def train(net, rule, data, epochs: int = 5, batch_size: int = 64, *, progress: b
         hist.diverged = str(exc)
         log.warning("%s stopped: %s", hist.rule, exc)
     finally:
+        scope.close()
         bar.close()
         hist.wall_s = time.perf_counter() - t0
         if writer is not None:

@@ -213,3 +213,31 @@ def test_empty_region_and_single_plane(tmp_path):
         ints = np.arange(7, dtype=np.int64)
         assert zlib.decompress(sink._deflate(ints, 1)) == np.ascontiguousarray(
             ints.view(np.uint8).reshape(-1, 8).T).tobytes()
+
+
+def test_leave_a_core_gives_the_writer_process_a_core_and_restores_blas(tmp_path, digits):
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from noisesim.trace import leave_a_core
+
+    def blas():
+        return max(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
+
+    cores = len(os.sched_getaffinity(0))
+    with threadpool_limits(limits=max(cores, 2), user_api="blas"):   # BLAS on every core (or 2)
+        before = blas()
+        with leave_a_core():
+            inside = blas()
+        assert blas() == before
+    assert inside == (before if cores < 2 else cores - 1)
+    with threadpool_limits(limits=1, user_api="blas"):               # already fewer: left alone
+        with leave_a_core():
+            assert blas() == 1
+    # scenarios.train does it while a writer process records the run
+    net = noisesim.Network.mlp(SIZES, device=noisesim.DeviceConfig.preset("ideal"), seed=3, backend="numpy")
+    seen = []
+    with threadpool_limits(limits=max(cores, 2), user_api="blas"):
+        scenarios.train(net, rules.make("bp"), digits, epochs=1, batch_size=500, progress=False,
+                        trace=tmp_path / "t.h5", on_step=lambda *a: seen.append(blas()))
+        assert blas() == before
+    assert seen and set(seen) == {inside}

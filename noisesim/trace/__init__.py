@@ -14,8 +14,8 @@ from .format import FORMAT_NAME, FORMAT_VERSION, TraceError, TraceWarning
 from .info import format_info, info
 from .reader import TraceReader, TraceStep, open_trace
 from .replay import ReplayedEstimate, ReplayResult, build_network, build_rule, replay, start
-from .writer import TraceWriter
+from .writer import TraceWriter, leave_a_core
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "TraceError", "TraceWarning", "TraceReader", "TraceStep",
            "open_trace", "TraceWriter", "replay", "start", "build_network", "build_rule", "ReplayResult",
-           "ReplayedEstimate", "info", "format_info"]
+           "ReplayedEstimate", "info", "format_info", "leave_a_core"]
