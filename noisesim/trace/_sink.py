@@ -219,32 +219,36 @@ class Sink:
 
 # -- the separate process ----------------------------------------------------------------------------
 class _Input:
-    """Frames from a pipe, read in large blocks; knows how much is waiting (the backlog)."""
+    """Frames from a pipe, read straight into reused buffers (one per frame size); knows how
+    much is waiting in the pipe (the backlog)."""
 
     def __init__(self, fd: int):
         self.fd = fd
-        self.buf = bytearray()
+        self.raw = os.fdopen(fd, "rb", buffering=0, closefd=False)
+        self.bufs: dict[int, bytearray] = {}
 
-    def read_exact(self, n: int) -> bytes | None:
-        while len(self.buf) < n:
-            more = os.read(self.fd, max(n - len(self.buf), 1 << 20))
-            if not more:
+    def read(self, n: int) -> bytearray | None:
+        """The next ``n`` bytes (valid until the next read of that size), ``None`` at the end."""
+        buf = self.bufs.get(n)
+        if buf is None:
+            buf = self.bufs[n] = bytearray(n)
+        view, got = memoryview(buf), 0
+        while got < n:
+            k = self.raw.readinto(view[got:])
+            if not k:
                 return None
-            self.buf += more
-        out = self.buf[:n]
-        del self.buf[:n]
-        return out
+            got += k
+        return buf
 
     def waiting(self) -> int:
-        """Bytes already read or sitting in the pipe."""
+        """Bytes sitting in the pipe."""
         try:
             import fcntl
             import termios
 
-            n = struct.unpack("i", fcntl.ioctl(self.fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+            return struct.unpack("i", fcntl.ioctl(self.fd, termios.FIONREAD, b"\0\0\0\0"))[0]
         except (ImportError, OSError):
-            n = 0
-        return len(self.buf) + n
+            return 0
 
 
 def serve(path: str, fin, fout) -> int:
@@ -256,15 +260,15 @@ def serve(path: str, fin, fout) -> int:
         sink = Sink(f)
         views = None
         while True:
-            head = src.read_exact(FRAME.size)
+            head = src.read(FRAME.size)
             if head is None:          # the training process is gone: keep the whole steps
                 return 0
             kind, length = FRAME.unpack(head)
-            payload = src.read_exact(length) if length else b""
+            payload = src.read(length) if length else b""
             if payload is None:       # cut off mid-frame: that step never happened
                 return 0
             if kind == b"S":
-                buf = np.frombuffer(payload, np.uint8)          # a bytearray: writable
+                buf = np.frombuffer(payload, np.uint8)          # a reused bytearray: writable
                 if views is None or buf.size != views[0]:
                     raise ValueError(f"step frame of {buf.size} bytes; the layout says {views and views[0]}")
                 rows, off = [], 0
@@ -275,7 +279,7 @@ def serve(path: str, fin, fout) -> int:
                 # further whole steps already waiting: the training process is ahead
                 sink.step(*rows, hurry=src.waiting() >= sink.backlog_steps * len(payload))
             elif kind == b"L":
-                spec = json.loads(payload)
+                spec = json.loads(bytes(payload))
                 sink.create(spec)
                 sizes = row_sizes(spec)
                 views = (sum(w * np.dtype(t).itemsize for _, w, t in sizes), sizes)
