@@ -47,6 +47,7 @@ LIBVER = ("v108", "v108")
 CRC_COLUMN = 3                    # format.META_FIXED.index("crc32"); checked by the writer
 FRAME = struct.Struct("<cQ")      # kind, payload length
 REPLY = struct.Struct("<cQ")      # kind, complete steps
+PIPE_AHEAD_BYTES = 1 << 19        # this much waiting in the (1 MiB) pipe: the writer is behind
 
 
 def row_sizes(spec) -> list[tuple[str, int, str]]:
@@ -276,8 +277,10 @@ def serve(path: str, fin, fout) -> int:
                     nbytes = width * np.dtype(dtype).itemsize
                     rows.append(buf[off:off + nbytes].view(dtype))
                     off += nbytes
-                # further whole steps already waiting: the training process is ahead
-                sink.step(*rows, hurry=src.waiting() >= sink.backlog_steps * len(payload))
+                # further whole steps already waiting (or, for steps larger than that, a pipe
+                # half full): the training process is ahead
+                ahead = min(sink.backlog_steps * len(payload), PIPE_AHEAD_BYTES)
+                sink.step(*rows, hurry=src.waiting() >= ahead)
             elif kind == b"L":
                 spec = json.loads(bytes(payload))
                 sink.create(spec)

@@ -91,8 +91,8 @@ class TraceWriter:
         steps; a full pipe makes :meth:`write` wait); the writer process checksums,
         compresses, writes the rows, ``complete_steps`` and flushes, step by step, and keeps
         every whole step it received if the training process dies. With gzip it deflates the
-        rows itself; with any compression, while ``BACKLOG_STEPS`` further steps already wait
-        in the pipe it stores a step unfiltered instead (HDF5's per-chunk filter mask;
+        rows itself; with any compression, while ``BACKLOG_STEPS`` further steps (or half a
+        MiB, for larger steps) already wait in the pipe it stores a step unfiltered instead (HDF5's per-chunk filter mask;
         readers see no difference): compression gives way before training does. ``False``: all of the work
         in this process, inside :meth:`write`, with HDF5's own filters.
 
