@@ -448,15 +448,17 @@ def all_finite(x) -> bool:
     return bool(_max_magnitude_bits(x.view(ints), ints.type(np.iinfo(ints).max)) < inf)
 
 
-def dac_absmax(x, bits, bound):
+def dac_absmax(x, bits, bound, out=None):
     """Input scaling and DAC in one pass: ``(x̂, s, Σ_j x̂²)`` with ``s = max_j |x_ij|``.
 
-    ``x̂ = q(x / s)`` (``s = 1`` for an all-zero row); the row sums of squares feed the read
-    noise ``read_noise · w_max · ‖x̂‖₂`` without another pass over ``x̂``.
+    ``x̂ = q(x / s)`` (``s = 1`` for an all-zero row), written into ``out`` when given; the
+    row sums of squares feed the read noise ``read_noise · w_max · ‖x̂‖₂`` without another
+    pass over ``x̂``.
     """
     mode, half, step, b = converter_params(bits, bound)
     xp = get_array_module(x)
-    out = xp.empty_like(x)
+    if out is None:
+        out = xp.empty_like(x)
     scale = xp.empty(x.shape[0], x.dtype)
     sumsq = xp.empty(x.shape[0], x.dtype)
     if xp is np:

@@ -188,6 +188,15 @@ class Tile:
             self._refresh()
 
     # -- reads ---------------------------------------------------------------------------
+    def _scratch(self, like):
+        """A buffer shaped like ``like`` for the converted inputs, which no caller sees: kept
+        between reads (a fresh one costs page faults on every read). Not for concurrent reads
+        of one tile from several threads — a network's streams are not either."""
+        buf = getattr(self, "_dac_buf", None)
+        if buf is None or buf.shape != like.shape or buf.dtype != like.dtype:
+            buf = self._dac_buf = self.xp.empty_like(like)
+        return buf
+
     def _analog(self, x, mat, chunk, *, read_rng, node_rng=None, node_std=None, gate=None,
                 inject=None, dac: bool = True):
         """``x @ mat`` through DAC → analog MVM + noise → ADC, tiled along ``mat``'s rows."""
@@ -195,7 +204,8 @@ class Tile:
         wscale = self.w_max if self.mapped else 1.0
         s = sumsq = None
         if c.io_scaling == "abs_max":
-            x, s, sumsq = _kernels.dac_absmax(x, c.in_bits if dac else None, c.in_bound if dac else None)
+            x, s, sumsq = _kernels.dac_absmax(x, c.in_bits if dac else None, c.in_bound if dac else None,
+                                              out=self._scratch(x))
         elif dac and c.in_bound is not None:
             x = _kernels.convert(x, c.in_bits, c.in_bound)
         gain, post = 1.0, None
