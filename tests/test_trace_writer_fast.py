@@ -61,7 +61,7 @@ def same_steps(a, b):
 
 @pytest.mark.parametrize("opts", [{}, dict(compression="lzf"), dict(float16=True)])
 def test_synchronous_writer_replays(tmp_path, digits, opts):
-    final = record(tmp_path / "sync.h5", digits, "danp", batch=200, **opts)
+    record(tmp_path / "sync.h5", digits, "danp", batch=200, background=False, **opts)
     n, _ = steps_of(tmp_path / "sync.h5")
     assert n == 8
     if not opts:
