@@ -119,7 +119,9 @@ class DeviceConfig:
     out_noise : float
         Analog output noise before the ADC, relative to full scale: std ``out_noise · w_max · s``
         with ``s`` the input scale (``max|x|`` per sample under ``io_scaling="abs_max"``, else 1).
-        Drawn from the same ``node`` stream and gated by ``clean`` like ``node_noise``.
+        Gated by ``clean`` like ``node_noise``, but drawn with the read noise: one Gaussian per
+        output from the ``read`` stream with variance ``read² + out²`` (their sum's exact
+        distribution; toggling either rescales the same numbers and shifts no stream).
     in_bits, in_bound : int or None, float or None
         Input DAC resolution and clipping bound ``[-in_bound, in_bound]`` (``in_bound=None``:
         no DAC).

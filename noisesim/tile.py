@@ -7,10 +7,12 @@ One read of ``x`` (rows are samples) computes, per physical tile, in order:
 2. the analog MVM ``a = x̂ Wᵀ`` with the programmed, drifted, faulty conductances
    (``W = w_max (G⁺ − G⁻)``, precomputed once per change of state or time);
 3. fresh read noise, per output ``N(0, (read_noise · w_max · ‖x̂‖₂)²)`` — the exact
-   distribution of i.i.d. per-device read noise of std ``read_noise · w_max``;
-4. intrinsic node noise ``N(0, node_noise²)`` (pre-activation units) and analog output noise
-   ``N(0, (out_noise · w_max · s)²)`` on every output, plus any injected perturbation — all
-   *before* the ADC, so a perturbation below one ADC step can vanish;
+   distribution of i.i.d. per-device read noise of std ``read_noise · w_max`` — and analog
+   output noise ``N(0, (out_noise · w_max · s)²)``, drawn together as one Gaussian per output
+   (variances add) from the ``read`` stream;
+4. intrinsic node noise ``N(0, node_noise²)`` (pre-activation units) from the ``node``
+   stream, plus any injected perturbation — all *before* the ADC, so a perturbation below
+   one ADC step can vanish;
 5. output ADC: saturate at ``out_bound`` and quantise to ``out_bits`` (relative to
    ``w_max · s`` under ``abs_max``), then the code is scaled back to pre-activation units;
 6. tiling: the input dimension is split into ``tile_rows``-row tiles, each with its own read
@@ -214,16 +216,17 @@ class Tile:
             post = (s * (wscale * self._alpha)).astype(self.dtype, copy=False)
         elif self._alpha != 1.0:
             post = xp.full(x.shape[0], self._alpha, dtype=self.dtype)
-        # per-row std of the node-stream noise in the units of x̂ @ mat
+        # the output noise (units of x̂ @ mat, gated off on a clean pass) joins the read noise
+        # below: both are independent Gaussians on every output of this read, so one draw
+        # from the read stream with variance r² + o² has their sum's exact distribution
+        out_var = None
+        if c.out_noise > 0:
+            o2 = (c.out_noise * wscale) ** 2
+            out_var = o2 * gate if gate is not None else xp.full(x.shape[0], o2, dtype=self.dtype)
+        # per-row std of the intrinsic node noise in the same units
         nstd = None
-        if node_std is not None or c.out_noise > 0:
-            var = 0
-            if node_std is not None:
-                var = (node_std / s) ** 2 if s is not None else node_std ** 2
-            if c.out_noise > 0:
-                o = c.out_noise * wscale
-                var = var + (o * o if gate is None else (o * o) * gate)
-            nstd = xp.sqrt(xp.asarray(var, dtype=self.dtype) + xp.zeros(x.shape[0], self.dtype))
+        if node_std is not None:
+            nstd = xp.zeros(x.shape[0], self.dtype) + (node_std / s if s is not None else node_std)
             nstd = nstd.astype(self.dtype, copy=False)
         if inject is not None and s is not None:
             inject = inject / s[:, None]
@@ -233,15 +236,15 @@ class Tile:
         for k, (lo, hi) in enumerate(bounds):
             xk = x if len(bounds) == 1 else x[:, lo:hi]
             a = xk @ mat[lo:hi] if len(bounds) > 1 else xk @ mat
-            read_std = None
+            var = out_var
             if c.read_noise > 0:
                 sq = sumsq if sumsq is not None and len(bounds) == 1 else xp.einsum("ij,ij->i", xk, xk)
-                read_std = (c.read_noise * wscale) * xp.sqrt(sq)
-                read_std = read_std.astype(self.dtype, copy=False)
+                var = (c.read_noise * wscale) ** 2 * sq + (var if var is not None else 0)
+            read_std = xp.sqrt(var).astype(self.dtype, copy=False) if var is not None else None
             # the noise itself is drawn inside the kernel module, from these named streams
             res = _kernels.read_epilogue(
                 a, read_std=read_std, read_rng=read_rng if read_std is not None else None,
-                node_std=nstd, node_rng=(node_rng if node_rng is not None else read_rng) if nstd is not None else None,
+                node_std=nstd, node_rng=node_rng if nstd is not None else None,
                 inject=inject if k == 0 else None, bits=c.out_bits, bound=c.out_bound,
                 gain=gain, post=post, out=out,
             )

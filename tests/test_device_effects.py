@@ -369,6 +369,14 @@ def test_enabling_one_effect_leaves_other_streams_unchanged(backend_name, rng):
     rn = read(make_tile(w, backend_name, "float64", read_noise=0.1), x, node_std=0.05) - x @ w.T
     nn = read(make_tile(w, backend_name, "float64"), x, node_std=0.05) - x @ w.T
     np.testing.assert_allclose(rn, r + nn, atol=1e-12)
+    # output noise joins the read noise as one Gaussian of variance r² + o² per output: the
+    # same normals, rescaled (the stream is not shifted), and the node noise is untouched
+    sig_r = 0.1 * np.linalg.norm(x, axis=1)[:, None]
+    sig = np.sqrt(sig_r ** 2 + 0.3 ** 2)
+    ro = read(make_tile(w, backend_name, "float64", read_noise=0.1, out_noise=0.3), x) - x @ w.T
+    np.testing.assert_allclose(ro / sig, r / sig_r, atol=1e-9)
+    ron = read(make_tile(w, backend_name, "float64", read_noise=0.1, out_noise=0.3), x, node_std=0.05) - x @ w.T
+    np.testing.assert_allclose(ron, ro + nn, atol=1e-12)
     # programming noise does not shift the read noise
     t_a = make_tile(w, backend_name, "float64", w_max=1.0, read_noise=0.1)
     t_b = make_tile(w, backend_name, "float64", w_max=1.0, read_noise=0.1, prog_noise=0.05)
