@@ -161,13 +161,20 @@ def _tail_row(a, out, i, w, zr, r, zn, q, inj, has_inj, g, p, acc, mode, half, s
     else:
         for j in range(n):
             w[j] = a[i, j] + r * zr[j] + q * zn[j]
-    if mode == _MODE_QUANT and not acc:           # the common case in one pass
+    if mode == _MODE_QUANT:                       # the common case in one pass
         h = w.dtype.type(half)
-        for j in range(n):
-            k = np.rint(w[j] * g / s)
-            k = h if k > h else k
-            k = -h if k < -h else k
-            out[i, j] = k * s * p
+        if acc:
+            for j in range(n):
+                k = np.rint(w[j] * g / s)
+                k = h if k > h else k
+                k = -h if k < -h else k
+                out[i, j] += k * s * p
+        else:
+            for j in range(n):
+                k = np.rint(w[j] * g / s)
+                k = h if k > h else k
+                k = -h if k < -h else k
+                out[i, j] = k * s * p
         return
     _convert_inplace(w, g, p, mode, half, s, b)
     if acc:
@@ -211,13 +218,13 @@ def _epilogue_ser(a, out, zr, rs, zn, ns, inj, post, gain, has_r, has_n, has_inj
 
 @numba.njit(cache=True, inline="always", error_model="numpy")
 def _keyed_row(a, out, i, rkey, rs, nkey, ns, inj, post, g, has_r, has_n, has_inj, has_post, acc,
-               mode, half, s, b, xs32, xs, fx, w, zr, zn, bits, flags):
+               mode, half, s, b, w, zr, zn, bits, tail):
     # the epilogue with its Gaussian noise drawn in place (see noisesim._rng_numba); w, zr,
     # zn and bits are row scratch (zr, zn stay zero when their noise is off)
     if has_r:
-        _fill_row(zr, bits, flags, rkey, i, xs32, xs, fx)
+        _fill_row(zr, bits, tail, rkey, i)
     if has_n:
-        _fill_row(zn, bits, flags, nkey, i, xs32, xs, fx)
+        _fill_row(zn, bits, tail, nkey, i)
     one, zero_ = a.dtype.type(1.0), a.dtype.type(0.0)
     _tail_row(a, out, i, w, zr, rs[i] if has_r else zero_, zn, ns[i] if has_n else zero_, inj, has_inj, g,
               post[i] if has_post else one, acc, mode, half, s, b)
@@ -225,28 +232,28 @@ def _keyed_row(a, out, i, rkey, rs, nkey, ns, inj, post, g, has_r, has_n, has_in
 
 @numba.njit(cache=True, inline="always")
 def _keyed_scratch(n, dtype):
-    bits, flags = _rng_numba.scratch(n)
-    return np.empty(n, dtype), np.zeros(n, np.float32), np.zeros(n, np.float32), bits, flags
+    bits, tail = _rng_numba.scratch(n)
+    return np.empty(n, dtype), np.zeros(n, np.float32), np.zeros(n, np.float32), bits, tail
 
 
 @numba.njit(cache=True, parallel=True, error_model="numpy")
 def _keyed_par(a, out, rkey, rs, nkey, ns, inj, post, gain, has_r, has_n, has_inj, has_post, acc,
-               mode, half, step, bound, xs32, xs, fx):
+               mode, half, step, bound):
     s, b, g = a.dtype.type(step), a.dtype.type(bound), a.dtype.type(gain)
     for i in numba.prange(a.shape[0]):
-        w, zr, zn, bits, flags = _keyed_scratch(a.shape[1], a.dtype)
+        w, zr, zn, bits, tail = _keyed_scratch(a.shape[1], a.dtype)
         _keyed_row(a, out, i, rkey, rs, nkey, ns, inj, post, g, has_r, has_n, has_inj, has_post, acc,
-                   mode, half, s, b, xs32, xs, fx, w, zr, zn, bits, flags)
+                   mode, half, s, b, w, zr, zn, bits, tail)
 
 
 @numba.njit(cache=True, error_model="numpy")
 def _keyed_ser(a, out, rkey, rs, nkey, ns, inj, post, gain, has_r, has_n, has_inj, has_post, acc,
-               mode, half, step, bound, xs32, xs, fx):
+               mode, half, step, bound):
     s, b, g = a.dtype.type(step), a.dtype.type(bound), a.dtype.type(gain)
-    w, zr, zn, bits, flags = _keyed_scratch(a.shape[1], a.dtype)
+    w, zr, zn, bits, tail = _keyed_scratch(a.shape[1], a.dtype)
     for i in range(a.shape[0]):
         _keyed_row(a, out, i, rkey, rs, nkey, ns, inj, post, g, has_r, has_n, has_inj, has_post, acc,
-                   mode, half, s, b, xs32, xs, fx, w, zr, zn, bits, flags)
+                   mode, half, s, b, w, zr, zn, bits, tail)
 
 
 @numba.njit(cache=True, inline="always", error_model="numpy")
@@ -313,7 +320,7 @@ _KEYED_PARALLEL_MIN = _PARALLEL_MIN
 
 
 def _keyed_numba(a, *args):
-    (_keyed_par if a.size >= _KEYED_PARALLEL_MIN else _keyed_ser)(a, *args, _rng_numba.XS32, _rng_numba.XS, _rng_numba.FX)
+    (_keyed_par if a.size >= _KEYED_PARALLEL_MIN else _keyed_ser)(a, *args)
 
 
 # --------------------------------------------------------------------------- cupy (GPU)
