@@ -200,7 +200,7 @@ class Tile:
         return buf
 
     def _analog(self, x, mat, chunk, *, read_rng, node_rng=None, node_std=None, gate=None,
-                inject=None, dac: bool = True):
+                inject=None, dac: bool = True, check_finite: bool = False):
         """``x @ mat`` through DAC → analog MVM + noise → ADC, tiled along ``mat``'s rows."""
         c, xp = self.config, self.xp
         wscale = self.w_max if self.mapped else 1.0
@@ -208,6 +208,10 @@ class Tile:
         if c.io_scaling == "abs_max":
             x, s, sumsq = _kernels.dac_absmax(x, c.in_bits if dac else None, c.in_bound if dac else None,
                                               out=self._scratch(x))
+            if check_finite and not _kernels.all_finite(s):    # max|x| of a row is NaN or Inf
+                raise ValueError("input contains NaN or Inf")
+        elif check_finite and not _kernels.all_finite(x):
+            raise ValueError("input contains NaN or Inf")
         elif dac and c.in_bound is not None:
             x = _kernels.convert(x, c.in_bits, c.in_bound)
         gain, post = 1.0, None
@@ -251,16 +255,19 @@ class Tile:
             out = res
         return out
 
-    def read(self, x, *, read_rng: Generator, node_rng: Generator, node_std=None, inject=None, gate=None):
+    def read(self, x, *, read_rng: Generator, node_rng: Generator, node_std=None, inject=None, gate=None,
+             check_finite: bool = False):
         """Observed pre-activations for inputs ``x`` of shape ``(M, n_in)``.
 
+        ``check_finite``: raise ``ValueError`` on NaN or Inf in ``x`` before any noise is drawn
+        (under ``io_scaling="abs_max"`` from the DAC's ``max|x|``, at no extra pass).
         ``node_std``: per-row std of the intrinsic node noise, shape ``(M,)`` (``None``: off).
         ``gate``: per-row 0/1 multiplier of the output-noise variance (0 on a clean pass).
         ``inject``: a known perturbation of shape ``(M, n_out)`` added before the ADC (on the
         first row-tile's output when tiled).
         """
         return self._analog(x, self._w.T, self.config.tile_rows, read_rng=read_rng, node_rng=node_rng,
-                            node_std=node_std, gate=gate, inject=inject)
+                            node_std=node_std, gate=gate, inject=inject, check_finite=check_finite)
 
     def read_transposed(self, d, *, read_rng: Generator):
         """A transposed read ``d W`` (``Wᵀ d`` per row) with read and output noise and the ADC.

@@ -107,6 +107,18 @@ def test_bad_inputs_are_rejected(backend_name):
         net.forward(np.array([[0, np.nan, 0, 0]], np.float32))
     with pytest.raises(ValueError, match="NaN or Inf"):
         net.forward(np.array([[0, np.inf, 0, 0]], np.float32))
+    # pcm's abs_max DAC finds them in its max|x| pass, before any noise is drawn: a rejected
+    # batch leaves every stream where it was
+    x = np.random.default_rng(0).uniform(-1, 1, (6, 4)).astype(np.float32)
+    ref = noisesim.to_numpy(noisesim.Network.mlp([4, 3], DeviceConfig.preset("pcm"), backend=backend_name).forward(x).out)
+    for bad in (np.nan, np.inf, -np.inf):
+        y = x.copy()
+        y[5, 3] = bad
+        with pytest.raises(ValueError, match="NaN or Inf"):
+            net.forward(y)
+        with pytest.raises(ValueError, match="NaN or Inf"):
+            net.forward_stacked(y, 3)
+    np.testing.assert_array_equal(noisesim.to_numpy(net.forward(x).out), ref)
     with pytest.raises(ValueError, match=r"shape \(3, 3\), expected \(3, 4\)"):
         net.apply_update(0, np.zeros((3, 3), np.float32))
     with pytest.raises(noisesim.DivergenceError):
