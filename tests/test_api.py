@@ -18,7 +18,7 @@ def test_user_script_from_the_readme_runs():
     assert not hasattr(p, "noise")
     rule = rules.make("danp", baseline="noisy", lr=1e-3)
     history = scenarios.train(net, rule, scenarios.load("digits"), epochs=5, progress=False)
-    assert history.last("test_acc") > 0.75   # measured 0.84; chance is 0.10
+    assert history.last("test_acc") > 0.75   # measured 0.81; chance is 0.10
     assert history.forward_passes == 2 * history.steps
     t = np.eye(10, dtype=np.float32)[scenarios.load("digits").y_train[:100]]
     updates = rule.estimate(net, x, t).updates
