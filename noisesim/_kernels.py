@@ -108,7 +108,7 @@ def _convert_ser(x, out, gain, has_gain, mode, half, step, bound):
 
 
 @numba.njit(cache=True, error_model="numpy", fastmath={"reassoc", "nsz", "arcp", "contract"})
-def _dac_absmax_numba(x, bits, mask, out, scale, scale_bits, sumsq, mode, half, step, bound):
+def _dac_absmax_numba(x, bits, mask, out, scale, scale_bits, sumsq, chunk, mode, half, step, bound):
     # Per row: s = max|x| (1 for an all-zero row), x̂ = q(x/s), Σ x̂². ``bits`` is x viewed as
     # integers of its width: for finite floats, |x| orders as the integer bits & mask, and an
     # integer max vectorises where a float max (NaN rules) does not. Inputs are checked finite.
@@ -126,10 +126,12 @@ def _dac_absmax_numba(x, bits, mask, out, scale, scale_bits, sumsq, mode, half, 
         for j in range(x.shape[1]):
             row[j] = x[i, j]
         _convert_inplace(row, one / scale[i], one, mode, half, s_, b)
-        acc = 0.0
-        for j in range(x.shape[1]):
-            acc += row[j] * row[j]
-        sumsq[i] = acc
+        for c in range(sumsq.shape[1]):          # one sum per chunk of columns (per tile)
+            part = row[c * chunk:c * chunk + chunk]
+            acc = 0.0
+            for j in range(part.shape[0]):
+                acc += part[j] * part[j]
+            sumsq[i, c] = acc
 
 
 @numba.njit(cache=True, error_model="numpy")
@@ -142,13 +144,15 @@ def _max_magnitude_bits(bits, mask):
     return m
 
 
-def _dac_absmax_cupy(x, out, scale, sumsq, mode, half, step, bound):
+def _dac_absmax_cupy(x, out, scale, sumsq, chunk, mode, half, step, bound):
     xp = get_array_module(x)
     m = xp.abs(x).max(axis=1)
     m[m == 0] = 1
     scale[...] = m
     _convert_cupy(x, out, 1 / m, True, mode, half, step, bound)
-    sumsq[...] = (out * out).sum(axis=1)
+    sq = out * out
+    for c in range(sumsq.shape[1]):
+        sumsq[:, c] = sq[:, c * chunk:(c + 1) * chunk].sum(axis=1)
 
 
 @numba.njit(cache=True, inline="always", error_model="numpy")
@@ -455,27 +459,32 @@ def all_finite(x) -> bool:
     return bool(_max_magnitude_bits(x.view(ints), ints.type(np.iinfo(ints).max)) < inf)
 
 
-def dac_absmax(x, bits, bound, out=None):
+def dac_absmax(x, bits, bound, out=None, *, chunk=None):
     """Input scaling and DAC in one pass: ``(x̂, s, Σ_j x̂²)`` with ``s = max_j |x_ij|``.
 
     ``x̂ = q(x / s)`` (``s = 1`` for an all-zero row), written into ``out`` when given; the
     row sums of squares feed the read noise ``read_noise · w_max · ‖x̂‖₂`` without another
-    pass over ``x̂``.
+    pass over ``x̂``. With ``chunk``, the sums are per chunk of ``chunk`` columns (one per
+    tile), shape ``(M, ⌈n/chunk⌉)``; without, one sum per row, shape ``(M,)``.
     """
     mode, half, step, b = converter_params(bits, bound)
     xp = get_array_module(x)
     if out is None:
         out = xp.empty_like(x)
+    n, per_chunk = x.shape[1], chunk is not None
+    chunk = n if chunk is None or chunk >= n else int(chunk)
+    k = -(-n // chunk) if n else 1
     scale = xp.empty(x.shape[0], x.dtype)
-    sumsq = xp.empty(x.shape[0], x.dtype)
+    sumsq = xp.empty((x.shape[0], k), x.dtype)
     if xp is np:
         x = np.ascontiguousarray(x)
         ints = np.dtype(f"int{8 * x.itemsize}")
         mask = ints.type(np.iinfo(ints).max)              # every bit but the sign
-        _dac_absmax_numba(x, x.view(ints), mask, out, scale, scale.view(ints), sumsq, mode, half, step, b)
+        _dac_absmax_numba(x, x.view(ints), mask, out, scale, scale.view(ints), sumsq, max(chunk, 1),
+                          mode, half, step, b)
     else:
-        _dac_absmax_cupy(x, out, scale, sumsq, mode, half, step, b)
-    return out, scale, sumsq
+        _dac_absmax_cupy(x, out, scale, sumsq, chunk, mode, half, step, b)
+    return out, scale, (sumsq if per_chunk else sumsq[:, 0])
 
 
 def read_epilogue(a, *, read_z=None, read_std=None, node_z=None, node_std=None, inject=None,

@@ -207,7 +207,7 @@ class Tile:
         s = sumsq = None
         if c.io_scaling == "abs_max":
             x, s, sumsq = _kernels.dac_absmax(x, c.in_bits if dac else None, c.in_bound if dac else None,
-                                              out=self._scratch(x))
+                                              out=self._scratch(x), chunk=chunk or x.shape[1])
             if check_finite and not _kernels.all_finite(s):    # max|x| of a row is NaN or Inf
                 raise ValueError("input contains NaN or Inf")
         elif check_finite and not _kernels.all_finite(x):
@@ -242,7 +242,7 @@ class Tile:
             a = xk @ mat[lo:hi] if len(bounds) > 1 else xk @ mat
             var = out_var
             if c.read_noise > 0:
-                sq = sumsq if sumsq is not None and len(bounds) == 1 else xp.einsum("ij,ij->i", xk, xk)
+                sq = sumsq[:, k] if sumsq is not None else xp.einsum("ij,ij->i", xk, xk)
                 var = (c.read_noise * wscale) ** 2 * sq + (var if var is not None else 0)
             read_std = xp.sqrt(var).astype(self.dtype, copy=False) if var is not None else None
             # the noise itself is drawn inside the kernel module, from these named streams

@@ -163,6 +163,11 @@ def test_dac_absmax_matches_reference(backend_name, dtype_name):
     np.testing.assert_allclose(s, ref_s, **tolerance(dtype_name))
     assert np.mean(np.abs(out - ref) > 1e-6) < 0.01            # rounding ties may differ
     np.testing.assert_allclose(sq, (out * out).sum(axis=1), rtol=1e-5)
+    # per-tile sums: chunks of 16 columns, the last one short (50 = 3·16 + 2)
+    _, _, sq_t = (to_numpy(a) for a in _kernels.dac_absmax(be.asarray(x), 6, 1.0, chunk=16))
+    ref_t = np.stack([(out[:, c:c + 16] ** 2).sum(axis=1) for c in range(0, 50, 16)], axis=1)
+    assert sq_t.shape == (20, 4)
+    np.testing.assert_allclose(sq_t, ref_t, rtol=1e-5)
 
 
 def test_in_kernel_normals_match_the_normal_distribution():
