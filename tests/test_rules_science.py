@@ -170,8 +170,8 @@ def test_np_stays_stable_over_a_long_run_at_its_default_learning_rate():
     """NP (noisy baseline, σ = 1e-3, Adam at the default lr 1e-3), 64-64-10 on digits, 40 epochs
     (1 800 steps), seed 0.
 
-    Measured: no divergence, train loss falling monotonically 2.52 → 1.09 (epoch 20) → 0.59
-    (epoch 40), test accuracy 0.90 at epoch 40; run on to 60 epochs (an earlier noise
+    Measured: no divergence, train loss falling monotonically 2.52 → 1.09 (epoch 20) → 0.58
+    (epoch 40), test accuracy 0.91 at epoch 40; run on to 60 epochs (an earlier noise
     generator) it reached 0.40 with weight norms 12.5 / 6.3 against 11.4 / 4.4 at init. Asserted: no divergence; the loss still falls over
     the second half (epoch 40 < 0.8 × epoch 20); final accuracy within 0.03 of the run's best;
     every weight norm below 2.5 × its initial value.
