@@ -15,7 +15,7 @@ Converter semantics (DAC and ADC alike), with ``b`` bits and bound ``B``:
 Operations
 ----------
 ``convert``     DAC/ADC of a 2-D array, optionally after a per-row gain (input scaling).
-``dac_absmax``  per-row ``max|x|`` scaling, DAC and ``Σ x̂²`` in one pass.
+``dac_absmax``  per-row ``max|x|`` scaling, DAC and ``Σ x̂²`` (per row or per tile) in one pass.
 ``epilogue``    one tile read's analog tail: ``ADC(g·(a + σ_r z_r + σ_n z_n + inj)) · post``,
                 optionally accumulated into a digital partial sum. On the CPU the Gaussians
                 are drawn inside the kernel from one key per named stream
@@ -109,9 +109,11 @@ def _convert_ser(x, out, gain, has_gain, mode, half, step, bound):
 
 @numba.njit(cache=True, error_model="numpy", fastmath={"reassoc", "nsz", "arcp", "contract"})
 def _dac_absmax_numba(x, bits, mask, out, scale, scale_bits, sumsq, chunk, mode, half, step, bound):
-    # Per row: s = max|x| (1 for an all-zero row), x̂ = q(x/s), Σ x̂². ``bits`` is x viewed as
-    # integers of its width: for finite floats, |x| orders as the integer bits & mask, and an
-    # integer max vectorises where a float max (NaN rules) does not. Inputs are checked finite.
+    # Per row: s = max|x| (1 for an all-zero row), x̂ = q(x/s), Σ x̂² per chunk of columns.
+    # ``bits`` is x viewed as integers of its width: |x| orders as the integer bits & mask,
+    # and an integer max vectorises where a float max (NaN rules) does not. NaN and ±Inf
+    # bits sort above every finite value, so a row holding one gets a non-finite s: this
+    # pass is the finiteness check of the input (see Tile.read's check_finite).
     one = x.dtype.type(1.0)
     s_, b = x.dtype.type(step), x.dtype.type(bound)
     for i in range(x.shape[0]):
@@ -319,7 +321,8 @@ def _numba(par, ser):
 _convert_numba = _numba(_convert_par, _convert_ser)
 _epilogue_numba = _numba(_epilogue_par, _epilogue_ser)
 _pulsed_numba = _numba(_pulsed_par, _pulsed_ser)
-# Noise generation is compute-bound (~3 ns a number), so threads pay off much earlier.
+# The keyed epilogue (~1.5 ns an element, noise included) runs serially below the same size:
+# on 2 cores numba's threads lost to the BLAS threads that had just run the GEMM.
 _KEYED_PARALLEL_MIN = _PARALLEL_MIN
 
 

@@ -18,13 +18,18 @@ Normals by inversion. Of an element's 32 bits the top one is the sign and the lo
 (degree 8) beyond. Both polynomials are our least-squares fits, in relative error, to
 ``√2·erfinv(x)/x`` on 400 001 points (max relative error 2.4e-7 and 3.4e-8 with the
 float32 coefficients below); the logarithm is the exponent (a bit cast) plus a fitted
-polynomial of the mantissa on ``[1/√2, √2)``; ``1 − q`` comes exactly from the integers.
+polynomial of the mantissa on ``[1/√2, √2)``; ``1 − q`` comes from the integers (no
+cancellation near ``q = 1``).
 Everything is float32, fused multiply-adds and selects, so the loop over a row vectorises
 (the table lookups of a ziggurat did not: no gathers on this CPU family). The few tail
 draws are finished in a second, scalar pass. The largest ``|z|`` is ``Φ⁻¹(1 − 2⁻³³) ≈ 6.34``
 (the normal mass beyond it is 2e-10). About 1 ns a
 number; checked against ``scipy.special.ndtri`` (the transform, ≤ 1e-6 relative) and the
 normal distribution (moments, CDF, tails) in ``tests/test_kernels.py``.
+
+Numba caches the keyed epilogue of :mod:`noisesim._kernels`, which inlines :func:`fill_row`,
+by ``_kernels.py``'s own time stamp: after editing this file, touch ``_kernels.py`` too (a
+test compares the epilogue's noise with :func:`fill_normal` and fails on a stale cache).
 """
 from __future__ import annotations
 

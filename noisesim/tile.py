@@ -230,6 +230,8 @@ class Tile:
         # per-row std of the intrinsic node noise in the same units
         nstd = None
         if node_std is not None:
+            if node_rng is None:
+                raise ValueError("node_std was given without a node_rng stream to draw the node noise from")
             nstd = xp.zeros(x.shape[0], self.dtype) + (node_std / s if s is not None else node_std)
             nstd = nstd.astype(self.dtype, copy=False)
         if inject is not None and s is not None:
