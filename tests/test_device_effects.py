@@ -416,3 +416,11 @@ def test_global_drift_compensation(backend_name, rng):
     a = read(t2, x)
     ratio = np.abs(a).sum() / np.abs(x @ w.T).sum()
     assert 0.95 < ratio < 1.05 and not np.allclose(a, x @ w.T, rtol=1e-3)   # uncompensated: 0.40
+
+
+def test_node_noise_without_a_stream_is_an_error(backend_name):
+    t = make_tile(np.eye(3), backend_name)
+    be = t.backend
+    with pytest.raises(ValueError, match="node_std was given without a node_rng"):
+        t.read(be.asarray(np.ones((2, 3), np.float32)), read_rng=Streams(0, be).get("read"), node_rng=None,
+               node_std=be.xp.full(2, 0.1, dtype=be.dtype))
