@@ -60,16 +60,22 @@ _MAX_PULSES = 65535.0      # pulses per device per update (a real pulse train is
 
 
 @numba.njit(cache=True, inline="always", error_model="numpy")
+def _quantise(v, h, s):
+    """The mid-tread quantiser of the module docstring: ``s · clip(round(v / s), −h, h)``."""
+    k = np.rint(v / s)
+    k = h if k > h else k
+    k = -h if k < -h else k
+    return k * s
+
+
+@numba.njit(cache=True, inline="always", error_model="numpy")
 def _convert_inplace(w, g, p, mode, half, s, b):
     """``w ← q(g·w)·p`` for a 1-D row ``w`` (``q`` the converter of the module docstring)."""
     n = w.shape[0]
     if mode == _MODE_QUANT:
         h = w.dtype.type(half)
         for j in range(n):
-            k = np.rint(w[j] * g / s)
-            k = h if k > h else k
-            k = -h if k < -h else k
-            w[j] = k * s * p
+            w[j] = _quantise(w[j] * g, h, s) * p
     elif mode == _MODE_CLIP:
         for j in range(n):
             v = w[j] * g
@@ -171,16 +177,10 @@ def _tail_row(a, out, i, w, zr, r, zn, q, inj, has_inj, g, p, acc, mode, half, s
         h = w.dtype.type(half)
         if acc:
             for j in range(n):
-                k = np.rint(w[j] * g / s)
-                k = h if k > h else k
-                k = -h if k < -h else k
-                out[i, j] += k * s * p
+                out[i, j] += _quantise(w[j] * g, h, s) * p
         else:
             for j in range(n):
-                k = np.rint(w[j] * g / s)
-                k = h if k > h else k
-                k = -h if k < -h else k
-                out[i, j] = k * s * p
+                out[i, j] = _quantise(w[j] * g, h, s) * p
         return
     _convert_inplace(w, g, p, mode, half, s, b)
     if acc:
