@@ -1,22 +1,23 @@
 """The ``noisesim`` command line.
 
     noisesim list
-    noisesim run SCENARIO [--rule R] [--device PRESET] [--set key=value]... [--seed N]
+    noisesim run SCENARIO [--quick] [--rule R] [--device PRESET] [--set key=value]... [--seed N]
                           [--out DIR] [--trace FILE] [--backend auto|numpy|cupy] [--no-progress]
+    noisesim report RUN_DIR... [-o docs/results.md]
     noisesim trace info|replay|compare FILE
 """
 from __future__ import annotations
 
 import argparse
-import inspect
 import logging
 import sys
+import time
 
 import noisesim
 import rules
 
-from . import output, trace_cli
-from .scenario import SCENARIOS, apply_overrides, get
+from . import output, report, trace_cli
+from .scenario import SCENARIOS, Context, configure, get, validate
 
 
 def _cmd_list(args) -> int:
@@ -39,36 +40,44 @@ def _cmd_list(args) -> int:
 def _config_from_args(args) -> tuple[str, dict]:
     sc = get(args.scenario)
     pairs = list(args.set or [])
-    if args.rule:
-        pairs.append(("rules", [r.strip() for r in args.rule.split(",")]))
+    if args.rule is not None:
+        names = [r.strip() for r in args.rule.split(",") if r.strip()]
+        if not names:
+            raise ValueError(f"--rule {args.rule!r} names no rule; valid rules: {sorted(rules.RULES)}")
+        for n in names:
+            if n.lower() not in rules.RULES:
+                raise ValueError(f"unknown rule {n!r}; valid rules: {sorted(rules.RULES)}")
+        pairs.append(("rules", names))
     if args.device:
+        if args.device not in noisesim.PRESETS:
+            raise ValueError(f"unknown device preset {args.device!r}; valid presets: {sorted(noisesim.PRESETS)}")
         pairs.append(("device", args.device))
     if args.seed is not None:
         pairs.append(("seed", args.seed))
     if args.backend:
         pairs.append(("backend", args.backend))
-    return sc.name, apply_overrides(sc.defaults, pairs)
+    return sc.name, configure(sc, pairs, quick=args.quick)
 
 
 def _cmd_run(args) -> int:
     name, cfg = _config_from_args(args)
-    out_dir = args.out or output.default_out_dir(name)
-    kw = {}
-    if args.trace:
-        params = inspect.signature(get(name).run).parameters
-        if "trace" not in params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-            raise ValueError(f"scenario {name!r} does not support --trace")
-        kw = dict(trace=args.trace, trace_options=trace_cli.run_options(args), scenario=name)
-    histories = get(name).run(cfg, progress=not args.no_progress, **kw)
-    summary = output.write_run(out_dir, name, cfg, histories)
-    print(output.format_table(summary))
-    print(f"results written to {out_dir}/ (results.h5, summary.json, learning_curve.png)")
-    if args.trace:
-        paths = [getattr(h, "trace", None) for h in histories.values()]
-        if not all(paths):
-            raise ValueError(f"scenario {name!r} did not record a trace for every rule")
-        print("traces written: " + ", ".join(paths))
-    return 1 if any(r["diverged"] for r in summary["results"].values()) else 0
+    sc = get(name)
+    if args.trace and not sc.traces:
+        raise ValueError(f"scenario {name!r} does not support --trace")
+    validate(cfg)
+    out_dir = output.prepare_out_dir(args.out or output.default_out_dir(name))
+    ctx = Context(progress=not args.no_progress, trace=args.trace,
+                  trace_options=trace_cli.run_options(args) if args.trace else {}, scenario=name)
+    t0 = time.perf_counter()
+    result = sc.run(cfg, ctx)
+    wall = time.perf_counter() - t0
+    output.write_result(out_dir, name, cfg, result, wall_s=round(wall, 2), quick=bool(args.quick),
+                        command=["noisesim", *sys.argv[1:]] if args.argv is None else args.argv)
+    print(output.format_report(result))
+    print(f"results written to {out_dir}/ (results.h5, summary.json, "
+          + ", ".join(f"{f}.png" for f in result.figures) + f") in {wall:.1f} s")
+    main_t = result.tables[result.main]
+    return 1 if "diverged" in main_t.columns and any(main_t.column("diverged")) else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("list", help="list scenarios, rules and device presets").set_defaults(func=_cmd_list)
     r = sub.add_parser("run", help="run a scenario")
     r.add_argument("scenario")
+    r.add_argument("--quick", action="store_true", help="the scenario's smoke size (under a minute)")
     r.add_argument("--rule", help="rule name(s), comma separated (overrides the scenario's rules)")
     r.add_argument("--device", help="device preset")
     r.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting (dotted keys reach nested ones)")
@@ -88,12 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     trace_cli.add_run_options(r)
     r.set_defaults(func=_cmd_run)
+    report.add_parser(sub)
     trace_cli.add_parser(sub)
     return p
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = None if argv is None else ["noisesim", *argv]
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
         return args.func(args)

@@ -1,18 +1,37 @@
-"""Scenario registry and configuration overrides.
+"""Scenario registry and configuration.
 
-A scenario is a function ``run(config) -> dict[label, History]`` plus a dict of defaults.
-``--set key=value`` overrides a default; dotted keys reach into nested dicts
-(``rule_options.danp.lr=5e-4``). Values are parsed as JSON (numbers, booleans, lists) and
-fall back to plain strings — never evaluated as code.
+A scenario is one module of :mod:`scenarios.experiments` holding a function
+``run(cfg, ctx) -> Result`` registered with :func:`register`, its defaults, a ``quick``
+smoke size and a ``paper`` setting. Every scenario's defaults carry the settings the
+command line sets for all of them (:data:`COMMON`).
+
+Configuration of one run, in order: the defaults; the ``paper`` overrides when
+``scale=paper``; the ``quick`` overrides with ``--quick``; then the user's ``--set
+key=value`` (dotted keys reach into nested dicts, ``rule_options.danp.lr=5e-4``). Values are
+parsed as JSON (numbers, booleans, lists) and fall back to plain strings — never evaluated.
 """
 from __future__ import annotations
 
 import copy
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 SCENARIOS: dict[str, "Scenario"] = {}
+
+# settings every scenario has, so --seed/--device/--rule/--backend/--set scale=… work everywhere
+COMMON = ("seed", "device", "device_overrides", "backend", "dtype", "rules", "rule_options", "scale")
+SCALES = ("offline", "paper")
+
+
+@dataclass
+class Context:
+    """How a scenario runs (not what it computes): progress bars, traces."""
+
+    progress: bool = True
+    trace: str | None = None
+    trace_options: dict = field(default_factory=dict)
+    scenario: str = ""
 
 
 @dataclass(frozen=True)
@@ -20,13 +39,35 @@ class Scenario:
     name: str
     description: str
     defaults: dict
-    run: Callable[[dict], dict]
+    run: Callable
+    module: str
+    quick: dict = field(default_factory=dict)
+    paper: dict = field(default_factory=dict)
+    traces: bool = False
 
 
-def register(name: str, description: str, defaults: dict):
-    """Decorator adding a scenario function to :data:`SCENARIOS`."""
+def register(name: str, description: str, defaults: dict, *, quick: dict | None = None,
+             paper: dict | None = None, traces: bool = False):
+    """Decorator adding ``run(cfg, ctx) -> Result`` to :data:`SCENARIOS` under ``name``.
+
+    ``quick``: overrides for the ``--quick`` smoke size; ``paper``: overrides that
+    ``scale=paper`` applies (the paper's data, network, rates and epochs); ``traces``: whether
+    ``--trace`` is supported. Fails at import when a common setting is missing or an override
+    names a setting the defaults do not have.
+    """
+    missing = [k for k in COMMON if k not in defaults]
+    if missing:
+        raise ValueError(f"scenario {name!r}: defaults lack the common settings {missing}")
+    for what, over in (("quick", quick or {}), ("paper", paper or {})):
+        unknown = [k.split(".")[0] for k in over if k.split(".")[0] not in defaults]
+        if unknown:
+            raise ValueError(f"scenario {name!r}: {what} overrides unknown settings {unknown}")
+
     def deco(fn):
-        SCENARIOS[name] = Scenario(name, description, defaults, fn)
+        if name in SCENARIOS and SCENARIOS[name].module != fn.__module__:
+            raise ValueError(f"scenario {name!r} registered twice ({SCENARIOS[name].module}, {fn.__module__})")
+        SCENARIOS[name] = Scenario(name, description, defaults, fn, fn.__module__,
+                                   dict(quick or {}), dict(paper or {}), traces)
         return fn
     return deco
 
@@ -45,6 +86,17 @@ def parse_value(text: str):
         return text
 
 
+def _pairs(items):
+    for item in items:
+        if isinstance(item, str):
+            if "=" not in item:
+                raise ValueError(f"--set expects key=value, got {item!r}")
+            key, raw = item.split("=", 1)
+            yield key.strip(), parse_value(raw)
+        else:
+            yield item
+
+
 def apply_overrides(defaults: dict, pairs) -> dict:
     """A deep copy of ``defaults`` with ``key=value`` strings (or ``(key, value)`` pairs) applied.
 
@@ -52,15 +104,8 @@ def apply_overrides(defaults: dict, pairs) -> dict:
     new keys (per-rule options, device overrides).
     """
     cfg = copy.deepcopy(defaults)
-    for item in pairs:
-        if isinstance(item, str):
-            if "=" not in item:
-                raise ValueError(f"--set expects key=value, got {item!r}")
-            key, raw = item.split("=", 1)
-            value = parse_value(raw)
-        else:
-            key, value = item
-        parts = key.strip().split(".")
+    for key, value in _pairs(pairs):
+        parts = key.split(".")
         if parts[0] not in cfg:
             raise ValueError(f"unknown setting {parts[0]!r}; valid settings: {sorted(cfg)}")
         node = cfg
@@ -68,8 +113,40 @@ def apply_overrides(defaults: dict, pairs) -> dict:
             if not isinstance(node.get(p), dict):
                 node[p] = {} if node.get(p) is None else _fail(key, p)
             node = node[p]
-        node[parts[-1]] = value
+        node[parts[-1]] = copy.deepcopy(value)
     return cfg
+
+
+def configure(sc: Scenario, pairs=(), *, quick: bool = False) -> dict:
+    """The config of one run of ``sc``: defaults, then ``paper`` (if ``scale=paper``), then
+    ``quick``, then ``pairs`` (see the module docstring)."""
+    pairs = list(_pairs(pairs))
+    scale = next((v for k, v in reversed(pairs) if k == "scale"), sc.defaults["scale"])
+    if scale not in SCALES:
+        raise ValueError(f"scale={scale!r} is not known; allowed: {list(SCALES)}")
+    cfg = copy.deepcopy(sc.defaults)
+    if scale == "paper":
+        cfg = apply_overrides(cfg, sc.paper.items())
+    if quick:
+        cfg = apply_overrides(cfg, sc.quick.items())
+    return apply_overrides(cfg, pairs)
+
+
+def validate(cfg: dict) -> None:
+    """Check the common settings before anything runs: the device (preset and overrides),
+    the rule names, the seed and the backend. Raises ``ValueError`` naming the setting."""
+    import noisesim
+    import rules
+
+    noisesim.DeviceConfig.preset(cfg["device"], **(cfg.get("device_overrides") or {}))
+    names = cfg["rules"] if isinstance(cfg["rules"], list) else [cfg["rules"]]
+    for n in names:
+        if not isinstance(n, str) or n.strip().lower() not in rules.RULES:
+            raise ValueError(f"unknown rule {n!r}; valid rules: {sorted(rules.RULES)}")
+    if isinstance(cfg["seed"], bool) or not isinstance(cfg["seed"], int) or cfg["seed"] < 0:
+        raise ValueError(f"seed={cfg['seed']!r} is out of range; allowed: an integer ≥ 0")
+    if cfg["backend"] not in ("auto", "numpy", "cupy"):
+        raise ValueError(f"backend={cfg['backend']!r} is not known; allowed: ['auto', 'numpy', 'cupy']")
 
 
 def _fail(key, part):

@@ -18,9 +18,9 @@ def test_quickstart_reaches_its_targets_and_writes_its_outputs(tmp_path, capsys)
     out = tmp_path / "run"
     assert main(["run", "quickstart", "--no-progress", "--out", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["scenario"] == "quickstart"
+    assert summary["scenario"] == "quickstart" and summary["main"] == "final"
     assert summary["config"]["sizes"] == [64, 256, 256, 256, 10]
-    res = summary["results"]
+    res = {r["rule"]: r for r in summary["tables"]["final"]}
     assert set(res) == {"DANP(noisy)", "BP"}
     for r in res.values():
         assert set(r) >= {"train_acc", "test_acc", "final_loss", "forward_passes", "wall_s"}
@@ -30,13 +30,14 @@ def test_quickstart_reaches_its_targets_and_writes_its_outputs(tmp_path, capsys)
     assert res["DANP(noisy)"]["forward_passes"] == 2 * res["BP"]["forward_passes"]
     with h5py.File(out / "results.h5") as f:
         assert json.loads(f.attrs["config"]) == summary["config"]
-        acc = f["BP/test_acc"][()]
-        assert len(acc) == summary["config"]["epochs"] + 1
-        assert np.isclose(acc[-1], res["BP"]["test_acc"])
-    png = (out / "learning_curve.png").read_bytes()
+        rules = [r.decode() for r in f["tables/final/rule"][()]]
+        acc = f["arrays/learning_curves_test_acc/values"][()]           # (run, seed, epoch)
+        assert acc.shape == (2, 1, summary["config"]["epochs"] + 1)
+        assert np.isclose(acc[rules.index("BP"), 0, -1], res["BP"]["test_acc"])
+    png = (out / "learning_curves.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     table = capsys.readouterr().out
-    assert "DANP(noisy)" in table and "fwd passes" in table
+    assert "DANP(noisy)" in table and "forward passes" in table
 
 
 def test_run_options_rule_device_seed_backend_and_set(tmp_path):
@@ -48,7 +49,7 @@ def test_run_options_rule_device_seed_backend_and_set(tmp_path):
     assert code == 0
     s = json.loads((out / "summary.json").read_text())
     cfg = s["config"]
-    assert list(s["results"]) == ["BP"]
+    assert [r["rule"] for r in s["tables"]["final"]] == ["BP"]
     assert cfg["seed"] == 3 and cfg["backend"] == "numpy" and cfg["epochs"] == 1
     assert cfg["rule_options"]["bp"]["lr"] == 0.002 and cfg["device_overrides"]["node_noise"] == 0.002
 

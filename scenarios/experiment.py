@@ -1,0 +1,251 @@
+"""Building blocks the scenarios share: common settings, seeds, devices, networks, rules
+with their learning rates, several rules trained over seeds, and the standard learning-curve
+table, arrays and figure.
+
+Learning-rate policy (``lr``): ``"paper"`` — the paper's Table 2 rate for the architecture
+(:mod:`scenarios.paper`; a rule it gives none for keeps its own default); ``"auto"`` — the
+highest stable rate found by doubling (:mod:`scenarios.lr_search`, on the first seed, cached);
+a number — that rate for every rule. ``rule_options.<rule>.lr`` overrides it per rule. The
+table ``learning_rates`` of every result says which rate each rule used and where it came from.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Callable
+
+import numpy as np
+
+import noisesim
+import rules as rules_pkg
+
+from . import lr_search, paper
+from .datasets import cache_dir
+from .result import Result, fmt_spread, spread
+from .train import History, train
+
+
+def common(**settings) -> dict:
+    """Defaults with every common setting (see :data:`scenarios.scenario.COMMON`) filled in."""
+    base = {
+        "seed": 0, "n_seeds": 3, "device": "ideal", "device_overrides": {}, "backend": "numpy",
+        "dtype": "float32", "rules": [], "rule_options": {}, "scale": "offline",
+        "lr": "paper", "lr_search": dict(lr_search.SEARCH_DEFAULTS),
+    }
+    base.update(settings)
+    return base
+
+
+def seeds(cfg) -> list[int]:
+    """``seed, seed+1, …`` — ``n_seeds`` of them (claims report mean and spread over these)."""
+    n = cfg.get("n_seeds", 1)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n_seeds={n!r} is out of range; allowed: an integer ≥ 1")
+    s = cfg["seed"]
+    if isinstance(s, bool) or not isinstance(s, int) or s < 0:
+        raise ValueError(f"seed={s!r} is out of range; allowed: an integer ≥ 0")
+    return [s + i for i in range(n)]
+
+
+def device(cfg, **overrides) -> noisesim.DeviceConfig:
+    return noisesim.DeviceConfig.preset(cfg["device"], **{**cfg.get("device_overrides", {}), **overrides})
+
+
+def network(cfg, sizes, dev, seed: int, **kw) -> noisesim.Network:
+    opts = dict(activation=cfg.get("activation", "leaky_relu"), slope=cfg.get("slope", 0.2))
+    opts.update(kw)
+    return noisesim.Network.mlp(sizes, device=dev, seed=seed, backend=cfg["backend"], dtype=cfg["dtype"], **opts)
+
+
+def rule_names(cfg, allowed=None) -> list[str]:
+    """The rules a run trains (``cfg["rules"]``, set by ``--rule``), checked against the registry
+    and, when given, against the ones this scenario knows how to run."""
+    names = cfg["rules"]
+    if isinstance(names, str):
+        names = [names]
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
+        raise ValueError(f"rules={cfg['rules']!r} must be a non-empty list of rule names")
+    out = []
+    for n in names:
+        key = n.strip().lower()
+        if key not in rules_pkg.RULES:
+            raise ValueError(f"unknown rule {n!r}; valid rules: {sorted(rules_pkg.RULES)}")
+        if allowed is not None and key not in allowed:
+            raise ValueError(f"this scenario runs the rules {list(allowed)}; {n!r} is not one of them")
+        out.append(key)
+    return out
+
+
+def options(cfg, name: str) -> dict:
+    """``rule_options[name]`` without the learning rate (resolved separately)."""
+    opts = copy.deepcopy(cfg.get("rule_options", {}).get(name, {}))
+    if not isinstance(opts, dict):
+        raise ValueError(f"rule_options.{name} must be a group of settings, got {opts!r}")
+    opts.pop("lr", None)
+    return opts
+
+
+def make_rule(name: str, lr: float | None = None, **opts):
+    return rules_pkg.make(name, **opts, **({} if lr is None else {"lr": lr}))
+
+
+def label(rule) -> str:
+    base = getattr(rule, "baseline", None)
+    samples = getattr(rule, "samples", 1)
+    tag = ", ".join(t for t in (base, f"K={samples}" if samples > 1 else "") if t)
+    return f"{rule.label}({tag})" if tag else rule.label
+
+
+# --------------------------------------------------------------------------- learning rates
+def resolve_lrs(cfg, names, *, architecture: str, result: Result, trial: Callable | None = None,
+                suffix: str = "") -> dict[str, float]:
+    """The learning rate of each rule in ``names`` under the run's policy (module docstring).
+
+    ``trial(name, lr) -> (losses, diverged)`` trains briefly (needed for ``lr=auto``). Adds
+    the rows to the tables ``learning_rates`` and, after a search, ``lr_search``;
+    ``suffix`` tells apart several architectures of one run (e.g. ``" (1 layer)"``).
+    """
+    policy = cfg.get("lr", "paper")
+    if not (policy in ("paper", "auto") or (isinstance(policy, (int, float)) and not isinstance(policy, bool)
+                                            and policy > 0)):
+        raise ValueError(f"lr={policy!r} is not known; allowed: 'paper', 'auto' or a positive number")
+    lrs_t = result.tables.get("learning_rates") or result.table("learning_rates", ["rule", "lr", "source"])
+    out = {}
+    for name in names:
+        given = cfg.get("rule_options", {}).get(name, {}).get("lr")
+        if given is not None and given != "auto":
+            lr, source = float(given), "set (rule_options)"
+        elif isinstance(policy, (int, float)) and given is None:
+            lr, source = float(policy), "set (lr)"
+        elif policy == "paper" and given is None:
+            lr = paper.learning_rate(architecture, name)
+            source = f"paper Table 2 ({architecture})"
+            if lr is None:
+                lr = make_rule(name).lr
+                source = f"rule default (Table 2 has no {name} rate for {architecture})"
+        else:
+            if trial is None:
+                raise ValueError("lr=auto is not available in this scenario")
+            search = {**lr_search.SEARCH_DEFAULTS, **cfg.get("lr_search", {})}
+            use_cache = search.pop("cache", True)
+            key = {"name": name, "architecture": architecture, "search": search,
+                   "cfg": {k: v for k, v in cfg.items() if k not in ("rules", "n_seeds", "lr", "seed")},
+                   "seed": cfg["seed"]}
+            lr, trials = lr_search.cached(
+                key, lambda: lr_search.highest_stable_lr(lambda r: trial(name, r), **search),
+                cache_dir() / "lr-search" if use_cache else None)
+            source = f"highest stable rate (doubling from {search['start']:g})"
+            t = result.tables.get("lr_search") or result.table("lr_search", ["rule", "lr", "final_loss", "stable", "why"])
+            for row in trials:
+                t.add(rule=name + suffix, **row)
+        lrs_t.add(rule=name + suffix, lr=lr, source=source)
+        out[name] = lr
+    return out
+
+
+def training_trial(cfg, data, sizes, *, batch_size: int, net_kw=None, rule_kw=None):
+    """``trial(name, lr)`` for :func:`resolve_lrs`: a short run on the first seed."""
+    search = {**lr_search.SEARCH_DEFAULTS, **cfg.get("lr_search", {})}
+    dev = device(cfg)
+
+    def trial(name, lr):
+        net = network(cfg, sizes, dev, seeds(cfg)[0], **(net_kw or {}))
+        rule = make_rule(name, lr, **{**options(cfg, name), **(rule_kw or {}).get(name, {})})
+        h = train(net, rule, data, epochs=int(search["epochs"]), batch_size=batch_size, progress=False)
+        return h.column("train_loss"), h.diverged
+    return trial
+
+
+# --------------------------------------------------------------------------- training
+def train_runs(cfg, specs, data, *, sizes, epochs: int, batch_size: int, progress: bool = True,
+               net_kw=None) -> dict[str, list[History]]:
+    """Train every ``(label, make_rule)`` in ``specs`` on every seed, each on a fresh network
+    (same seed, same initial weights across rules). Access is checked before anything trains."""
+    dev = device(cfg)
+    planned = []
+    for lab, factory in specs:
+        probe = factory()
+        network(cfg, sizes, dev, seeds(cfg)[0], **(net_kw or {})).require(f"rule {lab!r}", probe.required_access())
+        planned.append((lab, factory))
+    runs: dict[str, list[History]] = {}
+    for lab, factory in planned:
+        for s in seeds(cfg):
+            net = network(cfg, sizes, dev, s, **(net_kw or {}))
+            runs.setdefault(lab, []).append(
+                train(net, factory(), data, epochs=epochs, batch_size=batch_size, progress=progress,
+                      label=f"{lab} s{s}"))
+    return runs
+
+
+def _padded(runs, key):
+    """``(runs, seeds, epochs)`` array of one metric, NaN after a run stopped early."""
+    n_ep = max(len(h.epochs) for hs in runs.values() for h in hs)
+    n_seed = max(len(hs) for hs in runs.values())
+    out = np.full((len(runs), n_seed, n_ep), np.nan)
+    for i, hs in enumerate(runs.values()):
+        for j, h in enumerate(hs):
+            c = h.column(key)
+            out[i, j, :len(c)] = c
+    return out
+
+
+def learning_table(result: Result, runs: dict, name: str = "final", extra: dict | None = None):
+    """One row per run label: final and peak metrics, mean and range over seeds."""
+    cols = ["rule", "seeds", "test_acc", "test_acc_min", "test_acc_max", "peak_test_acc", "train_acc",
+            "test_loss", "train_loss", "forward_passes", "wall_s", "diverged"]
+    extra = extra or {}
+    extra_cols = sorted({k for v in extra.values() for k in v})
+    t = result.table(name, cols + extra_cols)
+    for lab, hs in runs.items():
+        ta = spread(h.last("test_acc") for h in hs)
+        peak = spread(np.nanmax(h.column("test_acc")) if h.epochs else np.nan for h in hs)
+        t.add(rule=lab, seeds=len(hs), test_acc=ta["mean"], test_acc_min=ta["min"], test_acc_max=ta["max"],
+              peak_test_acc=peak["mean"], train_acc=spread(h.last("train_acc") for h in hs)["mean"],
+              test_loss=spread(h.last("test_loss") for h in hs)["mean"],
+              train_loss=spread(h.last("train_loss") for h in hs)["mean"],
+              forward_passes=int(np.mean([h.forward_passes for h in hs])),
+              wall_s=float(np.mean([h.wall_s for h in hs])), diverged=sum(bool(h.diverged) for h in hs),
+              **extra.get(lab, {}))
+    for lab, hs in runs.items():
+        for h in hs:
+            if h.diverged:
+                result.notes.append(f"{h.rule} stopped early: {h.diverged}")
+    return t
+
+
+def learning_curves(result: Result, runs: dict, *, name: str = "learning_curves", title: str = "",
+                    regression: bool = False, groups: dict | None = None):
+    """Arrays ``<name>_<metric>`` (run, seed, epoch) and a figure: accuracy (or loss for
+    regression) with test solid and train dashed, mean over seeds with the range shaded."""
+    labels = list(runs)
+    metrics = ("train_loss", "test_loss", "train_acc", "test_acc", "step_loss")
+    data = {m: _padded(runs, m) for m in metrics}
+    epochs = np.arange(data["test_loss"].shape[2])
+    for m, v in data.items():
+        result.array(f"{name}_{m}", v, ("run", "seed", "epoch"),
+                     {"run": labels, "epoch": epochs.tolist()})
+    fig = result.figure(name, title or name.replace("_", " "))
+    kinds = [("loss", "train_loss", "test_loss", "log")] if regression else \
+        [("accuracy", "train_acc", "test_acc", "linear"), ("loss", "train_loss", "test_loss", "log")]
+    for what, tr, te, yscale in kinds:
+        p = fig.panel(f"{what} (mean, range over seeds)", "epoch", what, yscale=yscale)
+        for i, lab in enumerate(labels):
+            g = (groups or {}).get(lab, lab)
+            for key, role in ((te, "test"), (tr, "train")):
+                v = data[key][i]
+                with np.errstate(all="ignore"):
+                    p.add(f"{lab} {role}", epochs, np.nanmean(v, 0), np.nanmin(v, 0), np.nanmax(v, 0),
+                          group=g, role=role)
+    return fig
+
+
+def final_metric(runs: dict, lab: str, key: str = "test_acc", peak: bool = False) -> list[float]:
+    """Per-seed final (or peak) value of ``key`` for run ``lab``."""
+    hs = runs.get(lab, [])
+    if peak:
+        return [float(np.nanmax(h.column(key))) for h in hs if h.epochs]
+    return [float(h.last(key)) for h in hs if h.epochs]
+
+
+__all__ = ["common", "seeds", "device", "network", "rule_names", "options", "make_rule", "label",
+           "resolve_lrs", "training_trial", "train_runs", "learning_table", "learning_curves",
+           "final_metric", "fmt_spread", "spread"]
