@@ -141,6 +141,7 @@ def plot_figure(path: Path, fig, colours: dict) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker  # noqa: F401
 
     n = max(len(fig.panels), 1)
     cols = min(fig.columns, n)
@@ -161,6 +162,11 @@ def plot_figure(path: Path, fig, colours: dict) -> None:
             ax.axhline(y, color="0.4", ls=":", lw=1)
             ax.annotate(label, (0, y), xycoords=("axes fraction", "data"), va="bottom", fontsize=7, color="0.3")
         ax.set(title=p.title, xlabel=p.xlabel, ylabel=p.ylabel, xscale=p.xscale, yscale=p.yscale)
+        lo, hi = ax.get_ylim()
+        if p.yscale == "log" and 0 < lo and hi / lo < 10:   # plain numbers within a decade, not 2.6×10⁰
+            plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
+            ax.yaxis.set_major_formatter(plain)
+            ax.yaxis.set_minor_formatter(plain)
         if p.series:
             ax.legend(fontsize=7)
         ax.grid(alpha=0.25)

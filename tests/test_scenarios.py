@@ -165,3 +165,24 @@ def test_scenario_docstrings_state_their_measured_time():
     for sc in SCENARIOS.values():
         doc = importlib.import_module(sc.module).__doc__ or ""
         assert " s on 2 cores" in doc or " min on 2 cores" in doc, f"{sc.module}: state the measured time"
+
+
+# -- the results page ------------------------------------------------------------------------------
+def test_report_writes_claims_tables_and_figures_from_run_folders(tmp_path):
+    r = Result(main="t")
+    r.table("t", ["rule", "acc"]).add(rule="BP", acc=0.5)
+    r.figure("fig", "f").panel("p", "x", "y").add("BP", [0, 1], [0, 1])
+    r.claim("c", "BP learns", True, "0.500 (3 seeds)", paper="0.6", note="smaller network")
+    output.write_result(tmp_path / "run", "demo", {"dataset": "digits", "epochs": 2}, r, wall_s=3.0)
+    page = tmp_path / "docs" / "results.md"
+    assert main(["report", str(tmp_path / "run"), "-o", str(page)]) == 0
+    text = page.read_text()
+    assert "| demo | BP learns | 0.500 (3 seeds) | 0.6 | holds |" in text
+    assert "| BP | 0.500 |" in text and "smaller network" in text and '`dataset="digits"`' in text
+    assert (tmp_path / "docs" / "results" / "demo" / "fig.png").read_bytes()[:8] == PNG
+    assert "](results/demo/fig.png)" in text
+
+
+def test_report_refuses_a_folder_without_a_summary(tmp_path, capsys):
+    assert main(["report", str(tmp_path), "-o", str(tmp_path / "r.md")]) == 2
+    assert "no summary.json" in capsys.readouterr().err
