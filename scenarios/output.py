@@ -34,9 +34,19 @@ from .result import ROLES, Result, Table
 FORMAT, FORMAT_VERSION = "noisesim-results", 2
 
 
-def default_out_dir(scenario: str) -> Path:
+def default_out_dir(scenario: str, root="runs") -> Path:
+    """A new folder ``runs/<scenario>-<time>`` created here and now (``-2``, ``-3``… when a run
+    started in the same second already took the name): two runs never share a folder."""
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{scenario}-{stamp}"
+    Path(root).mkdir(parents=True, exist_ok=True)
+    for i in range(1, 1000):
+        out = Path(root) / (f"{scenario}-{stamp}" + (f"-{i}" if i > 1 else ""))
+        try:
+            out.mkdir()
+            return out
+        except FileExistsError:
+            continue
+    raise ValueError(f"could not create a new run folder under {root}/")
 
 
 def prepare_out_dir(path) -> Path:

@@ -186,3 +186,9 @@ def test_report_writes_claims_tables_and_figures_from_run_folders(tmp_path):
 def test_report_refuses_a_folder_without_a_summary(tmp_path, capsys):
     assert main(["report", str(tmp_path), "-o", str(tmp_path / "r.md")]) == 2
     assert "no summary.json" in capsys.readouterr().err
+
+
+def test_default_run_folders_are_never_shared(tmp_path):
+    a = output.default_out_dir("demo", root=tmp_path)
+    b = output.default_out_dir("demo", root=tmp_path)
+    assert a != b and a.is_dir() and b.is_dir()
