@@ -2,7 +2,8 @@
 
 Each operation exists as a Numba kernel (NumPy arrays, CPU, ``cache=True``) and a CuPy
 version (GPU) side by side; the public wrappers validate once and dispatch on the array
-module of their inputs. Nothing outside this module is backend-specific.
+module of their inputs. Nothing outside this module and its CUDA sources
+(:mod:`noisesim._kernels_cuda`) is backend-specific.
 
 Converter semantics (DAC and ADC alike), with ``b`` bits and bound ``B``:
 
@@ -17,15 +18,19 @@ Operations
 ``convert``     DAC/ADC of a 2-D array, optionally after a per-row gain (input scaling).
 ``dac_absmax``  per-row ``max|x|`` scaling, DAC and ``Σ x̂²`` (per row or per tile) in one pass.
 ``epilogue``    one tile read's analog tail: ``ADC(g·(a + σ_r z_r + σ_n z_n + inj)) · post``,
-                optionally accumulated into a digital partial sum. On the CPU the Gaussians
-                are drawn inside the kernel from one key per named stream
-                (:mod:`noisesim._rng_numba`); on the GPU CuPy's generator draws arrays.
+                optionally accumulated into a digital partial sum. The Gaussians are drawn
+                inside the kernel from one key per named stream (:mod:`noisesim._rng_numba`,
+                ported to CUDA in :mod:`noisesim._kernels_cuda`): both backends draw the same
+                numbers for the same keys. With ``NOISESIM_CUPY_EPILOGUE=unfused`` the CuPy
+                backend draws arrays with ``cupy.random`` instead and applies them with CuPy
+                element-wise operations (see ``CUPY_EPILOGUE``).
 ``pulsed``      the pulsed update of every device (stochastic pulse counts, soft bounds,
                 asymmetry, cycle-to-cycle noise), see :mod:`noisesim.update`.
 """
 from __future__ import annotations
 
 import math
+import os
 
 import numba
 import numpy as np
@@ -365,60 +370,50 @@ def _epilogue_cupy(a, out, zr, rs, zn, ns, inj, post, gain, has_r, has_n, has_in
         out[...] = v
 
 
-_PULSED_CUPY = None
-_PULSED_SRC = r"""
-T x = d / dw_min;
-T ax = fabs(x);
-T n = floor(ax);
-if (r < ax - n) n += 1;
-if (n > (T)65535) n = (T)65535;
-if (n > 0) {
-    T s = dw_min * dws;
-    T u = gp - gm;
-    T v, st, base;
-    if (x > 0) {
-        st = s * (1 + asym);
-        base = bp > 0 ? 1 - st / bp : 0;
-        if (base < 0) base = 0;
-        v = bp - (bp - u) * pow(base, n);
-    } else {
-        st = s * (1 - asym);
-        base = bm > 0 ? 1 - st / bm : 0;
-        if (base < 0) base = 0;
-        v = -bm + (u + bm) * pow(base, n);
-    }
-    v += c2c * st * sqrt(n) * z;
-    if (v > bp) v = bp;
-    if (v < -bm) v = -bm;
-    gp = v >= 0 ? v : (T)0;
-    gm = v >= 0 ? (T)0 : -v;
-    tprog = now;
-    w = w_scale * v;
-}
-"""
+def _keyed_cupy(a, out, rkey, rs, nkey, ns, inj, post, gain, has_r, has_n, has_inj, has_post, acc,
+                mode, half, step, bound):
+    from . import _kernels_cuda
+
+    _kernels_cuda.keyed_epilogue(a, out, rkey, rs, nkey, ns, inj, post, gain, has_r, has_n, has_inj, has_post,
+                                 acc, mode, half, step, bound)
 
 
 def _pulsed_cupy(gp, gm, d, r, z, dws, bp, bm, tprog, w, w_scale, now, dw_min, asym, c2c):
-    global _PULSED_CUPY
-    import cupy
+    from . import _kernels_cuda
 
-    if _PULSED_CUPY is None:
-        _PULSED_CUPY = cupy.ElementwiseKernel(
-            "T d, T r, T z, T dws, T bp, T bm, T w_scale, T dw_min, T asym, T c2c, T now",
-            "T gp, T gm, T tprog, T w", _PULSED_SRC, "noisesim_pulsed",
-        )
-    _PULSED_CUPY(d, r, z, dws, bp, bm, w_scale, dw_min, asym, c2c, now, gp, gm, tprog, w)
+    _kernels_cuda.pulsed(gp, gm, d, r, z, dws, bp, bm, tprog, w, w_scale, now, dw_min, asym, c2c)
 
 
 _DISPATCH = {
     "convert": {"numpy": _convert_numba, "cupy": _convert_cupy},
     "epilogue": {"numpy": _epilogue_numba, "cupy": _epilogue_cupy},
+    "keyed": {"numpy": _keyed_numba, "cupy": _keyed_cupy},
     "pulsed": {"numpy": _pulsed_numba, "cupy": _pulsed_cupy},
 }
 
+# How the CuPy backend runs a read's epilogue when the noise comes from named streams:
+# "fused" — one CUDA kernel draws the Gaussians in place from the streams' keys (the same
+# numbers as the NumPy backend) and applies noise, injection, gain, ADC and post-scale;
+# "unfused" — the streams draw arrays (cupy.random) and CuPy element-wise operations apply
+# them. Chosen by the environment variable NOISESIM_CUPY_EPILOGUE (default "fused").
+CUPY_EPILOGUES = ("fused", "unfused")
+CUPY_EPILOGUE = os.environ.get("NOISESIM_CUPY_EPILOGUE", "fused")
+if CUPY_EPILOGUE not in CUPY_EPILOGUES:
+    raise ValueError(f"NOISESIM_CUPY_EPILOGUE={CUPY_EPILOGUE!r} is not known; allowed: {list(CUPY_EPILOGUES)}")
+
+# Test hook: run the CuPy code path (everything written with ``xp``, and the dispatch table's
+# "cupy" entries) on NumPy arrays, so its array logic is checked against the Numba kernels
+# on a machine without a GPU. Never set outside tests.
+_CUPY_PATH_ON_NUMPY = False
+
+
+def _path(arr) -> str:
+    """Which dispatch-table column serves ``arr``: "numpy" (Numba) or "cupy"."""
+    return "cupy" if _CUPY_PATH_ON_NUMPY or get_array_module(arr) is not np else "numpy"
+
 
 def _impl(op, arr):
-    return _DISPATCH[op]["cupy" if get_array_module(arr) is not np else "numpy"]
+    return _DISPATCH[op][_path(arr)]
 
 
 def _empty2(a):
@@ -454,7 +449,7 @@ def all_finite(x) -> bool:
     xp = get_array_module(x)
     if x.size == 0:
         return True
-    if xp is not np or x.dtype.kind != "f" or x.dtype.itemsize not in (4, 8):
+    if _path(x) == "cupy" or x.dtype.kind != "f" or x.dtype.itemsize not in (4, 8):
         return bool(xp.isfinite(x).all())
     x = np.ascontiguousarray(x).reshape(-1)
     ints = np.dtype(f"int{8 * x.itemsize}")
@@ -479,7 +474,7 @@ def dac_absmax(x, bits, bound, out=None, *, chunk=None):
     k = -(-n // chunk) if n else 1
     scale = xp.empty(x.shape[0], x.dtype)
     sumsq = xp.empty((x.shape[0], k), x.dtype)
-    if xp is np:
+    if _path(x) == "numpy":
         x = np.ascontiguousarray(x)
         ints = np.dtype(f"int{8 * x.itemsize}")
         mask = ints.type(np.iinfo(ints).max)              # every bit but the sign
@@ -496,9 +491,10 @@ def read_epilogue(a, *, read_z=None, read_std=None, node_z=None, node_std=None, 
 
     ``read_std``, ``node_std`` and ``post`` are per-row arrays of shape ``(M,)``; ``inject``
     has the shape of ``a``. The Gaussians ``z_r``, ``z_n`` come either as arrays
-    (``read_z``, ``node_z``) or from named streams (``read_rng``, ``node_rng``): on the NumPy
-    backend the kernel then draws them in place from one key per stream and call
-    (:mod:`noisesim._rng_numba`); on CuPy the stream draws arrays. ``gain`` (a scalar) maps
+    (``read_z``, ``node_z``) or from named streams (``read_rng``, ``node_rng``): the kernel
+    then draws them in place from one key per stream and call (:mod:`noisesim._rng_numba`;
+    on CuPy the same generator in CUDA, or arrays from the streams when ``CUPY_EPILOGUE`` is
+    ``"unfused"``). ``gain`` (a scalar) maps
     the analog output onto the ADC's full scale and ``post`` maps the code back to
     pre-activation units. ``out=None`` works in place on ``a``; otherwise the result is
     *added* to ``out`` (the digital partial sum over tiles). Returns the result array.
@@ -506,7 +502,8 @@ def read_epilogue(a, *, read_z=None, read_std=None, node_z=None, node_std=None, 
     if a.ndim != 2:
         raise ValueError(f"read_epilogue expects a 2-D array, got shape {a.shape}")
     mode, half, step, b = converter_params(bits, bound)
-    keyed = get_array_module(a) is np and (read_rng is not None or node_rng is not None)
+    path = _path(a)
+    keyed = (read_rng is not None or node_rng is not None) and (path == "numpy" or CUPY_EPILOGUE == "fused")
     if not keyed:
         if read_rng is not None and read_std is not None:
             read_z = read_rng.normal(a.shape)
@@ -521,7 +518,7 @@ def read_epilogue(a, *, read_z=None, read_std=None, node_z=None, node_std=None, 
     e2 = _empty2(a)
     e1 = a[0, :0]
     if keyed:
-        _keyed_numba(
+        _DISPATCH["keyed"][path](
             a, out if acc else a,
             read_rng.key() if has_r else np.uint64(0), read_std if has_r else e1,
             node_rng.key() if has_n else np.uint64(0), node_std if has_n else e1,
@@ -529,7 +526,7 @@ def read_epilogue(a, *, read_z=None, read_std=None, node_z=None, node_std=None, 
             has_r, has_n, has_inj, has_post, acc, mode, half, step, b,
         )
         return out if acc else a
-    _impl("epilogue", a)(
+    _DISPATCH["epilogue"][path](
         a, out if acc else a,
         read_z if has_r else e2, read_std if has_r else e1,
         node_z if has_n else e2, node_std if has_n else e1,

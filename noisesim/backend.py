@@ -101,8 +101,8 @@ def get_backend(name: str = "auto", dtype: str | Any = "float32") -> Backend:
         if cupy is None:
             raise RuntimeError(
                 "backend='cupy' was requested but no usable GPU was found "
-                f"({type(err).__name__}: {err}); install the 'gpu' extra on a CUDA machine "
-                "or use backend='numpy'"
+                f"({type(err).__name__}: {err}); install the 'gpu' extra (CUDA 12) or 'gpu-cuda13' "
+                "(CUDA 13) on a CUDA machine, or use backend='numpy'"
             ) from err
         return Backend("cupy", cupy, dtype)
     if cupy is not None:
@@ -159,22 +159,28 @@ def _second_thread():
 class Generator:
     """A random generator producing arrays of one backend in its dtype.
 
-    NumPy: PCG64 (large draws: two PCG64 streams, one per half, filled concurrently).
-    CuPy: XORWOW (cupy.random.Generator), seeded from the same sequence. Numbers therefore
-    differ between backends but are reproducible within one.
+    Every stream has a host PCG64 generator seeded from its ``SeedSequence``; on the NumPy
+    backend it draws everything (large array draws: two PCG64 streams, one per half, filled
+    concurrently). On CuPy, arrays come from XORWOW (``cupy.random.Generator``) seeded from
+    the same sequence, while keys (:meth:`key`) and permutations (:meth:`permutation`) come
+    from the host PCG64 stream exactly as on NumPy. So noise drawn inside kernels from keys
+    (read, node and transposed-read noise) and the data order are the same numbers on both
+    backends; array draws (programming, update, injected perturbations…) differ between
+    backends but are reproducible within one.
     """
 
     def __init__(self, seed_seq: np.random.SeedSequence, backend: Backend):
         self.backend = backend
         self._seed_seq = seed_seq
         self._g2 = None
+        self._host = np.random.Generator(np.random.PCG64(seed_seq))
         if backend.name == "cupy":
             import cupy
 
             s = int(seed_seq.generate_state(1, np.uint64)[0])
             self._g = cupy.random.Generator(cupy.random.XORWOW(s))
         else:
-            self._g = np.random.Generator(np.random.PCG64(seed_seq))
+            self._g = self._host
 
     def _fill(self, method: str, out):
         """Fill a C-contiguous NumPy ``out`` with ``method`` draws (split when large)."""
@@ -197,11 +203,15 @@ class Generator:
 
         With ``out`` the same numbers are drawn as without it; it only saves the allocation.
         """
+        shape = tuple(shape) if not isinstance(shape, (int, np.integer)) else (int(shape),)
         if out is not None:
-            if tuple(out.shape) != tuple(shape):
-                raise ValueError(f"normal: out has shape {out.shape}, expected {tuple(shape)}")
+            if tuple(out.shape) != shape:
+                raise ValueError(f"normal: out has shape {out.shape}, expected {shape}")
             if self.backend.name == "cupy":
-                out[...] = self._g.standard_normal(size=shape, dtype=out.dtype)
+                if out.flags.c_contiguous:
+                    self._g.standard_normal(size=shape, dtype=out.dtype, out=out)
+                else:
+                    out[...] = self._g.standard_normal(size=shape, dtype=out.dtype)
             else:
                 self._fill("standard_normal", out)
             z = out
@@ -215,10 +225,9 @@ class Generator:
         return z
 
     def key(self) -> np.uint64:
-        """One 64-bit key from this stream, for noise generated inside a kernel (NumPy only)."""
-        if self.backend.name == "cupy":
-            raise RuntimeError("Generator.key is for the NumPy backend's in-kernel noise")
-        return np.uint64(self._g.bit_generator.random_raw())
+        """One 64-bit key from this stream's host PCG64 generator, for noise generated inside
+        a kernel; the same keys on every backend."""
+        return np.uint64(self._host.bit_generator.random_raw())
 
     def uniform(self, shape, dtype=None):
         """Uniform on [0, 1)."""
@@ -227,10 +236,10 @@ class Generator:
         return self._fill("random", np.empty(shape, dtype=dtype or self.backend.dtype))
 
     def permutation(self, n: int) -> np.ndarray:
-        """A host (NumPy) permutation of range(n) — used for data order."""
-        if self.backend.name == "cupy":
-            return self._g.permutation(n).get()
-        return self._g.permutation(n)
+        """A host (NumPy) permutation of range(n) — used for data order; the same on every
+        backend (``cupy.random.Generator`` has no permutation)."""
+        return self._host.permutation(n)
 
     def integers(self, low, high, shape):
+        """Integers in ``[low, high)``: an array of the backend."""
         return self._g.integers(low, high, size=shape)

@@ -11,7 +11,7 @@ import pytest
 from noisesim import _kernels
 from noisesim.backend import get_backend, to_numpy
 
-from conftest import tolerance
+from conftest import require_cupy, tolerance
 
 
 def _ref_convert(x, bits, bound):
@@ -112,8 +112,7 @@ def test_cupy_agrees_with_numpy_on_a_full_read(dtype_name):
     """Both backends, noise injected as the same arrays: one tile read agrees to tolerance."""
     import noisesim
 
-    if not noisesim.cupy_available():
-        pytest.skip("CuPy backend needs a usable CUDA GPU and the 'gpu' extra; none found")
+    require_cupy()
     r = np.random.default_rng(4)
     w = r.uniform(-1, 1, (64, 96))
     x = r.standard_normal((50, 96))

@@ -69,21 +69,22 @@ def test_device_refuses_ungranted_operations_directly():
         net.weights(0)
 
 
-def test_same_seed_same_numbers_different_seed_different():
+def test_same_seed_same_numbers_different_seed_different(backend_name):
     dev = DeviceConfig.preset("ideal", read_noise=0.01, w_max=1.0)
-    run = lambda seed: Network.mlp([16, 32, 4], device=dev, seed=seed, backend="numpy").forward_stacked(_x(), 3).out
+    run = lambda seed: noisesim.to_numpy(
+        Network.mlp([16, 32, 4], device=dev, seed=seed, backend=backend_name).forward_stacked(_x(), 3).out)
     np.testing.assert_array_equal(run(3), run(3))
     assert not np.allclose(run(3), run(4))
 
 
-def test_training_is_deterministic_under_a_seed():
+def test_training_is_deterministic_under_a_seed(backend_name):
     from scenarios.datasets import load
     from scenarios.train import train
 
     data = load("digits", n_train=200, n_test=50)
 
     def final_weights():
-        net = Network.mlp([64, 32, 10], seed=7, backend="numpy")
+        net = Network.mlp([64, 32, 10], seed=7, backend=backend_name)
         train(net, rules.make("danp", baseline="noisy"), data, epochs=1, batch_size=50, progress=False)
         return net.get_state()
 
@@ -93,37 +94,37 @@ def test_training_is_deterministic_under_a_seed():
         np.testing.assert_array_equal(a[k], b[k])
 
 
-def test_stacked_passes_have_independent_noise_and_clean_pass_is_exact():
-    net = Network.mlp([16, 8, 4], seed=0, backend="numpy", dtype="float64")
+def test_stacked_passes_have_independent_noise_and_clean_pass_is_exact(backend_name):
+    net = Network.mlp([16, 8, 4], seed=0, backend=backend_name, dtype="float64")
     x = _x().astype(np.float64)
-    p = net.forward_stacked(x, 3, clean=[True, False, False])
-    exact = x @ net.weights(0).T
-    np.testing.assert_allclose(p.pre[0][0], exact, rtol=1e-12, atol=1e-12)
-    e1, e2 = p.pre[0][1] - exact, p.pre[0][2] - exact
+    pre = noisesim.to_numpy(net.forward_stacked(x, 3, clean=[True, False, False]).pre[0])
+    exact = x @ noisesim.to_numpy(net.weights(0)).T
+    np.testing.assert_allclose(pre[0], exact, rtol=1e-12, atol=1e-12)
+    e1, e2 = pre[1] - exact, pre[2] - exact
     # each noisy pass carries N(0, 1e-3²) node noise, independent of the other
     assert abs(e1.std() / 1e-3 - 1) < 0.25
     assert abs(np.corrcoef(e1.ravel(), e2.ravel())[0, 1]) < 0.3
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_read_noise_std_matches_closed_form(dtype):
+def test_read_noise_std_matches_closed_form(backend_name, dtype):
     """Output noise std = read_noise · w_max · ‖x‖₂ per sample; tolerance 3 % (20 000 draws)."""
     rn, w_max = 0.05, 0.5
     dev = DeviceConfig(read_noise=rn, w_max=w_max)
     rng = np.random.default_rng(1)
     w = rng.uniform(-0.4, 0.4, (50, 20))
-    net = Network([w], dev, seed=0, backend="numpy", dtype=dtype)
+    net = Network([w], dev, seed=0, backend=backend_name, dtype=dtype)
     x = np.tile(rng.random((4, 20)), (1, 1)).astype(dtype)
-    draws = net.forward_stacked(x, 400).pre[0]                 # (400, 4, 50)
-    noise = draws - (x @ net.tiles[0].weights().T)[None]
+    draws = noisesim.to_numpy(net.forward_stacked(x, 400).pre[0])      # (400, 4, 50)
+    noise = draws - (x @ noisesim.to_numpy(net.tiles[0].weights()).T)[None]
     measured = noise.std(axis=(0, 2))
     expected = rn * w_max * np.linalg.norm(x, axis=1)
     np.testing.assert_allclose(measured, expected, rtol=0.03)
     assert abs(noise.mean()) < 0.03 * expected.mean()
 
 
-def test_bad_inputs_get_clear_errors():
-    net = Network.mlp([16, 8, 4], seed=0, backend="numpy")
+def test_bad_inputs_get_clear_errors(backend_name):
+    net = Network.mlp([16, 8, 4], seed=0, backend=backend_name)
     with pytest.raises(ValueError, match=r"expected \(batch, 16\)"):
         net.forward(np.zeros((3, 15), np.float32))
     bad = _x()

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import rules
-from noisesim import AccessError, DeviceConfig, Network
+from noisesim import AccessError, DeviceConfig, Network, to_numpy
 from noisesim.config import ACCESS_LEVELS
 from rules.optim import SGD, Adam
 
@@ -50,21 +50,21 @@ def _batch(n=16, seed=0):
     return rng.standard_normal((n, SIZES[0])), np.eye(SIZES[-1])[rng.integers(0, SIZES[-1], n)]
 
 
-def _net(seed=0, dtype="float32", access=ACCESS_LEVELS):
+def _net(seed=0, dtype="float32", access=ACCESS_LEVELS, backend="numpy"):
     dev = DeviceConfig.preset("ideal", access=tuple(access))
-    return Network.mlp(SIZES, device=dev, seed=seed, backend="numpy", dtype=dtype)
+    return Network.mlp(SIZES, device=dev, seed=seed, backend=backend, dtype=dtype)
 
 
-def _is_array_or_list_of_arrays(v) -> bool:
+def _is_array_or_list_of_arrays(v, xp=np) -> bool:
     if isinstance(v, list):
-        return all(isinstance(a, np.ndarray) for a in v)
-    return isinstance(v, np.ndarray)
+        return all(isinstance(a, xp.ndarray) for a in v)
+    return isinstance(v, xp.ndarray)
 
 
 @pytest.mark.parametrize("name, options", RULES_UNDER_TEST, ids=IDS)
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_estimate_is_finite_shaped_pure_and_replayable(name, options, dtype):
-    net = _net(dtype=dtype)
+def test_estimate_is_finite_shaped_pure_and_replayable(backend_name, name, options, dtype):
+    net = _net(dtype=dtype, backend=backend_name)
     x, t = _batch()
     rule = rules.make(name, **options)
     rule.init(net)
@@ -77,26 +77,26 @@ def test_estimate_is_finite_shaped_pure_and_replayable(name, options, dtype):
     assert len(est.updates) == net.n_layers
     for l, u in enumerate(est.updates):
         assert u.shape == (SIZES[l + 1], SIZES[l]) and u.dtype == np.dtype(dtype)
-        assert np.isfinite(u).all()
+        assert isinstance(u, net.xp.ndarray) and np.isfinite(to_numpy(u)).all()
         assert len(est.inputs[l]) == len(x) and est.inputs[l].shape[-1] == SIZES[l]
     assert np.isfinite(est.loss)
     assert est.forward_passes == rule.forward_passes(net.n_layers)
     # the record alone, given to a rule rebuilt from the JSON config, reproduces the update exactly
-    assert all(isinstance(k, str) and _is_array_or_list_of_arrays(v) for k, v in est.record.items())
+    assert all(isinstance(k, str) and _is_array_or_list_of_arrays(v, net.xp) for k, v in est.record.items())
     cfg = json.loads(json.dumps(rule.config()))
     rebuilt = rules.make(cfg.pop("rule"), **cfg)
     assert rebuilt.config() == rule.config() and rebuilt.label == rule.label
     record = {k: [a.copy() for a in v] if isinstance(v, list) else v.copy() for k, v in est.record.items()}
     for u, r in zip(est.updates, rebuilt.updates_from_record(record)):
-        np.testing.assert_array_equal(u, r)
+        np.testing.assert_array_equal(to_numpy(u), to_numpy(r))
 
 
 @pytest.mark.parametrize("name, options", RULES_UNDER_TEST, ids=IDS)
-def test_steps_are_deterministic_under_a_seed(name, options):
+def test_steps_are_deterministic_under_a_seed(backend_name, name, options):
     x, t = _batch()
 
     def run(seed):
-        net, rule = _net(seed), rules.make(name, **options)
+        net, rule = _net(seed, backend=backend_name), rules.make(name, **options)
         rule.init(net)
         for _ in range(2):
             rule.step(net, x, t)
