@@ -13,13 +13,15 @@
 #   3. tests    — the suite with NOISESIM_TEST_BACKEND=cupy: every backend_name case on CuPy
 #                 as well as NumPy, and a CuPy that cannot run stops it with an error (never
 #                 a skip); -m "not slow": the slow tests are NumPy-only scientific checks
-#                 that CI runs anyway. Failed tests then run once more (flaky or not);
+#                 that CI runs anyway. The CuPy cases run first, then the rest; failed tests
+#                 then run once more (flaky or not);
 #   4. figures  — benchmarks/bench_gpu.py: forward ÷ cuBLAS GEMM with both CuPy epilogues,
 #                 DANP and BP steps, 50 DANP steps, pulsed ÷ SGD step, cross-backend
 #                 agreement and determinism.
-# Results in $OUT: gpu_check.log (everything printed), junit.xml (and junit_rerun.xml) with
-# the test results, gpu_figures.json (per stage: exit status and seconds; the test counts;
-# the figures). The exit status is 0 only when every stage succeeded.
+# Results in $OUT: gpu_check.log (everything printed), junit_cupy.xml and junit_rest.xml (and
+# junit_rerun.xml) with the test results, gpu_figures.json (per stage: exit status and
+# seconds; the test counts, CuPy cases apart; the figures). The exit status is 0 only when
+# every stage but the rerun succeeded.
 #
 # --cpu checks the script itself on a machine without a GPU: no install, the suite on NumPy
 # (NOISESIM_TEST_BACKEND=numpy) and the benchmark's quick mode on NumPy.
@@ -123,10 +125,16 @@ if (( CPU )); then TEST_BACKEND=numpy; else TEST_BACKEND=cupy; fi
 CACHE="$STATE/pytest_cache"
 PYTEST=("$PY" -m pytest -q -ra --durations=15 -m "not slow" -o cache_dir="$CACHE" -o timeout=150
         -p no:randomly "${PYTEST_EXTRA[@]}")
-NOISESIM_TEST_BACKEND=$TEST_BACKEND NOISESIM_TEST_LOG="$STATE/tests.log" \
-    stage tests "$(allow 240 130)" "${PYTEST[@]}" --junitxml="$OUT/junit.xml"
-read -r rc _ < "$STATE/tests"
-if (( rc == 1 )); then       # some tests failed: run only those once more
+# the CuPy cases first (backend_name cases on cupy, test_gpu_*, the CuPy path's CPU checks), so
+# that a suite cut off by its timeout has still run them; then everything else
+SELECT_CUPY="cupy or gpu"
+NOISESIM_TEST_BACKEND=$TEST_BACKEND NOISESIM_TEST_LOG="$STATE/tests_cupy.log" \
+    stage tests_cupy "$(allow 180 200)" "${PYTEST[@]}" -k "$SELECT_CUPY" --junitxml="$OUT/junit_cupy.xml"
+NOISESIM_TEST_BACKEND=$TEST_BACKEND NOISESIM_TEST_LOG="$STATE/tests_rest.log" \
+    stage tests_rest "$(allow 200 130)" "${PYTEST[@]}" -k "not ($SELECT_CUPY)" --junitxml="$OUT/junit_rest.xml"
+read -r rc_cupy _ < "$STATE/tests_cupy"
+read -r rc_rest _ < "$STATE/tests_rest"
+if (( rc_cupy == 1 || rc_rest == 1 )); then       # some tests failed: run only those once more
     NOISESIM_TEST_BACKEND=$TEST_BACKEND stage rerun "$(allow 60 120)" "${PYTEST[@]}" --lf \
         --junitxml="$OUT/junit_rerun.xml"
 fi
@@ -166,20 +174,28 @@ def outcomes_of_log(path):
             seen[node] = kind
     return seen.items()
 
-def junit(path, log=None):
-    if os.path.exists(path):
-        source, outcomes = "junit", outcomes_of_junit(path)
-    elif log and os.path.exists(log):
-        source, outcomes = "partial log (the stage did not finish)", outcomes_of_log(log)
-    else:
+def junit(*runs):
+    """Counts over the runs [(junit.xml, log or None)]: a run's junit file, or what its log
+    recorded when the run was cut off before writing one."""
+    outcomes, sources = [], []
+    for path, log in runs:
+        if os.path.exists(path):
+            sources.append(os.path.basename(path))
+            outcomes += list(outcomes_of_junit(path))
+        elif log and os.path.exists(log):
+            sources.append(f"{os.path.basename(log)} (partial: the run was cut off)")
+            outcomes += list(outcomes_of_log(log))
+    if not sources:
         return None
+    source = ", ".join(sources)
     counts = {"total": 0, "passed": 0, "failed": 0, "errors": 0, "skipped": 0}
     cupy = dict(counts)
     failed, skipped_cupy = [], []
     for node, kind in outcomes:
         name = node.rsplit("::", 1)[-1]
         params = name.split("[", 1)[1] if "[" in name else ""
-        is_cupy = "cupy" in params.replace("]", "").split("-")
+        # a CuPy case: a backend_name case on cupy, or a GPU-only test (test_gpu_*)
+        is_cupy = "cupy" in params.replace("]", "").split("-") or name.startswith("test_gpu_")
         for c in (counts, cupy) if is_cupy else (counts,):
             c["total"] += 1
             c[kind] += 1
@@ -192,9 +208,10 @@ def junit(path, log=None):
 
 res = {"backend_under_test": backend, "total_seconds": total, "budget_s": budget,
        "install": open(os.path.join(state, "install_method")).read().strip(),
-       "stages": {n: stage(n) for n in ("machine", "install", "tests", "rerun", "bench")},
-       "tests": junit(os.path.join(out, "junit.xml"), os.path.join(state, "tests.log")),
-       "rerun": junit(os.path.join(out, "junit_rerun.xml"))}
+       "stages": {n: stage(n) for n in ("machine", "install", "tests_cupy", "tests_rest", "rerun", "bench")},
+       "tests": junit((os.path.join(out, "junit_cupy.xml"), os.path.join(state, "tests_cupy.log")),
+                      (os.path.join(out, "junit_rest.xml"), os.path.join(state, "tests_rest.log"))),
+       "rerun": junit((os.path.join(out, "junit_rerun.xml"), None))}
 bench = os.path.join(state, "bench.json")
 res["figures"] = json.load(open(bench)) if os.path.exists(bench) else None
 ok = all(s is None or s["exit_status"] == 0 for n, s in res["stages"].items() if n not in ("install", "rerun"))
@@ -217,7 +234,7 @@ if fig:
     e = fig.get("danp_epoch_50_steps_s")
     if e:
         print(f"  DANP epoch ({e['steps']} steps): {e['median']:.3f} s")
-print(f"  results: {out}/gpu_figures.json, {out}/junit.xml, {out}/gpu_check.log")
+print(f"  results in {out}: gpu_figures.json, gpu_check.log, junit_cupy.xml, junit_rest.xml")
 sys.exit(0 if ok else 1)
 EOF
 rm -rf "$STATE"

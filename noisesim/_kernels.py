@@ -159,8 +159,8 @@ def _max_magnitude_bits(bits, mask):
 
 def _dac_absmax_cupy(x, out, scale, sumsq, chunk, mode, half, step, bound):
     xp = get_array_module(x)
-    m = xp.abs(x).max(axis=1)
-    m[m == 0] = 1
+    m = xp.abs(x).max(axis=1)                    # NaN or Inf in a row: a non-finite scale
+    m = xp.where(m == 0, m.dtype.type(1), m)     # (a select: a masked assignment may sync)
     scale[...] = m
     _convert_cupy(x, out, 1 / m, True, mode, half, step, bound)
     sq = out * out

@@ -321,7 +321,7 @@ def keyed_epilogue(a, out, rkey, rs, nkey, ns, inj, post, gain, has_r, has_n, ha
     """The keyed read epilogue on CuPy arrays, the arguments of the Numba ``_keyed_ser``.
 
     ``a`` and ``out`` are C-contiguous ``(M, N)`` arrays (``out is a`` in place); the per-row
-    arrays are ``(M,)`` of the same dtype. Absent arrays are never read.
+    arrays are ``(M,)`` of the same dtype; absent ones (``None``) are never read.
     """
     cp = _cupy()
     M, N = a.shape
@@ -337,17 +337,17 @@ def keyed_epilogue(a, out, rkey, rs, nkey, ns, inj, post, gain, has_r, has_n, ha
     if not (a.flags.c_contiguous and out.flags.c_contiguous):
         raise ValueError("keyed epilogue: a and out must be C-contiguous")
 
-    def row(v, on):
-        return cp.ascontiguousarray(v, dtype=a.dtype) if on else None
+    def arg(v, on):
+        # an absent array is passed as `a`, never read: CuPy 13 turns None into a null pointer
+        # *to* the parameter (undefined behaviour), not into a null parameter
+        return cp.ascontiguousarray(v, dtype=a.dtype) if on else a
 
     flags = (HAS_R * bool(has_r) | HAS_N * bool(has_n) | HAS_INJ * bool(has_inj)
              | HAS_POST * bool(has_post) | ACC * bool(acc))
     grid, block = _grid(M, N)
-    fn(grid, block, (a, out, np.int64(M), np.int64(N),
-                     np.uint64(rkey), row(rs, has_r), np.uint64(nkey), row(ns, has_n),
-                     cp.ascontiguousarray(inj, dtype=a.dtype) if has_inj else None,
-                     row(post, has_post), t(gain), np.int32(flags), np.int32(mode),
-                     t(half), t(step), t(bound)))
+    fn(grid, block, (a, out, np.int64(M), np.int64(N), np.uint64(rkey), arg(rs, has_r), np.uint64(nkey),
+                     arg(ns, has_n), arg(inj, has_inj), arg(post, has_post), t(gain), np.int32(flags),
+                     np.int32(mode), t(half), t(step), t(bound)))
 
 
 def fill_normal(out, key) -> None:

@@ -82,7 +82,7 @@ class Network:
         self.streams = Streams(self.seed, self.backend)
         self.activation = Activation(activation, slope)
         self.output_activation = Activation(output_activation, slope)
-        weights = [np.asarray(w) for w in weights]
+        weights = [to_numpy(w) for w in weights]      # (np.asarray refuses CuPy arrays)
         for l in range(1, len(weights)):
             if weights[l].shape[1] != weights[l - 1].shape[0]:
                 raise ValueError(f"layer {l} expects {weights[l].shape[1]} inputs but layer {l-1} has {weights[l-1].shape[0]} outputs")

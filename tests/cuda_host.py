@@ -109,7 +109,8 @@ def _ctype(t: str):
 
 def _arg(a, t: str):
     if a is None:
-        return None
+        # CuPy 13 passes None as a null pointer to the parameter's value (undefined behaviour)
+        raise TypeError(f"None passed for the {t} parameter; pass an array (it need not be read)")
     if isinstance(a, np.ndarray):
         if not t.endswith("*"):
             raise TypeError(f"an array passed for a {t} parameter")

@@ -371,7 +371,7 @@ def test_an_unknown_cupy_epilogue_is_refused():
 
 
 # --- the GPU check's benchmark, in its quick CPU mode ---------------------------------------------
-def test_gpu_benchmark_quick_mode_writes_every_figure(tmp_path):
+def test_bench_gpu_quick_mode_writes_every_figure(tmp_path):
     out = tmp_path / "figures.json"
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_gpu.py"), "--backend", "numpy", "--quick",
                         "--json", str(out)], capture_output=True, text=True, cwd=ROOT, timeout=120)

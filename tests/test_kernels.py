@@ -108,7 +108,7 @@ def test_pulsed_kernel_matches_reference(backend_name, dtype_name):
     np.testing.assert_allclose(to_numpy(W)[moved], 2.0 * (ep - em)[moved], **tol)
 
 
-def test_cupy_agrees_with_numpy_on_a_full_read(dtype_name):
+def test_gpu_full_read_agrees_with_numpy(dtype_name):
     """Both backends, noise injected as the same arrays: one tile read agrees to tolerance."""
     import noisesim
 
@@ -127,6 +127,106 @@ def test_cupy_agrees_with_numpy_on_a_full_read(dtype_name):
         outs.append(to_numpy(t.read(be.asarray(x), read_rng=s.get("read"), node_rng=s.get("node"),
                                     inject=be.asarray(inj))))
     np.testing.assert_allclose(outs[1], outs[0], **{k: 10 * v for k, v in tolerance(dtype_name).items()})
+
+
+# --- the CUDA kernels of the CuPy backend, on the GPU (the same checks run on the CPU, with the
+# CUDA source compiled for the host, in test_cupy_path.py) ------------------------------------
+def test_gpu_normals_are_bit_identical_to_numba():
+    """The in-kernel generator on the GPU draws exactly the NumPy backend's normals."""
+    from noisesim import _kernels_cuda, _rng_numba
+
+    require_cupy()
+    import cupy
+
+    rng = np.random.default_rng(11)
+    m = np.concatenate([rng.integers(0, 2 ** 31, 10 ** 6), np.arange(0, 400_000), np.arange(2 ** 31 - 1000, 2 ** 31)])
+    for sign in (0, -2 ** 31):
+        b = (m + sign).astype(np.int32)
+        got = _kernels_cuda.normals_of_bits(cupy.asarray(b)).get()
+        np.testing.assert_array_equal(got.view(np.int32), _rng_numba.normals_of_bits(b).view(np.int32))
+    for shape, key in (((1, 1), 0), ((7, 33), 1), ((1000, 1024), 2024), ((70000, 3), 2 ** 64 - 1)):
+        got = cupy.empty(shape, cupy.float32)
+        _kernels_cuda.fill_normal(got, key)
+        ref = np.empty(shape, np.float32)
+        _rng_numba.fill_normal(ref, key)
+        np.testing.assert_array_equal(got.get().view(np.int32), ref.view(np.int32))
+
+
+@pytest.mark.parametrize("bits, bound", [(None, None), (None, 1.5), (1, 2.0), (6, 1.0)],
+                         ids=["none", "clip", "sign", "quant"])
+def test_gpu_fused_epilogue_equals_numba(dtype_name, bits, bound):
+    """The fused CUDA epilogue against the Numba one on the same inputs and keys: every
+    combination of noise, injection, post-scale and accumulation, bit for bit."""
+    import itertools
+
+    from noisesim import _kernels_cuda
+
+    require_cupy()
+    import cupy
+
+    mode, half, step, b = _kernels.converter_params(bits, bound)
+    r = np.random.default_rng(0)
+    M, N = 300, 257
+    a, inj, base = (r.standard_normal((M, N)).astype(dtype_name) for _ in range(3))
+    rs, ns, post = (r.uniform(0.1, 2, M).astype(dtype_name) for _ in range(3))
+    for has_r, has_n, has_inj, has_post, acc in itertools.product([False, True], repeat=5):
+        flags = (has_r, has_n, has_inj, has_post, acc, mode, half, step, b)
+        x, ref = a.copy(), base.copy()
+        _kernels._keyed_ser(x, ref if acc else x, np.uint64(2 ** 63 + 5), rs, np.uint64(77), ns, inj, post,
+                            0.75, *flags)
+        X, OUT = cupy.asarray(a), cupy.asarray(base)
+        _kernels_cuda.keyed_epilogue(X, OUT if acc else X, np.uint64(2 ** 63 + 5), cupy.asarray(rs), np.uint64(77),
+                                     cupy.asarray(ns), cupy.asarray(inj), cupy.asarray(post), 0.75, *flags)
+        np.testing.assert_array_equal((OUT if acc else X).get(), ref if acc else x,
+                                      err_msg=f"r={has_r} n={has_n} inj={has_inj} post={has_post} acc={acc}")
+
+
+@pytest.mark.parametrize("epilogue", ["fused", "unfused"])
+def test_gpu_epilogues_noise_statistics_and_determinism(epilogue, monkeypatch):
+    """Read and node noise of one tile read on CuPy, with either epilogue: their closed-form
+    std (20 000 outputs each: 3 % tolerance), zero mean, and the same numbers for one seed."""
+    import noisesim
+    from noisesim.backend import Streams
+
+    require_cupy()
+    monkeypatch.setattr(_kernels, "CUPY_EPILOGUE", epilogue)
+    be = get_backend("cupy", "float64")
+    r = np.random.default_rng(5)
+    w, x = r.uniform(-1, 1, (100, 40)), r.uniform(-1, 1, (200, 40))
+    t = noisesim.Tile(w, noisesim.DeviceConfig(w_max=1.0, read_noise=0.05), be)
+    exact = x @ w.T
+
+    def read(seed):
+        s = Streams(seed, be)
+        return to_numpy(t.read(be.asarray(x), read_rng=s.get("read"), node_rng=s.get("node"),
+                               node_std=be.xp.full(200, 0.02)))
+
+    e = read(1) - exact
+    sd = np.sqrt((0.05 * np.linalg.norm(x, axis=1)) ** 2 + 0.02 ** 2)[:, None]
+    assert np.std(e / sd) == pytest.approx(1.0, rel=0.03)
+    assert abs(np.mean(e / sd)) < 0.03
+    np.testing.assert_array_equal(read(1), read(1))
+    assert not np.allclose(read(1), read(2))
+
+
+def test_gpu_backends_draw_the_same_read_and_node_noise(dtype_name):
+    """With the fused epilogue both backends draw the same noise from the same keys: whole
+    networks agree with read, output and node noise on (no ADC: a tolerance of the GEMM's
+    rounding), and with an ADC but for a few outputs one code apart."""
+    import noisesim
+
+    require_cupy()
+    x = np.random.default_rng(6).uniform(-1, 1, (256, 300)).astype(dtype_name)
+    tol = dict(rtol=1e-4, atol=1e-5) if dtype_name == "float32" else dict(rtol=1e-10, atol=1e-11)
+    for dev, exact in ((noisesim.DeviceConfig(w_max=1.0, read_noise=0.03, out_noise=0.02, node_noise=0.01), True),
+                       (noisesim.DeviceConfig.preset("pcm", prog_noise_poly=(), drift_nu=0.0, drift_nu_std=0.0), False)):
+        outs = [to_numpy(noisesim.Network.mlp([300, 200, 10], dev, seed=8, backend=name, dtype=dtype_name)
+                         .forward_stacked(x, 2).pre[0]) for name in ("numpy", "cupy")]
+        if exact:
+            np.testing.assert_allclose(outs[1], outs[0], **tol)
+        else:
+            off = ~np.isclose(outs[1], outs[0], **tol)
+            assert off.mean() < 0.002
 
 
 def test_large_draws_split_over_two_streams_are_reproducible_and_standard():
