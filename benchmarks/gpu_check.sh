@@ -74,7 +74,7 @@ stage() {
     return 0
 }
 
-echo "gpu_check: $(date -u +%FT%TZ) on $(hostname), budget ${BUDGET} s, results in $OUT"
+echo "gpu_check: $(date -u +%FT%TZ) on ${HOSTNAME:-this machine}, budget ${BUDGET} s, results in $OUT"
 git -C "$ROOT" log -1 --format='gpu_check: commit %H %s' 2>/dev/null || true
 
 # 1. machine -----------------------------------------------------------------------------------
@@ -111,10 +111,16 @@ if (( CPU )); then
 else
     stage install "$(allow 90 380)" "$PY" -m pip install --no-deps --no-index --no-build-isolation -e "$ROOT"
     read -r rc _ < "$STATE/install"
-    if (( rc != 0 )) || ! "$PY" -c "import noisesim, rules, scenarios" 2> /dev/null; then
+    if (( rc != 0 )) || ! (cd "$STATE" && "$PY" -c "import noisesim, rules, scenarios") 2> /dev/null; then
+        # (e.g. no `wheel` for setuptools' bdist_wheel): the checkout on PYTHONPATH, and a
+        # `noisesim` command that runs the command line as the console script would
         INSTALL=PYTHONPATH
         export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
-        echo "=== install: pip could not install the checkout; using PYTHONPATH=$ROOT"
+        mkdir -p "$STATE/bin"
+        printf '#!/bin/sh\nexec "%s" -m scenarios.cli "$@"\n' "$(command -v "$PY")" > "$STATE/bin/noisesim"
+        chmod +x "$STATE/bin/noisesim"
+        export PATH="$STATE/bin:$PATH"
+        echo "=== install: pip could not install the checkout; using PYTHONPATH=$ROOT and $STATE/bin/noisesim"
     fi
 fi
 echo "$INSTALL" > "$STATE/install_method"

@@ -5,7 +5,7 @@ CuPy cannot run, is set by the environment variable ``NOISESIM_TEST_BACKEND``:
 
 * unset or ``all`` — NumPy, and CuPy where a GPU is usable (skipped with a reason elsewhere);
 * ``cupy`` — NumPy and CuPy, and a CuPy that cannot run is an error, never a skip: the
-  session stops before the first test (``benchmarks/gpu_check.sh`` runs the suite this way);
+  test run stops before the first test (``benchmarks/gpu_check.sh`` runs the suite this way);
 * ``numpy`` — NumPy only.
 
 ``NOISESIM_TEST_LOG=FILE`` appends each test's outcome to ``FILE`` as the suite runs.
