@@ -377,7 +377,7 @@ def test_bench_gpu_quick_mode_writes_every_figure(tmp_path):
                         "--json", str(out)], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     fig = json.loads(out.read_text())
-    assert fig["backend"] == "numpy" and fig["quick"] is True
+    assert fig["backend"] == "numpy" and fig["quick"] is True and fig["errors"] == {}
     assert {row["device"] for row in fig["forward"]} == {"ideal", "pcm untiled", "pcm (512-row tiles)"}
     assert len(fig["forward"]) == 3 * len(fig["shapes"]) * len(fig["epilogues"])
     for row in fig["forward"] + fig["rules"] + fig["update"]:
