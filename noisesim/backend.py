@@ -174,13 +174,18 @@ class Generator:
         self._seed_seq = seed_seq
         self._g2 = None
         self._host = np.random.Generator(np.random.PCG64(seed_seq))
-        if backend.name == "cupy":
+        # CuPy's generator is made on the first array draw: a stream that only gives keys or
+        # permutations never allocates (and initialises) cuRAND states on the GPU
+        self._g = self._host if backend.name != "cupy" else None
+
+    def _device(self):
+        """The ``cupy.random.Generator`` of this stream (CuPy backend)."""
+        if self._g is None:
             import cupy
 
-            s = int(seed_seq.generate_state(1, np.uint64)[0])
+            s = int(self._seed_seq.generate_state(1, np.uint64)[0])
             self._g = cupy.random.Generator(cupy.random.XORWOW(s))
-        else:
-            self._g = self._host
+        return self._g
 
     def _fill(self, method: str, out):
         """Fill a C-contiguous NumPy ``out`` with ``method`` draws (split when large)."""
@@ -209,14 +214,14 @@ class Generator:
                 raise ValueError(f"normal: out has shape {out.shape}, expected {shape}")
             if self.backend.name == "cupy":
                 if out.flags.c_contiguous:
-                    self._g.standard_normal(size=shape, dtype=out.dtype, out=out)
+                    self._device().standard_normal(size=shape, dtype=out.dtype, out=out)
                 else:
-                    out[...] = self._g.standard_normal(size=shape, dtype=out.dtype)
+                    out[...] = self._device().standard_normal(size=shape, dtype=out.dtype)
             else:
                 self._fill("standard_normal", out)
             z = out
         elif self.backend.name == "cupy":
-            z = self._g.standard_normal(size=shape, dtype=dtype or self.backend.dtype)
+            z = self._device().standard_normal(size=shape, dtype=dtype or self.backend.dtype)
         else:
             z = self._fill("standard_normal", np.empty(shape, dtype=dtype or self.backend.dtype))
         if np.isscalar(scale) and scale == 1.0:
@@ -232,7 +237,7 @@ class Generator:
     def uniform(self, shape, dtype=None):
         """Uniform on [0, 1)."""
         if self.backend.name == "cupy":
-            return self._g.random(size=shape, dtype=dtype or self.backend.dtype)
+            return self._device().random(size=shape, dtype=dtype or self.backend.dtype)
         return self._fill("random", np.empty(shape, dtype=dtype or self.backend.dtype))
 
     def permutation(self, n: int) -> np.ndarray:
@@ -242,4 +247,6 @@ class Generator:
 
     def integers(self, low, high, shape):
         """Integers in ``[low, high)``: an array of the backend."""
+        if self.backend.name == "cupy":
+            return self._device().integers(low, high, size=shape)
         return self._g.integers(low, high, size=shape)

@@ -352,16 +352,21 @@ def test_keys_and_permutations_are_the_same_on_every_backend(monkeypatch):
     from the same host PCG64 stream as the NumPy backend's; its arrays come from cupy.random."""
     made = []
     fake = types.ModuleType("cupy")
-    fake.random = types.SimpleNamespace(XORWOW=lambda seed: ("xorwow", seed),
-                                        Generator=lambda bg: made.append(bg) or types.SimpleNamespace(bg=bg))
+    fake.random = types.SimpleNamespace(
+        XORWOW=lambda seed: ("xorwow", seed),
+        Generator=lambda bg: made.append(bg) or types.SimpleNamespace(random=lambda size, dtype: ("uniform", bg)))
     monkeypatch.setitem(sys.modules, "cupy", fake)
     np_streams = Streams(9, get_backend("numpy"))
     cp_streams = Streams(9, Backend("cupy", fake, np.float32))
     for name in ("read", "node", "backward", "eval/read"):
         assert [cp_streams.get(name).key() for _ in range(5)] == [np_streams.get(name).key() for _ in range(5)]
     np.testing.assert_array_equal(cp_streams.get("data").permutation(1000), np_streams.get("data").permutation(1000))
-    assert made and all(bg[0] == "xorwow" for bg in made)
-    assert len({bg[1] for bg in made}) == len(made)                 # one XORWOW seed per stream
+    assert made == []                        # keys and permutations allocate no GPU generator
+    for name in ("update", "faults"):
+        assert cp_streams.get(name).uniform((3, 4))[0] == "uniform"
+        cp_streams.get(name).uniform((3, 4))
+    assert len(made) == 2 and all(bg[0] == "xorwow" for bg in made)   # one per stream, made once
+    assert made[0][1] != made[1][1]                                   # seeded per stream
 
 
 def test_an_unknown_cupy_epilogue_is_refused():
