@@ -45,6 +45,7 @@ LOG=$OUT/gpu_check.log
 STATE=$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX")
 : > "$LOG"
 exec > >(tee -a "$LOG") 2>&1
+TEE_PID=$!
 
 BUDGET=${GPU_CHECK_BUDGET_S:-450}
 T0=$(date +%s)
@@ -244,4 +245,6 @@ print(f"  results in {out}: gpu_figures.json, gpu_check.log, junit_cupy.xml, jun
 sys.exit(0 if ok else 1)
 EOF
 rm -rf "$STATE"
+exec >&- 2>&-                           # let tee write the log's last lines before the exit
+wait "$TEE_PID" 2> /dev/null || true
 exit $rc
