@@ -23,8 +23,8 @@ part dominates ``W``. From He initialisation (``N(0, 2/n_in)``; the setting of t
 test, which measured 74° after 150 updates) the random initial ``W`` is as large as what is
 learned, so the angle stays high: the run also trains FA from He initialisation
 (``FA (He init)``) and reports both. The measured quantity matters little — the hidden-unit
-and the ``ΔW₀`` angles differ by a few degrees — and ``B``'s scale not at all (checked:
-uniform [−0.5, 0.5] gives the same curve).
+and the ``ΔW₀`` angles differ by a few degrees — and ``B``'s scale hardly (checked:
+uniform [−0.5, 0.5] gives the same curve within about 5°).
 
 Settings: linear activations, MSE averaged over the 10 outputs (its gradient ``0.2 e`` is a
 fifth of seed 002's ``e``, so η = 0.01 here is η = 0.002 there), batch 1, 4 000 updates on
@@ -36,9 +36,16 @@ depend on the scale).
 Outputs: table ``final`` (per learner: final NSE with range, the shallow floor, FA's angles at
 the start and over the last quarter of training, updates, seconds); arrays ``nse``,
 ``angle_hidden`` and ``angle_weights`` (learner, seed, update); figure ``fa_linear`` (NSE and
-angle against updates). ``scale=paper`` has nothing to add (the task is synthetic; it keeps
-these settings). The default run takes about 25 s on 2 cores (measured under load average
-≈ 4 from other jobs); ``--quick`` about 2 s.
+angles against updates). Measured (3 seeds): FA's hidden-unit angle falls from 88° to about
+30° within 100 updates and stays there (29° over the last quarter); from He initialisation it
+ends at 53°. The ``ΔW₀`` angle follows the hidden-unit angle until the error reaches the
+device's noise (NSE ≈ 1e-5, after ~2 000 updates) and then drifts up: exact BP's reference
+uses the noise-free output, FA's update the noisy one, and once the residual error is below the
+node noise the two errors differ. ``scale=paper`` has nothing to add (the task is synthetic;
+it keeps these settings).
+
+The default run takes about 25 s on 2 cores (measured 22 s under a load average of 4–6 from
+other jobs; 7 s of CPU time); ``--quick`` about 2 s.
 """
 from __future__ import annotations
 
