@@ -15,37 +15,53 @@ standardised targets while the paper's numbers are on its own scale, so only the
 
 Settings and their source:
 
-* network 21-32-32-7, leaky ReLU (slope 0.2), MSE, Adam — the paper's;
+* network 21-32-32-7, leaky ReLU (slope 0.2), MSE, Adam, batch 1 000 — the paper's;
 * NP, DNP, ANP, DANP with a clean baseline (the paper's standard setting; ``ideal`` grants
   ``clean``), σ = 1e-3; decorrelation α = 1e-4 for DNP and DANP, 1e-3 for DBP — the paper's;
 * learning rates: ``lr=auto`` (:mod:`scenarios.lr_search`), doubling from
   ``lr_search.start`` until a trial of ``lr_search.epochs`` epochs is unstable, as the paper
-  did from 1e-7. Offline we start at 1e-5 (rates below it are stable for every rule here, so
-  the start changes only the time spent) and trials last 25 epochs: 2-epoch trials accept
-  rates at which NP and DNP blow up later in training (measured: Adam η ≈ 0.05). The table
-  ``learning_rates`` records each rate and ``lr_search`` every trial;
+  did from 1e-7. Offline the search starts at 1e-5 (every rule is stable there; the start
+  only costs time), trials last 10 epochs (200 updates) and rates stop at ``max_lr = 1e-2``,
+  so the grid's highest is 5.12e-3 — Table 2's highest rate is 5e-3. Without the cap, short
+  trials accept Adam rates at which BP and DBP diverge later (measured with 25-epoch trials
+  at batch 100: BP's "stable" 0.16 reached a test loss of 0.3–2.2 after 300 epochs and DBP's
+  decorrelation diverged). The table ``learning_rates`` records each rate, ``lr_search``
+  every trial. In the default run every rule reaches the cap (5.12e-3);
 * offline data (``dataset=teacher``): a SARCOS-shaped teacher — ``load("teacher", n_in=21,
-  n_out=7, hidden=[32])``, 4 000 training and 1 000 test samples (SARCOS: 44 484 / 4 449),
+  n_out=7, hidden=[32])``, 20 000 training and 1 000 test samples (SARCOS: 44 484 / 4 449),
   inputs mixed to pairwise correlation 0.6 (SARCOS's positions, velocities and accelerations
   are strongly correlated, which is what decorrelation acts on; the raw teacher's inputs are
   independent) and measurement noise of std 0.1 on training *and* test targets (SARCOS's
   test targets are measurements too, so its test loss has a floor every rule shares);
-* 300 epochs of batch 100 (12 000 updates; the paper: 500 epochs of batch 1 000, 22 000
-  updates), 3 seeds.
+* 150 epochs of 20 updates (3 000 updates; the paper: 500 epochs of 45, 22 000), 3 seeds.
 
 Outputs: table ``final`` (per rule: learning rate, final test and train loss with the range
 over seeds, ratio to BP per seed, the paper's loss and ratio, forward passes, seconds,
 divergences), ``learning_rates``, ``lr_search``; arrays ``learning_curves_*`` (rule, seed,
-epoch) and ``final_test_loss`` (rule, seed); figures ``learning_curves`` (train dashed, test
-solid, range over seeds shaded) and ``ratio_to_bp`` (ours against the paper's).
+epoch), ``final_test_loss`` (rule, seed) and ``ratio_to_bp_curve`` (rule, seed, epoch);
+figures ``learning_curves`` (train dashed, test solid, range over seeds shaded) and
+``ratio_to_bp`` (final ratios against the paper's, and the ratios during training).
+
+Measured (3 seeds, η = 5.12e-3 for all): test-loss ratio to BP NP 1.43, DNP 1.28, ANP 1.43,
+DANP 1.23, DBP 0.97 (paper 1.18, 1.11, 1.67, 1.03, 0.74): decorrelation helps and DBP is best,
+as in the paper, but DNP and DANP stay further from BP. Why, measured on seed 0 with
+``--rule bp,dnp,danp --set n_seeds=1``: DNP and DANP level off near a test loss of 0.033
+while BP keeps improving — with ``--set epochs=600`` (12 000 updates) BP reaches 0.021 and
+DNP/BP, DANP/BP grow to 1.58 and 1.58; with ``--set lr=0.001 --set epochs=300``, where BP
+(0.030) has not yet gone below that level, they are 1.17 and 1.15, close to the paper's. The
+gap on our task is a floor of the perturbation rules, not slower convergence; Appendix J does
+not say how far its BP was from such a floor on SARCOS.
 
 ``--set scale=paper`` trains on SARCOS (``sarcos_inv.mat`` and ``sarcos_inv_test.mat`` under
 ``$NOISESIM_DATA``; a clear error names them when absent) for 500 epochs at batch 1 000 with
-the search started at 1e-7.
+the search started at 1e-7 (still capped at 1e-2).
 
-The default run takes about 4 min on 2 cores (measured 3.9 min with one BLAS thread, load
-average ≈ 4 from other jobs; most of it is the 18 training runs, each ≈ 0.75 ms per update,
-dominated by Python overhead of the tiny layers); ``--quick`` about 3 s.
+The default run takes about 4 min on 2 cores when they are free (247 s of CPU time, one BLAS
+thread; measured 14 min of wall time under a load average of 6–8 from other jobs); ``--quick``
+about 3 s. Where the time goes (profile of a DNP run): a 21-32-32-7 layer is too small for
+its GEMM to matter — 36 % is drawing the node noise and quantising in the read kernel, 17 %
+the leaky ReLU, 14 % drawing NP's injected perturbations, the rest Python per update; the
+per-epoch evaluation on all 21 000 samples is a third of the noisy passes.
 """
 from __future__ import annotations
 
@@ -176,7 +192,7 @@ def _run(cfg, ctx, names) -> Result:
                     title=f"{ARCHITECTURE} regression on {data.name}: train (dashed) and test (solid) MSE")
     curve = _ratio_curves(res, names, labels)
     _ratio_figure(res, names, labels, ratio, curve)
-    _claims(res, cfg, names, final, ratio, curve, max(h.steps for hs in runs.values() for h in hs))
+    _claims(res, cfg, names, final, ratio, max(h.steps for hs in runs.values() for h in hs))
     return res
 
 
@@ -194,8 +210,9 @@ def _ratio_curves(res, names, labels) -> dict:
 
 
 def _ratio_figure(res, names, labels, ratio, curve):
-    fig = res.figure("ratio_to_bp", "final test loss ÷ BP's on the same seed: ours (mean, range) and the paper's")
-    p = fig.panel("test loss ÷ BP", "rule (" + ", ".join(f"{i}: {labels[n]}" for i, n in enumerate(names)) + ")",
+    fig = res.figure("ratio_to_bp", "test loss ÷ BP's on the same seed: ours (mean, range over seeds) and the paper's",
+                     columns=2)
+    p = fig.panel("final test loss ÷ BP", "rule: " + ", ".join(f"{i} {n.upper()}" for i, n in enumerate(names)),
                   "ratio to BP")
     for i, n in enumerate(names):
         s = spread(ratio.get(n, []))
@@ -206,7 +223,7 @@ def _ratio_figure(res, names, labels, ratio, curve):
           group="paper", role="other", marker="x")
     p.hlines.append((1.0, "BP"))
     if curve:
-        q = fig.panel("test loss ÷ BP's during training (mean, range over seeds)", "epoch", "ratio to BP")
+        q = fig.panel("ratio to BP during training", "epoch", "test loss ÷ BP's (mean, range)")
         with quiet():
             for n in names:
                 if n != "bp":
@@ -216,7 +233,7 @@ def _ratio_figure(res, names, labels, ratio, curve):
         q.hlines.append((1.0, "BP"))
 
 
-def _claims(res, cfg, names, final, ratio, curve, updates):
+def _claims(res, cfg, names, final, ratio, updates):
     P = paper.SARCOS_TEST_LOSS
     pr = {n: P[n] / P["bp"] for n in P}
     close = float(cfg["close_ratio"])
@@ -225,17 +242,18 @@ def _claims(res, cfg, names, final, ratio, curve, updates):
         m = {n: spread(ratio[n])["mean"] for n in ("dnp", "danp")}
         holds = bool(max(m.values()) <= close)
         note = ""
-        if not holds and curve:
-            E = curve["dnp"].shape[1] - 1
-            half = {n: float(np.nanmean(curve[n][:, E // 2])) for n in ("dnp", "danp")}
-            trend = (f"DNP/BP {half['dnp']:.2f} → {m['dnp']:.2f} and DANP/BP {half['danp']:.2f} → {m['danp']:.2f} "
-                     f"from epoch {E // 2} to {E}, {updates:,} updates (the paper: 500 epochs of 45 updates, 22 000)")
-            if all(half[n] > m[n] for n in m):
-                note = ("the ratios are still falling when training stops — " + trend + ": the perturbation rules "
-                        "converge more slowly than BP, and the paper's 7× longer run gives them time to catch up "
-                        "(--set epochs=600 runs 4× longer; see the module docstring for its numbers)")
-            else:
-                note = "the ratios no longer fall — " + trend
+        if not holds:
+            v = res.arrays["learning_curves_test_loss"].values                 # (rule, seed, epoch)
+            E = v.shape[2] - 1
+            fall = {n: 1 - float(np.nanmean(v[names.index(n), :, E]) / np.nanmean(v[names.index(n), :, E // 2]))
+                    for n in ("bp", "dnp", "danp")}
+            note = (f"over the second half of training ({updates:,} updates in all) BP's test loss fell "
+                    f"{fall['bp']:.0%}, DNP's {fall['dnp']:.0%}, DANP's {fall['danp']:.0%}")
+            if cfg["dataset"] == "teacher":
+                note += (". Measured separately on the offline task (module docstring): DNP and DANP level off near "
+                         "0.033 while BP keeps improving — 600 epochs widen the gap to 1.58 — and at η = 1e-3 for 300 "
+                         "epochs, before BP gets below that level, the ratios are 1.17 and 1.15: the gap is a floor of "
+                         "the perturbation rules on this task, not slower convergence")
         res.claim("regression_dnp_danp_close_to_bp",
                   f"DNP and DANP come close to BP on the regression task (mean test-loss ratio to BP ≤ {close:g})",
                   holds, f"DNP/BP {fmt_spread(ratio['dnp'], 2)}; DANP/BP {fmt_spread(ratio['danp'], 2)}",
