@@ -48,6 +48,8 @@ def test_rule_restriction_leaves_the_fa_claims_not_evaluated():
     assert {c.key: c.holds for c in r.claims} == {k: None for k in CLAIMS}
     with pytest.raises(ValueError, match="runs the rules"):
         scenarios.run("fa-linear", "n_seeds=1", "rules=[\"danp\"]", quick=True)
+    with pytest.raises(ValueError, match="no rate for this task"):
+        scenarios.run("fa-linear", "n_seeds=1", "lr=paper", quick=True)
 
 
 def test_hidden_update_angle_by_hand():

@@ -27,8 +27,10 @@ and the ``ΔW₀`` angles differ by a few degrees — and ``B``'s scale hardly (
 uniform [−0.5, 0.5] gives the same curve within about 5°).
 
 Settings: linear activations, MSE averaged over the 10 outputs (its gradient ``0.2 e`` is a
-fifth of seed 002's ``e``, so η = 0.01 here is η = 0.002 there), batch 1, 4 000 updates on
-fresh examples, ``ideal`` device (node noise σ = 1e-3 on every pre-activation), 3 seeds (the
+fifth of seed 002's ``e``, so η = 0.01 here is η = 0.002 there; ``lr=auto`` searches each
+learner's highest stable rate instead, from 1e-3 over 1 000 examples — measured 0.064 for BP,
+0.032 for FA; below 1e-3 two epochs from ±0.01 weights barely move the loss and the noisy
+evaluation reads that as unstable), batch 1, 4 000 updates on fresh examples, ``ideal`` device (node noise σ = 1e-3 on every pre-activation), 3 seeds (the
 seed draws ``T``, the data, the initial weights and ``B``). The shallow learner's fixed hidden
 layer is He-scaled (from ±0.01 its readout would learn 100× slower; its floor does not
 depend on the scale).
@@ -56,7 +58,8 @@ import rules as rules_pkg
 from rules.base import Estimate, Rule, forward_with_output_error, host_float
 
 from ..datasets import Dataset
-from ..experiment import common, device, rule_names, seeds
+from ..experiment import common, device, resolve_lrs, rule_names, seeds
+from ..lr_search import SEARCH_DEFAULTS
 from ..result import Result, fmt_spread, spread
 from ..scenario import register
 from ._threads import blas_threads, quiet
@@ -75,6 +78,8 @@ DEFAULTS = common(
     n_test=1000,
     every=50,
     probe=200,
+    lr_search={**SEARCH_DEFAULTS, "start": 1e-3},
+    lr_search_examples=1000,
     angle_margin=60.0,
     nse_margin=0.01,
     blas_threads=1,
@@ -177,17 +182,38 @@ def run(cfg: dict, ctx) -> Result:
         return _run(cfg, ctx, names)
 
 
-def _plan(cfg, names):
-    """``(label, rule factory, init, he_hidden)`` per learner."""
-    lr = float(cfg["lr"]) if not isinstance(cfg["lr"], str) else None
-    if lr is None:
-        raise ValueError(f"lr={cfg['lr']!r}: this scenario takes a number (SGD rate; default 0.01)")
-    mk = lambda n: (lambda: rules_pkg.make(n, loss="mse", optimizer="sgd", lr=lr))
-    plan = [({"bp": "BP", "fa": "FA"}[n], mk(n), cfg["init_scale"], False) for n in names]
+def _rates(cfg, names, sizes, dev, res) -> dict:
+    """SGD rate per learner: the number ``lr`` (default 0.01) or, with ``lr=auto``, the highest
+    stable rate of a search on seed 0's task (trials of ``lr_search.epochs`` passes over
+    ``lr_search_examples`` examples, one example per update). The shallow learner takes BP's."""
+    if cfg["lr"] == "paper":
+        raise ValueError("lr='paper': the node-perturbation paper has no rate for this task; "
+                         "use a number (SGD rate; default 0.01) or lr=auto")
+    if cfg["lr"] == "auto":
+        s0 = seeds(cfg)[0]
+        data = linear_task(s0, sizes[0], sizes[-1], int(cfg["lr_search_examples"]), int(cfg["n_test"]))
+
+        def trial(name, lr):
+            net = noisesim.Network(initial_weights(sizes, s0, cfg["init_scale"]), dev, seed=s0,
+                                   backend=cfg["backend"], dtype=cfg["dtype"], activation="linear")
+            rule = rules_pkg.make(name, loss="mse", optimizer="sgd", lr=lr)
+            h = train(net, rule, data, epochs=int(cfg["lr_search"]["epochs"]), batch_size=1, progress=False)
+            return h.column("train_loss"), h.diverged
+        lrs = resolve_lrs(cfg, names, architecture="linear 30-20-10", result=res, trial=trial)
+    else:
+        lrs = resolve_lrs(cfg, names, architecture="linear 30-20-10", result=res)
+    return {**lrs, "shallow": lrs.get("bp", float(cfg["lr"]) if not isinstance(cfg["lr"], str) else 0.01)}
+
+
+def _plan(cfg, names, lrs):
+    """``(label, rule factory, init, he_hidden, lr)`` per learner."""
+    mk = lambda n: (lambda: rules_pkg.make(n, loss="mse", optimizer="sgd", lr=lrs[n]))
+    plan = [({"bp": "BP", "fa": "FA"}[n], mk(n), cfg["init_scale"], False, lrs[n]) for n in names]
     if cfg["shallow"]:
-        plan.append(("shallow", lambda: Shallow(loss="mse", optimizer="sgd", lr=lr), cfg["init_scale"], True))
+        plan.append(("shallow", lambda: Shallow(loss="mse", optimizer="sgd", lr=lrs["shallow"]), cfg["init_scale"],
+                     True, lrs["shallow"]))
     if cfg["he_init_run"] and "fa" in names:
-        plan.append(("FA (He init)", mk("fa"), "he", False))
+        plan.append(("FA (He init)", mk("fa"), "he", False, lrs["fa"]))
     return plan
 
 
@@ -197,7 +223,9 @@ def _run(cfg, ctx, names) -> Result:
         raise ValueError(f"sizes={sizes!r}: the linear task has one hidden layer (three widths)")
     dev = device(cfg)
     angles_ok = dev.grants("oracle")
-    plan = _plan(cfg, names)
+    notes: list = []
+    res = Result(main="final", notes=notes)
+    plan = _plan(cfg, names, _rates(cfg, names, sizes, dev, res))
     every = int(cfg["every"])
     if every < 1:
         raise ValueError(f"every={every!r} is out of range; allowed: an integer ≥ 1")
@@ -206,11 +234,10 @@ def _run(cfg, ctx, names) -> Result:
     S = seeds(cfg)
     curves = {k: np.full((len(plan), len(S), len(steps)), np.nan) for k in ("nse", "angle_hidden", "angle_weights")}
     floors, wall, diverged = {}, np.zeros((len(plan), len(S))), np.zeros((len(plan), len(S)), bool)
-    notes: list = []
     for j, s in enumerate(S):
         data = linear_task(s, sizes[0], sizes[-1], n_upd, int(cfg["n_test"]))
         probe_x, probe_t = data.x_test[:int(cfg["probe"])], data.y_test[:int(cfg["probe"])]
-        for i, (lab, factory, init, he_hidden) in enumerate(plan):
+        for i, (lab, factory, init, he_hidden, _lr) in enumerate(plan):
             net = noisesim.Network(initial_weights(sizes, s, init, he_hidden), dev, seed=s, backend=cfg["backend"],
                                    dtype=cfg["dtype"], activation="linear")
             rule = factory()
@@ -238,7 +265,6 @@ def _run(cfg, ctx, names) -> Result:
             wall[i, j], diverged[i, j] = h.wall_s, bool(h.diverged)
             if h.diverged:
                 notes.append(f"{lab} (seed {s}) stopped early: {h.diverged}")
-    res = Result(main="final", notes=notes)
     labels = [p[0] for p in plan]
     coords = {"learner": labels, "seed": S, "update": steps}
     res.array("nse", curves["nse"], ("learner", "seed", "update"), coords, units="normalised squared error")
@@ -258,11 +284,11 @@ def _run(cfg, ctx, names) -> Result:
     t = res.table("final", ["learner", "init", "seeds", "lr", "nse", "nse_min", "nse_max", "shallow_floor",
                             "angle_start", "angle_end", "angle_end_min", "angle_end_max", "weight_angle_end",
                             "updates", "wall_s", "diverged"])
-    for i, (lab, _, init, he_hidden) in enumerate(plan):
+    for i, (lab, _, init, he_hidden, lr) in enumerate(plan):
         fa_run = lab.startswith("FA")
         ns, ae = spread(final_nse[lab]), spread(last("angle_hidden", i)) if fa_run else None
         t.add(learner=lab, init=("He hidden, " if he_hidden else "") + ("He" if init == "he" else f"U(±{init:g})"),
-              seeds=len(S), lr=float(cfg["lr"]), nse=ns["mean"], nse_min=ns["min"], nse_max=ns["max"],
+              seeds=len(S), lr=lr, nse=ns["mean"], nse_min=ns["min"], nse_max=ns["max"],
               shallow_floor=spread(floors.values())["mean"] if lab == "shallow" else None,
               angle_start=float(np.nanmean(curves["angle_hidden"][i, :, 0])) if fa_run and angles_ok else None,
               angle_end=ae["mean"] if fa_run and angles_ok else None,
