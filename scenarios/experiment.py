@@ -11,6 +11,7 @@ table ``learning_rates`` of every result says which rate each rule used and wher
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Callable
 
 import numpy as np
@@ -232,7 +233,8 @@ def learning_curves(result: Result, runs: dict, *, name: str = "learning_curves"
             g = (groups or {}).get(lab, lab)
             for key, role in ((te, "test"), (tr, "train")):
                 v = data[key][i]
-                with np.errstate(all="ignore"):
+                with np.errstate(all="ignore"), warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)   # all-NaN epochs after a stop
                     p.add(f"{lab} {role}", epochs, np.nanmean(v, 0), np.nanmin(v, 0), np.nanmax(v, 0),
                           group=g, role=role)
     return fig

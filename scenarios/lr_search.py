@@ -2,9 +2,10 @@
 keep the highest stable rate (its Appendix J; Table 2's "highest stable learning rate").
 
 A trial is a short training run at one rate. It is **unstable** when it diverges (a
-non-finite loss or update, or the divergence guard), when its final training loss is above
-the loss it started from, or when the loss rises by more than ``rise`` (relative) between two
-consecutive evaluations. Doubling stops at the first unstable rate; the rate before it is
+non-finite loss or update, or the divergence guard), when its final training loss is more
+than ``rise`` (relative) above the loss it started from, or when the loss rises by more than
+``rise`` between two consecutive evaluations. (A plateau — a rate too low to move the loss,
+evaluated with device noise — is not instability: doubling goes on.) Doubling stops at the first unstable rate; the rate before it is
 the answer. When even the starting rate is unstable the search halves instead until a rate
 is stable. Scenarios use it through ``lr=auto`` and record every trial.
 """
@@ -18,6 +19,7 @@ from typing import Callable
 
 import noisesim
 
+CRITERION = 2          # bumped whenever :func:`unstable` changes, so cached searches are redone
 SEARCH_DEFAULTS = {"start": 1e-5, "factor": 2.0, "max_lr": 1.0, "epochs": 2, "rise": 0.1, "max_trials": 30}
 
 
@@ -29,7 +31,7 @@ def unstable(losses, diverged=None, rise: float = 0.1) -> str | None:
     ls = [float(v) for v in losses]
     if any(not math.isfinite(v) for v in ls):
         return "non-finite loss"
-    if len(ls) >= 2 and ls[-1] > ls[0]:
+    if len(ls) >= 2 and ls[-1] > ls[0] * (1 + rise):
         return f"final loss {ls[-1]:.4g} above the initial {ls[0]:.4g}"
     for a, b in zip(ls[1:-1], ls[2:]):
         if b > a * (1 + rise):
@@ -78,7 +80,7 @@ def cached(key: dict, compute: Callable[[], tuple], cache_dir: Path | None) -> t
     """``compute()`` once per ``key`` (and noisesim version), kept as JSON in ``cache_dir``."""
     if cache_dir is None:
         return compute()
-    blob = json.dumps({"noisesim": noisesim.__version__, **key}, sort_keys=True, default=str)
+    blob = json.dumps({"noisesim": noisesim.__version__, "criterion": CRITERION, **key}, sort_keys=True, default=str)
     path = Path(cache_dir) / f"lr-{hashlib.sha256(blob.encode()).hexdigest()[:20]}.json"
     try:
         data = json.loads(path.read_text())

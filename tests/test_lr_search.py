@@ -16,6 +16,7 @@ def test_unstable_names_the_reason():
     assert "diverged" in lr_search.unstable([2.0, 1.0], diverged="loss became nan")
     assert lr_search.unstable([2.0, float("nan")]) == "non-finite loss"
     assert "above the initial" in lr_search.unstable([2.0, 1.0, 2.5])
+    assert lr_search.unstable([2.0, 2.0, 2.05], rise=0.1) is None          # a plateau is not unstable
     assert "rose 50%" in lr_search.unstable([2.0, 1.0, 1.5, 1.2], rise=0.1)
     assert lr_search.unstable([2.0, 1.0, 1.05, 0.9], rise=0.1) is None
 
