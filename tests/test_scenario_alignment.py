@@ -189,3 +189,79 @@ def test_bad_settings_are_refused():
         scenarios.run("alignment", "baselines=[\"dirty\"]", quick=True)
     with pytest.raises(ValueError, match="runs the rules"):
         scenarios.run("alignment", quick=True, rules=["bp"])
+
+
+# -- the claims, at a reduced size (slow) -----------------------------------------------------------
+# 40-128-128-128-10, batch 500, K = 1…100, seeds 0 and 1, σ² grid 1e-14…1 at K = 2: about 25 s
+# (measured 27 s wall, 15 s of CPU, with load average ≈ 4 from other jobs). The numbers beside
+# each assertion are those of that run.
+SLOW = ("n_seeds=2", "sizes=[40,128,128,128,10]", "batch_size=500", "sigma2=[1e-14,1e-12,1e-8,1e-6,1e-4,1e-2,1]",
+        "sigma2_samples=2")
+
+
+@pytest.fixture(scope="module")
+def claims():
+    r = scenarios.run("alignment", *SLOW)
+    return {c.key: c for c in r.claims}
+
+
+@pytest.mark.slow
+def test_claim_inp_aligns_best_in_every_hidden_layer(claims):
+    c = claims["inp_best_per_hidden_layer"]
+    assert c.holds and min(c.values["lead_per_layer"]) > 10.0      # measured 14.7° (INP 27.7/23.3/19.8°); claim margin 2°
+
+
+@pytest.mark.slow
+def test_claim_anp_ahead_of_np_past_layer_one_at_few_samples_only(claims):
+    few, many = claims["anp_beats_np_few_samples"], claims["anp_beats_np_many_samples"]
+    assert few.holds and min(few.values["np_minus_anp"]) > 4.0     # measured 8.1/8.6° at K=10; claim margin 2°
+    assert not many.holds and many.values["np_minus_anp"][-1] < -3.0   # measured −7.7° in hidden 3 at K=100 (ANP's bias)
+
+
+@pytest.mark.slow
+def test_claim_layer_one_np_and_anp_nearly_identical(claims):
+    c = claims["layer1_np_equals_anp"]
+    assert c.holds and c.values["max_abs_diff_deg"] < 1.0           # measured 0.89° (0.33° on the 256-wide default)
+
+
+@pytest.mark.slow
+def test_claim_every_rule_improves_with_samples(claims):
+    c = claims["all_improve_with_samples"]
+    assert c.holds and min(min(v) for v in c.values["falls"].values()) > 15.0   # measured 24.8°; claim margin 10°
+
+
+@pytest.mark.slow
+def test_claim_inp_lead_vanishes_at_equal_forward_passes(claims):
+    c = claims["inp_lead_at_equal_passes"]
+    assert not c.holds and c.values["samples"] == {"np": 100, "anp": 100, "inp": 25}
+    assert max(abs(v) for v in c.values["lead_np"]) < 4.0           # measured −0.5/−0.7/2.2° (same curve)
+
+
+@pytest.mark.slow
+def test_claim_noisy_baseline_keeps_anp_and_costs_np_and_inp(claims):
+    anp, rest = claims["noisy_baseline_anp_unchanged"], claims["noisy_baseline_np_inp_degrade"]
+    assert anp.holds and max(abs(v) for v in anp.values["noisy_minus_clean"]) < 3.0   # measured ≤ 2.4°
+    assert rest.holds and min(rest.values["np"]) > 10.0 and min(rest.values["inp"]) > 20.0  # measured ≥ 14.1°, ≥ 27.8°
+
+
+@pytest.mark.slow
+def test_claim_sigma2_stable_between_1e6_and_1e4(claims):
+    c = claims["sigma2_stable_1e-6_to_1e-4"]
+    assert c.holds and max(c.values["span_deg"].values()) < 1.0     # measured 0.10°; claim margin 2°
+
+
+@pytest.mark.slow
+def test_claim_float32_precision_limit_is_not_ours_but_tf32s(claims):
+    f32, t32, f64 = (claims[k] for k in ("float32_precision_errors_below_1e-7", "tf32_reproduces_precision_limit",
+                                         "float64_no_precision_loss"))
+    assert not f32.holds and max(f32.values["rise_deg"].values()) < 1.0   # measured 0.0° at 1e-8
+    assert 1e-14 in f32.values["departs_at"]                              # float32 breaks at 1e-14 (σ ≈ its rounding)
+    assert t32.holds and t32.values["rise_deg"] > 4.0                      # measured +6.2° at 1e-8; claim margin 3°
+    assert f64.holds and max(f64.values["max_abs_change_deg"].values()) < 1.0   # measured ≤ 0.1°
+
+
+@pytest.mark.slow
+def test_claim_large_sigma2_matters_only_near_one(claims):
+    c = claims["large_sigma2_affects_alignment"]
+    assert not c.holds and max(v[0] for v in c.values["rise_deg"].values()) < 2.0   # measured ≤ 0.8° at 1e-2
+    assert max(v[-1] for v in c.values["rise_deg"].values()) > 2.0                   # measured +5.2° (NP) at σ² = 1

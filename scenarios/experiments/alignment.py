@@ -3,21 +3,22 @@
 
 The measurement. A randomly initialised (He) 3-hidden-layer leaky-ReLU network and one
 batch; nothing is trained. For each rule the K-sample update ``ΔW_l(K)`` is compared with
-exact BP's ``∂⟨L⟩/∂W_l`` on the same batch (``rules.exact_gradients``, software, ``oracle``
-access), per layer: ``angle_l(K) = arccos(⟨ΔW_l(K), G_l⟩ / ‖ΔW_l(K)‖ ‖G_l‖)``. A rule's
-K-sample estimate is the mean of K independent one-sample estimates (``contract`` averages
-over the K·B rows; each rule's ``updates_from_record`` of the record of sample k alone is that
-sample's estimate — checked against the rule's own ``samples=K`` estimate in the tests), so
-one run of 100 samples gives every K = 1…100 at once as running means: exact and as cheap as
-the single K = 100 estimate.
+exact BP's ``G_l = ∂⟨L⟩/∂W_l`` on the same batch (``rules.exact_gradients``, software, ``oracle``
+access), per layer: ``angle_l(K) = arccos(⟨ΔW_l(K), G_l⟩ / ‖ΔW_l(K)‖ ‖G_l‖)``, and for the
+whole network (in the arrays; it mixes the layers' scales, so the claims are per layer). A
+rule's K-sample estimate is the mean of K independent one-sample estimates (``contract``
+averages over the K·B rows; ``updates_from_record`` of the record of samples k…k' is the mean
+of their estimates — checked against each rule's own ``samples=K`` estimate in the tests), so
+one run of 100 samples gives every K = 1…100 as running means, read at every K up to 10 and
+then at every 5th: exact, and as cheap as the single K = 100 estimate.
 
 Forward passes per estimate (Fig. 2 right, Fig. 6) are what a device needs: with the clean
 baseline NP K+1, ANP K+1, INP L·K+1 (L = 4 perturbed layers, output included) — the clean
-reference is noise-free, so one clean pass serves every perturbed pass; the ``inp`` rule
-re-runs it per sample and counts K(L+1) (also reported, ``passes_run``). With the noisy
-baseline NP and ANP need 2K, INP K(L+1). Fig. 6 is the K curves plotted against these counts;
-table ``equal_passes`` compares the rules at the largest budget every rule reaches (clean:
-101 passes = NP/ANP K=100, INP K=25).
+reference is noise-free, so one clean pass serves every perturbed pass (the ``inp`` rule
+re-runs it per sample and counts K(L+1), reported as ``passes_run``; the scenario keeps one
+copy of its identical inputs). With the noisy baseline NP and ANP need 2K, INP K(L+1). Fig. 6
+is the K curves against these counts; table ``equal_passes`` compares the rules at the
+largest budget every rule reaches (clean: 101 passes = NP/ANP K=100, INP K=25).
 
 Settings and their source. Paper: 3072-1024-1024-1024-10 on a CIFAR-10 batch of 1000, σ² =
 1e-6, clean baselines, float32. Ours by default: 40-256-256-256-10 on a batch of 1000 MNIST-1D
@@ -27,14 +28,13 @@ device's intrinsic ``node_noise`` (the ``ideal`` preset's σ = 1e-3), cross-entr
 over classes, leaky-ReLU slope 0.2, 3 seeds (weights, batch and noise). The same rules are
 then run with ``baseline="noisy"`` (two noisy passes, no noise gating), which the paper does
 not show. The σ² sweep (Fig. 7: the second hidden layer) runs NP, ANP and INP with the clean
-baseline at ``sigma2_samples`` = 5 samples for σ² from 1e-16 to 1 in float32 and float64; at
-every σ² the network is rebuilt from the same seed, so every point sees the same standard
-normals scaled by σ (paired comparison). Paper's "precision errors below σ² ≈ 1e-7": our
-float32 stays aligned far below that (it breaks near 1e-14, where σ reaches float32's
-rounding of the O(1) pre-activations). The paper's GPU (RTX 3090, Ampere) multiplies float32
-matrices in TF32 by default in TensorFlow (10-bit mantissa, unit roundoff 2⁻¹¹ ≈ 5e-4 ≈ σ at
-σ² ≈ 2e-7); ``tf32=true`` reruns NP in software (exact weights) with every GEMM operand
-rounded to TF32, which reproduces the paper's limit — see the claims.
+baseline at ``sigma2_samples`` = 4 samples for σ² = 1e-16 … 1 in float32 and float64; at every
+σ² the network is rebuilt from the same seed, so every point sees the same standard normals
+scaled by σ (a paired comparison). The paper reports precision errors below σ² ≈ 1e-7; our
+float32 stays aligned far below that. Its GPU (RTX 3090, Ampere) multiplies float32 matrices
+in TF32 by default in TensorFlow (10-bit mantissa, unit roundoff 2⁻¹¹ ≈ 5e-4, ≈ σ at σ² ≈
+2e-7): ``tf32=true`` reruns NP in software (exact weights, float32) with and without every
+GEMM operand rounded to TF32, to test that explanation (claims ``float32_…``, ``tf32_…``).
 
 Layer 1: the paper says NP's and ANP's first-layer updates are identical. With a clean
 baseline δa_1 = ε_1 exactly, so NP's estimate ``δL ε_1/σ²`` can be computed on ANP's own noise
@@ -45,16 +45,23 @@ between the two updates, an independently drawn NP, and the spread (CV) of that 
 Outputs: table ``angles`` (main; per baseline, rule and layer: angle at K = 1, 10, 30, 100,
 the K=100 range over seeds, passes), ``equal_passes``, ``sigma2`` (second hidden layer),
 ``layer1``; arrays ``angle_vs_samples`` (seed, baseline, rule, layer, samples),
-``forward_passes`` (baseline, rule, samples), ``angle_vs_sigma2`` (seed, precision, rule,
-layer, sigma2), ``layer1_same_noise`` (seed, estimator, samples); figures
-``alignment_vs_samples`` (Fig. 2), ``alignment_vs_passes`` (Fig. 6),
+``forward_passes`` and ``forward_passes_run`` (baseline, rule, samples), ``angle_vs_sigma2``
+(seed, precision, rule, layer, sigma2), ``layer1_same_noise`` (seed, estimator, samples);
+figures ``alignment_vs_samples`` (Fig. 2), ``alignment_vs_passes`` (Fig. 6),
 ``alignment_noisy_baseline``, ``alignment_vs_sigma2`` (Fig. 7), ``layer1_np_vs_anp``.
 
 ``scale=paper``: CIFAR-10 (``$NOISESIM_DATA``), 3072-1024-1024-1024-10, batch 1000.
-``lr``/``lr_search`` are unused: nothing trains. Speed: every estimate is one stacked
-forward (up to ``chunk_passes`` passes per GEMM) and one GEMM per layer and sample. The
-default run takes about 4 min on 2 cores (measured with load average ≈ 4 from other jobs;
-``--quick`` about 3 s).
+``lr``/``lr_search`` are unused: nothing trains.
+
+Speed. Each chunk of samples is one stacked forward (about ``chunk_passes`` = 25 passes of
+the batch, one GEMM per layer) and each run of samples one contraction per layer. BLAS runs
+on one thread (``blas_threads``; ``null`` leaves it alone): on a shared 2-core machine a second
+thread made these GEMMs up to 7× slower and the whole run take 3× the CPU time. Profiled (one
+seed, 63 s under the profiler): the forward passes take about 80 % — a third of the total is
+the leaky ReLU (noisesim's ``np.where`` with its temporaries; ``np.maximum(a, slope·a)`` is
+3.7× faster on its own), a fifth the GEMMs, a quarter the node-noise kernel and the normals —
+and the contractions 6 %. The default run takes about 2.5 min on 2 cores (156 s, 123 s of
+CPU, measured with load average ≈ 4 from other jobs); ``--quick`` about 1 s.
 """
 from __future__ import annotations
 
@@ -66,11 +73,11 @@ from rules.node import node_updates
 
 from ..datasets import load
 from ..experiment import common, device, network, options, rule_names, seeds
-from ..result import Result, fmt_spread
+from ..result import Result
 from ..scenario import register
+from ._threads import blas_threads
 
 RULES = ("np", "anp", "inp")
-HIDDEN_MARGIN = 2.0        # degrees: "better" means better by more than this (mean over seeds)
 
 DEFAULTS = common(
     rules=list(RULES),
@@ -80,14 +87,15 @@ DEFAULTS = common(
     samples=100,
     sigma=1e-3,
     baselines=["clean", "noisy"],
-    sigma2=[1e-16, 1e-14, 1e-12, 1e-10, 1e-9, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0],
-    sigma2_samples=5,
+    sigma2=[1e-16, 1e-14, 1e-12, 1e-10, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0],
+    sigma2_samples=4,
     sigma2_dtypes=["float32", "float64"],
     tf32=True,
     chunk_passes=25,
     loss="cce",
     activation="leaky_relu",
     slope=0.2,
+    blas_threads=1,
 )
 QUICK = {"sizes": [40, 32, 32, 32, 10], "batch_size": 100, "samples": 6,
          "sigma2": [1e-14, 1e-9, 1e-6, 1e-4, 1e-2], "sigma2_samples": 2}
@@ -195,10 +203,6 @@ def device_passes(name: str, baseline: str, K: int, n_layers: int) -> int:
     return K * (n_layers + 1) if name == "inp" else 2 * K
 
 
-def _spread_deg(values) -> str:
-    return fmt_spread(values, 1, "°")
-
-
 # --------------------------------------------------------------------------- the experiment
 def _maker(cfg, name, baseline, sigma):
     opts = {**options(cfg, name), "baseline": baseline, "loss": cfg["loss"]}
@@ -301,6 +305,11 @@ def software_np(net, x, t, z, sigma: float, rounded: bool, loss: str = "cce") ->
 @register("alignment", "angle to BP of NP, ANP and INP per layer vs samples, passes and σ² (Figs. 2, 6, 7)",
           DEFAULTS, quick=QUICK, paper=PAPER)
 def run(cfg: dict, ctx) -> Result:
+    with blas_threads(cfg.get("blas_threads")):
+        return _run(cfg, ctx)
+
+
+def _run(cfg: dict, ctx) -> Result:
     from tqdm.auto import tqdm
 
     from ._alignment_report import report
