@@ -37,10 +37,11 @@ are unused: nothing trains.
 
 Speed: the per-sample ridge solves are small batched GEMMs and LU solves, which a second BLAS
 thread made 10–17× slower on this shared 2-core machine (measured), so BLAS runs on one thread
-(``blas_threads``; ``null`` leaves it alone). Most of the time is the Gram matrices and solves
-of S ≥ 256 (the n × n form) and the 1025 stacked passes. The default run takes about
-3.5 min on 2 cores (204 s, measured with load average ≈ 3 from other jobs); ``--quick``
-about 1 s.
+(``blas_threads``; ``null`` leaves it alone). Profiled (one seed, 79 s under the profiler):
+the rule's ridge solves and Gram matrices take half the time (mostly S ≥ 256, the n × n
+form), the 1025 stacked passes a third (noisesim's leaky ReLU alone 18 %), forming δa 9 %.
+The default run takes about 3.5 min on 2 cores (204 s, measured with load average ≈ 3 from
+other jobs); ``--quick`` about 1 s.
 """
 from __future__ import annotations
 
@@ -244,8 +245,8 @@ def _claims(res, cfg, names, angles, copies, lnames):
                         f"tie ({mean[anp, 0, i]:.1f}° vs {mean[reg, 0, i]:.1f}°).")
             if not ok and "below" in key:
                 note = ("Below the width the regression returns the minimum-norm solution — the gradient projected on "
-                        f"the S observed directions of a {width}-dimensional layer — and its direction is no better than "
-                        "ANP's running mean from the same passes.")
+                        f"the S observed directions of a {width}-dimensional layer — and its direction is about as good "
+                        f"as ANP's from the same passes (ANP − REG {fmt(gap)}).")
             res.claim(key, f"At equal forward passes the weak gradient aligns better than ANP in every hidden layer "
                       f"{what}; by more than 2°", ok,
                       f"ANP − REG, hidden {hl}: {fmt(gap)}; smallest per seed {fmt_spread(per_seed, 1, '°')}",
