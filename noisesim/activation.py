@@ -27,8 +27,9 @@ class Activation:
 
     def __call__(self, a):
         xp = get_array_module(a)
-        if self.name == "leaky_relu":
-            return xp.where(a > 0, a, a * a.dtype.type(self.slope))
+        if self.name == "leaky_relu":      # max(a, s·a) = leaky ReLU for 0 ≤ s < 1 (one pass, no mask)
+            out = a * a.dtype.type(self.slope)
+            return xp.maximum(a, out, out=out)
         if self.name == "tanh":
             return xp.tanh(a)
         if self.name == "sigmoid":
