@@ -101,7 +101,9 @@ def test_decorrelation_improves_every_np_variant_with_three_hidden_layers_but_no
     each rule at the rate the default run's search picked for it (RATES; single layer NP 3.2e-3,
     DNP 6.4e-3).
 
-    Measured (peak test accuracy, mean over seeds): MEASURED.
+    Measured (mean per-seed gain in peak test accuracy, range): DNP over NP 0.108 (0.101–0.116;
+    0.317 vs 0.209), DANP over ANP 0.117 (0.089–0.136; 0.346 vs 0.229), DINP over INP 0.112
+    (0.100–0.133; 0.397 vs 0.285); single layer (40-10) DNP over NP 0.002 (−0.002–0.006).
     Asserted: every three-hidden-layer pair's claim holds — mean per-seed gain ≥ 0.02 (the
     scenario's margin) and positive in every seed; in the single layer, where a linear classifier of
     MNIST-1D saturates near 0.25 for every rule, the gain stays within ±0.02.

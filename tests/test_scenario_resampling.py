@@ -40,7 +40,8 @@ def test_quick_run_has_every_rule_and_sample_count(quick):
 def test_alignment_is_measured_per_layer_at_the_chosen_steps(quick):
     a = quick.arrays["alignment"]
     assert a.dims == ("run", "seed", "step", "layer")
-    assert a.values.shape == (6, 1, 2, 4) and a.coords["step"] == [0, 2] and a.coords["layer"] == ["1", "2", "3", "all"]
+    assert a.values.shape == (6, 1, 2, 4) and a.coords["step"] == [0, 2]
+    assert a.coords["layer"] == ["1", "2", "3", "all"]
     assert np.isfinite(a.values).all()
     assert len(quick.tables["alignment"].rows) == 6 * 2
     assert set(quick.figures) == {"resampling", "alignment"}
@@ -102,23 +103,25 @@ def test_paper_scale_configures_tiny_imagenet_and_fails_clearly_without_the_file
 @pytest.mark.slow
 def test_more_samples_per_update_improve_alignment_and_accuracy():
     """MNIST-1D, 40-64-64-64-10, clean baseline, Table 2's Tiny-ImageNet rates (DANP, DINP 1e-3; DNP
-    its default 1e-3), batch 100, 2 epochs (80 updates), K = 1, 10, 30 (DNP 30), seeds 0–2; angles
+    its default 1e-3), batch 100, 2 epochs (80 updates), K = 1 and 10 (DNP 10), seeds 0–2; angles
     on 100 training samples at 3 points of training.
 
-    Measured (mean over seeds): MEASURED.
-    Asserted: for DANP and DINP the hidden-layer angle to BP falls with every step up in K and by
-    ≥ 5° from K = 1 to 30 (the scenario's angle margin), peak test accuracy rises by ≥ 0.02 from
-    K = 1 to 30 (its margin); DINP at K = 30 beats DNP at K = 30 by ≥ 0.02, while DANP does not
-    beat DNP by that much in this shallow network (the disagreement with Table 4 the claim's note
-    explains).
+    Measured (mean over seeds, range): hidden-layer angle to BP DANP 82.3° → 70.6°, DINP 79.3° →
+    61.7°; peak test accuracy DANP 0.154 → 0.202 (gain 0.048, 0.044–0.054), DINP 0.167 → 0.223
+    (gain 0.055, 0.047–0.064); at K = 10 DNP 0.190 (angle 74.3°), so DINP leads it by 0.032
+    (0.022–0.038) and DANP by 0.012 (0.010–0.013).
+    Asserted: for DANP and DINP the angle falls by ≥ 5° from K = 1 to 10 (the scenario's angle
+    margin) and peak test accuracy rises by ≥ 0.02 (its margin); DINP leads DNP at K = 10 by
+    ≥ 0.02, while DANP does not lead it by 0.02 in this shallow network (the disagreement with
+    Table 4 that the claim's note explains).
     """
-    r = scenarios.run("resampling", "n_seeds=3", "seed=0", "hidden=[64,64,64]", "epochs=2", "samples=[1,10,30]",
-                      "dnp_samples=[30]", "align_points=3", "rules=[\"danp\",\"dinp\",\"dnp\"]")
+    r = scenarios.run("resampling", "n_seeds=3", "seed=0", "hidden=[64,64,64]", "epochs=2", "samples=[1,10]",
+                      "dnp_samples=[10]", "align_points=3", "rules=[\"danp\",\"dinp\",\"dnp\"]")
     c = {c.key: c for c in r.claims}
     print({k: (v.holds, v.ours) for k, v in c.items()})
     for n in ("danp", "dinp"):
-        ang = [np.mean(c[f"{n}-alignment-improves-with-samples"].values[k]) for k in ("1", "10", "30")]
-        assert ang[0] > ang[1] > ang[2] and ang[0] - ang[2] >= 5, (n, ang)          # margin 5°
+        ang = [np.mean(c[f"{n}-alignment-improves-with-samples"].values[k]) for k in ("1", "10")]
+        assert ang[0] - ang[1] >= 5, (n, ang)                                            # margin 5°
         assert np.mean(c[f"{n}-accuracy-improves-with-samples"].values["gain"]) >= 0.02   # margin 0.02
     g = c["danp-dinp-beat-dnp"].values
     assert np.mean(g["dinp"]) >= 0.02, g                                                 # margin 0.02

@@ -13,7 +13,7 @@ import dataclasses
 import numpy as np
 
 import rules as rules_pkg
-from rules.perturbation import InjectingRule, PerturbationRule
+from rules.perturbation import PerturbationRule
 
 from ..datasets import load
 from ..experiment import make_rule, options, training_trial
@@ -27,7 +27,6 @@ SEARCH = {**SEARCH_DEFAULTS, "start": 1e-4, "epochs": 10, "rise": 0.0, "min_gain
 QUICK_SEARCH = {**SEARCH, "start": 1e-3, "epochs": 1, "max_trials": 2, "cache": False}
 
 PERTURBATION = {n for n, (cls, _) in rules_pkg.RULES.items() if issubclass(cls, PerturbationRule)}
-INJECTING = {n for n, (cls, _) in rules_pkg.RULES.items() if issubclass(cls, InjectingRule)}
 
 
 def load_data(cfg):
