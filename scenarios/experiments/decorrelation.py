@@ -33,25 +33,25 @@ accuracy per rule, mean and range over seeds, and the paper's), ``learning_rates
 improves each NP variant and BP in each architecture (mean per-seed gain ≥ ``margin`` = 0.02
 and positive in every seed), and DINP is the best decorrelated NP variant.
 
-The known case — on digits at lr 1e-3 decorrelation did not help NP (``tests/
-test_rules_science.py``: 64-128-128-10, batch 32, 8 epochs: NP 0.886, DNP 0.875) — comes from
-comparing at one rate. Decorrelation's advantage is a higher stable rate: the searched rates are
-4–8× higher for the decorrelated rules (NP and ANP 4e-4, INP 8e-4, each D variant 3.2e-3; Table 2:
-10×), and at each rule's own rate DNP beats NP on MNIST-1D by 0.089 (0.078–0.104, 3 seeds) and on
-digits by 0.046 (0.044–0.050; NP 0.912, DNP 0.958; ``--set dataset=digits``). At one equal rate the
-result depends on where it sits against NP's stable limit: on MNIST-1D (seed 0, 20 epochs) DNP
-trails at 2.5e-4 (0.191 vs 0.261), ties at 5e-4 (0.288 vs 0.291) and wins at 1e-3 (0.367 vs
-0.289), where NP turns unstable; on digits at 1e-3 with this scenario's 3 × 256 and batch 100 DNP
-wins too (0.935 vs 0.899, 3 seeds; ``--set dataset=digits lr=0.001``) — the rules test's smaller
-network at batch 32 is still within NP's stable range at 1e-3.
+The known case — on digits at lr 1e-3 decorrelation did not help NP (the rules tests,
+64-128-128-10, batch 32, 8 epochs: NP 0.886, DNP 0.875) — comes from comparing at one rate.
+Decorrelation's advantage is a higher stable rate: on MNIST-1D the searched rates are 4–8×
+higher for the decorrelated rules (NP and ANP 4e-4, INP 8e-4, each D variant 3.2e-3; Table 2:
+10×), and at each rule's own rate DNP beats NP on MNIST-1D by 0.089 (0.078–0.104, 3 seeds) and
+on digits by 0.046 (0.044–0.050; NP 0.912, DNP 0.958; ``--set dataset=digits``). At one equal
+rate the result depends on where it sits against NP's stable limit: on MNIST-1D (seed 0, 20
+epochs) DNP trails at 2.5e-4 (0.191 vs 0.261), ties at 5e-4 (0.288 vs 0.291) and wins at 1e-3
+(0.367 vs 0.289), where NP turns unstable; on digits at 1e-3 with this scenario's 3 × 256 and
+batch 100 DNP wins too (0.935 vs 0.899, 3 seeds; ``--set dataset=digits --set lr=0.001``) — the
+rules test's smaller network at batch 32 is still within NP's stable range at 1e-3.
 
 ``--set scale=paper``: CIFAR-10 (``data_batch_1..5``, ``test_batch`` under
 ``$NOISESIM_DATA``), 3 × 1 024 hidden, batch 1 000, 100 epochs (the seed does not state its
 epochs), Table 2's rates, all BLAS threads. Offline, BLAS runs on one thread
 (``blas_threads``: the layers are small and a second thread only contends on a shared 2-core
-machine). Default run: 6.5 min on 2 cores shared with other jobs (load 4–5; 3.4 min of CPU
-time), about 40 % of it the twelve rate searches; they are cached, and a second run took
-3.6 min (load 3–4; 1.8 min of CPU time).
+machine). Default run: 3.8 min on 2 cores (load about 1; 3.6 min of CPU time), about 40 % of
+it the twelve rate searches, which are cached: a second run took 3.6 min under a load of 3–4
+(1.8 min of CPU time); the first took 6.5 min under a load of 4–5.
 """
 from __future__ import annotations
 

@@ -45,8 +45,8 @@ BLAS runs on one thread offline (``blas_threads``: the layers are small and a se
 only contends on a shared 2-core machine). ``--set scale=paper``: CIFAR-10
 (``data_batch_1..5``, ``test_batch`` under ``$NOISESIM_DATA``), width 1 024, batch 1 000, 100
 epochs (the seed does not state its epochs), Table 2's rates, all BLAS threads. Default run:
-2.6 min on 2 cores shared with other jobs (load 4–5); with ``lr=auto`` 8.2 min, most of it the
-nine rate searches (cached for later runs).
+2.0 min on 2 cores (load 1–4 from other jobs; 1.2 min of CPU time); with ``lr=auto`` 8.2 min
+under a load of 4–6, most of it the nine rate searches (cached for later runs).
 """
 from __future__ import annotations
 

@@ -35,7 +35,7 @@ more than DANP's; DNP with a noisy baseline learns slower (early train accuracy 
 What we find against the paper: DANP's noisy baseline costs it nothing measurable and DNP's
 costs it accuracy and speed, as in Fig. 4; DNP's late instability does not appear at Table 2's
 rate here, which on MNIST-1D at batch 100 is about half of DNP's highest stable rate — it
-appears near that edge (``--set lr=0.002 epochs=60``; the claim's note gives the numbers).
+appears near that edge (``--set lr=0.002 --set epochs=60``; the claim's note gives numbers).
 
 Speed: BLAS runs on one thread (``blas_threads``; ``null`` leaves it alone): the layers are
 small, and a second thread only contends on a shared 2-core machine.
@@ -200,4 +200,4 @@ _LATE_NOTE = (
     "training loss rose 3.7 % above its minimum after epoch 48 in seed 0 (clean: 0.5 %), not in "
     "seed 1 (0.5 %, clean 0 %); at 3e-3 both baselines turn unstable after about 20 epochs, the noisy "
     "one sooner and steeper, while DANP with a noisy baseline keeps learning at 3e-3 "
-    "(--set lr=2e-3 epochs=60 to see it).")
+    "(--set lr=0.002 --set epochs=60 to see it).")

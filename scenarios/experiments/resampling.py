@@ -48,10 +48,12 @@ error naming the bound. BLAS runs on one thread offline (``blas_threads``; the l
 and a second thread only contends on a shared 2-core machine), on all of them at paper scale.
 
 Where the time goes: DINP with K = 100 is 37 % of the training time (500 stacked passes of 100
-samples per update), DANP and DNP with K = 100 together 32 %; inside a K = 100 DINP step about 40 % is
-the leaky ReLU of the stacked pre-activations (``np.where`` allocates three arrays of 50 000 × 128;
-``max(a, 0.2 a)`` into one buffer measured 7× faster), a sixth the noise draws. Default run:
-5.6 min on 2 cores shared with other jobs (load 5–6; 2.9 min of CPU time).
+samples per update), DANP and DNP with K = 100 together 32 %. A K = 100 DINP step on 3 × 128
+takes 0.30 s (profiled on an idle machine): the node-noise draws about a quarter, the crossbar
+reads (DAC, GEMM, output buffers) a quarter, decorrelating and stacking the passes a sixth, the
+injection arrays (zeros but for the one pass of L + 1 that perturbs each layer) and the leaky
+ReLU under a tenth each. Default run: 2.2 min on 2 cores (load about 1; 2.3 min of CPU time;
+5.6 min under a load of 5–6 from other jobs).
 """
 from __future__ import annotations
 
