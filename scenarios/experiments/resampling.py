@@ -69,7 +69,7 @@ from ..experiment import (common, device, label, learning_curves, learning_table
                           resolve_lrs, rule_names, seeds)
 from ..result import Result, fmt_spread, spread
 from ..scenario import register
-from ._threads import blas_threads
+from ._threads import blas_threads, quiet
 from ..train import train
 from ._comparison import SEARCH, differences, load_data, mean, per_seed, rule_kw, search_trial, sizes
 
@@ -216,13 +216,14 @@ def _run(cfg: dict, ctx) -> Result:
                       on_step=lambda step, idx, est, m=measure: m(step))
             runs.setdefault(lab, []).append(h)
 
-    hidden_angle = np.nanmean(angles[..., :max(n_layers - 1, 1)], axis=-1)      # (config, seed, point)
+    with quiet():                                     # all NaN where no angle was measured
+        hidden_angle = np.nanmean(angles[..., :max(n_layers - 1, 1)], axis=-1)  # (config, seed, point)
     per_config = {}
     extra = {}
     tiny = paper.TINY_IMAGENET
     for i, (n, K) in enumerate(configs):
         lab = labels[n, K]
-        with np.errstate(all="ignore"):
+        with quiet():
             ha = np.nanmean(hidden_angle[i], axis=-1)                          # per seed
             aa = np.nanmean(angles[i, :, :, -1], axis=-1)
         per_config[n, K] = {"angle": [float(v) for v in ha], "peak": per_seed(runs, lab)}
@@ -238,7 +239,7 @@ def _run(cfg: dict, ctx) -> Result:
     cols = ["rule", "samples", "step"] + [f"layer_{l + 1}" for l in range(n_layers)] + ["all"]
     at = res.table("alignment", cols)
     for i, (n, K) in enumerate(configs):
-        with np.errstate(all="ignore"):
+        with quiet():
             m = np.nanmean(angles[i], axis=0)                                  # (point, layer)
         for q, step in enumerate(points):
             at.add(rule=make_rule(n).label, samples=K, step=step,
@@ -249,28 +250,34 @@ def _run(cfg: dict, ctx) -> Result:
               batch=nb, what="angle between the rule's update and the exact BP gradient on a fixed batch")
     learning_curves(res, runs, name="resampling",
                     title=f"resampling — K noise samples per update ({data.name}, {'-'.join(map(str, sz))})")
-    _alignment_figure(res, configs, per_config, angles, points, hidden_angle)
+    _alignment_figure(res, configs, per_config, points, hidden_angle, oracle)
     _claims(res, cfg, per_config)
     return res
 
 
-def _alignment_figure(res, configs, per_config, angles, points, hidden_angle):
+def _alignment_figure(res, configs, per_config, points, hidden_angle, oracle: bool):
+    """Angle and peak test accuracy against K, and the angle during training (the angle panels
+    only when the device let us measure angles)."""
     fig = res.figure("alignment", "resampling — alignment with BP and accuracy against samples per update")
-    pa = fig.panel("hidden-layer angle to BP (mean over training)", "samples per update K", "degrees", xscale="log")
+    pa = fig.panel("hidden-layer angle to BP (mean over training)", "samples per update K", "degrees",
+                   xscale="log") if oracle else None
     pb = fig.panel("peak test accuracy", "samples per update K", "accuracy", xscale="log")
-    pc = fig.panel("hidden-layer angle to BP during training", "step", "degrees")
     for n in dict.fromkeys(c[0] for c in configs):
         ks = [K for m, K in configs if m == n]
         lab = make_rule(n).label
         for panel, key in ((pa, "angle"), (pb, "peak")):
+            if panel is None:
+                continue
             st = [spread(per_config[n, K][key]) for K in ks]
             panel.add(lab, ks, [s["mean"] for s in st], [s["min"] for s in st], [s["max"] for s in st],
                       group=lab, marker="o")
+    if not oracle:
+        return
+    pc = fig.panel("hidden-layer angle to BP during training", "step", "degrees")
     for i, (n, K) in enumerate(configs):
-        with np.errstate(all="ignore"):
-            v = hidden_angle[i]
-            pc.add(f"{make_rule(n).label} K={K}", points, np.nanmean(v, 0), np.nanmin(v, 0), np.nanmax(v, 0),
-                   group=f"{make_rule(n).label} K={K}")
+        v = hidden_angle[i]
+        pc.add(f"{make_rule(n).label} K={K}", points, np.nanmean(v, 0), np.nanmin(v, 0), np.nanmax(v, 0),
+               group=f"{make_rule(n).label} K={K}")
 
 
 def _claims(res, cfg, pc):
