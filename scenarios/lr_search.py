@@ -7,7 +7,12 @@ than ``rise`` (relative) above the loss it started from, or when the loss rises 
 ``rise`` between two consecutive evaluations. (A plateau — a rate too low to move the loss,
 evaluated with device noise — is not instability: doubling goes on.) Doubling stops at the first unstable rate; the rate before it is
 the answer. When even the starting rate is unstable the search halves instead until a rate
-is stable. Scenarios use it through ``lr=auto`` and record every trial.
+is stable. With ``min_gain`` set, a doubled rate whose trial does not end with a training loss
+at least ``min_gain`` (relative; 0: any amount) below the previous rate's also ends the search:
+a short trial cannot see an instability that sets in later, and a rate past the best one can
+keep the loss falling for a while (measured on MNIST-1D, 3 × 256, batch 100: 4-epoch trials
+judged by the loss alone found 2–4× the best rates of 20-epoch runs). Scenarios use the search
+through ``lr=auto`` and record every trial.
 """
 from __future__ import annotations
 
@@ -19,8 +24,9 @@ from typing import Callable
 
 import noisesim
 
-CRITERION = 2          # bumped whenever :func:`unstable` changes, so cached searches are redone
-SEARCH_DEFAULTS = {"start": 1e-5, "factor": 2.0, "max_lr": 1.0, "epochs": 2, "rise": 0.1, "max_trials": 30}
+CRITERION = 3          # bumped whenever :func:`unstable` changes, so cached searches are redone
+SEARCH_DEFAULTS = {"start": 1e-5, "factor": 2.0, "max_lr": 1.0, "epochs": 2, "rise": 0.1, "max_trials": 30,
+                   "min_gain": None}
 
 
 def unstable(losses, diverged=None, rise: float = 0.1) -> str | None:
@@ -40,7 +46,8 @@ def unstable(losses, diverged=None, rise: float = 0.1) -> str | None:
 
 
 def highest_stable_lr(trial: Callable[[float], tuple], *, start: float = 1e-5, factor: float = 2.0,
-                      max_lr: float = 1.0, rise: float = 0.1, max_trials: int = 30, **_) -> tuple[float, list]:
+                      max_lr: float = 1.0, rise: float = 0.1, max_trials: int = 30,
+                      min_gain: float | None = None, **_) -> tuple[float, list]:
     """Search by doubling. ``trial(lr)`` trains briefly and returns ``(losses, diverged)``.
 
     Returns ``(lr, trials)`` with one dict per trial: ``lr``, ``final_loss``, ``stable``, ``why``.
@@ -54,6 +61,10 @@ def highest_stable_lr(trial: Callable[[float], tuple], *, start: float = 1e-5, f
         losses, diverged = trial(lr)
         why = unstable(losses, diverged, rise)
         final = float(losses[-1]) if len(losses) else float("nan")
+        prev = next((t for t in reversed(trials) if t["stable"] and t["lr"] < lr), None)
+        if why is None and min_gain is not None and prev is not None \
+                and not final <= (1 - min_gain) * prev["final_loss"]:
+            why = f"no gain from doubling: final loss {final:.4g}, {prev['final_loss']:.4g} at {prev['lr']:.3g}"
         trials.append({"lr": lr, "final_loss": final, "stable": why is None, "why": why or ""})
         return why is None
 

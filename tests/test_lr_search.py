@@ -83,3 +83,14 @@ def test_lr_paper_uses_table_2_and_says_so():
     src = {r["rule"]: r["source"] for r in res.tables["learning_rates"].rows}
     assert src["np"] == "paper Table 2 (3 hidden)" and src["dnp"] == "set (rule_options)"
     assert "Table 2 has no fa rate" in src["fa"]
+
+
+def test_min_gain_ends_the_search_when_doubling_stops_lowering_the_loss():
+    """Losses fall with the rate up to 4e-4, then rise without diverging: with ``min_gain=0``
+    the search keeps 4e-4; without it, doubling runs on to the cap."""
+    final = {1e-4: 1.0, 2e-4: 0.8, 4e-4: 0.7, 8e-4: 0.75, 1.6e-3: 0.9}
+    trial = lambda lr: ([2.0, final[min(final, key=lambda k: abs(k - lr))]], None)
+    lr, trials = lr_search.highest_stable_lr(trial, start=1e-4, max_lr=1.6e-3, min_gain=0.0)
+    assert lr == pytest.approx(4e-4) and "no gain from doubling" in trials[-1]["why"]
+    lr, _ = lr_search.highest_stable_lr(trial, start=1e-4, max_lr=1.6e-3)
+    assert lr == pytest.approx(1.6e-3)

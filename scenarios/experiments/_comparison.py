@@ -22,7 +22,7 @@ from ..result import spread
 
 # the lr=auto search of these scenarios: doubling from 1e-4 (Table 2's lowest rate for these
 # networks) with 10-epoch trials until the training loss rises between two epochs, ends above
-# where it started, or ends higher than at half the rate (see :func:`improving`)
+# where it started, or ends higher than at half the rate (``min_gain=0``, scenarios.lr_search)
 SEARCH = {**SEARCH_DEFAULTS, "start": 1e-4, "epochs": 10, "rise": 0.0, "min_gain": 0.0}
 QUICK_SEARCH = {**SEARCH, "start": 1e-3, "epochs": 1, "max_trials": 2, "cache": False}
 
@@ -63,38 +63,9 @@ def spec(cfg, label: str, name: str, lr: float, **perturbation):
     return label, lambda: make_rule(name, lr, **opts)
 
 
-def improving(trial, min_gain: float):
-    """``trial(name, lr)`` for :func:`scenarios.experiment.resolve_lrs` with one more condition
-    of stability: a doubled rate whose trial does not end with a training loss at least
-    ``min_gain`` (relative; 0: any amount) below the previous rate's counts as unstable, so the
-    search keeps the previous rate.
-
-    A short trial cannot see an instability that sets in later in a run, and a rate past the
-    best one can keep the training loss falling epoch by epoch for a while. Measured on MNIST-1D
-    (3 × 256, batch 100): with 4-epoch trials and the loss rules alone, the rates found were 2–4×
-    the best rates of 20-epoch runs, and DINP and DBP at them turned unstable within the run;
-    with 10-epoch trials DBP still went to 1.3e-2, where its training loss ended 6× higher than
-    at half the rate.
-    """
-    last: dict = {}
-
-    def wrapped(name, lr):
-        losses, diverged = trial(name, lr)
-        final = float(losses[-1]) if len(losses) else float("nan")
-        prev = last.get(name)
-        last[name] = (lr, final)
-        if diverged is None and min_gain > 0 and prev is not None and prev[0] < lr \
-                and not final <= (1 - min_gain) * prev[1]:
-            diverged = (f"no gain from doubling: final loss {final:.4g}, {prev[1]:.4g} at {prev[0]:.3g}")
-        return losses, diverged
-    return wrapped
-
-
 def search_trial(cfg, data, sz, batch_size: int, rule_kw: dict):
-    """The lr-search trial of these scenarios: a short run (``lr_search.epochs``) on the first
-    seed, under :func:`improving` with ``lr_search.min_gain``."""
-    trial = training_trial(cfg, data, sz, batch_size=batch_size, rule_kw=rule_kw)
-    return improving(trial, float(cfg.get("lr_search", {}).get("min_gain", 0.0)))
+    """The lr-search trial of these scenarios: a short run (``lr_search.epochs``) on the first seed."""
+    return training_trial(cfg, data, sz, batch_size=batch_size, rule_kw=rule_kw)
 
 
 def per_seed(runs: dict, label: str, key: str = "test_acc", peak: bool = True) -> list[float]:
