@@ -20,11 +20,11 @@ def run(name: str, *settings, quick: bool = False, progress: bool = False, **ove
     ``settings`` are ``key=value`` strings as on the command line, ``overrides`` keyword
     settings; returns the :class:`Result` (nothing is written; see :mod:`scenarios.output`).
     """
-    from .scenario import get
+    from .scenario import execute, get
 
     sc = get(name)
     cfg = configure(sc, [*settings, *overrides.items()], quick=quick)
-    return sc.run(cfg, Context(progress=progress, scenario=name))
+    return execute(sc, cfg, Context(progress=progress, scenario=name))
 
 
 __all__ = ["DATASETS", "Dataset", "load", "SCENARIOS", "Scenario", "Context", "apply_overrides", "configure",

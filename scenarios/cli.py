@@ -17,7 +17,7 @@ import noisesim
 import rules
 
 from . import output, report, trace_cli
-from .scenario import SCENARIOS, Context, configure, get, validate
+from .scenario import SCENARIOS, Context, configure, execute, get, validate
 
 
 def _cmd_list(args) -> int:
@@ -69,7 +69,7 @@ def _cmd_run(args) -> int:
     ctx = Context(progress=not args.no_progress, trace=args.trace,
                   trace_options=trace_cli.run_options(args) if args.trace else {}, scenario=name)
     t0 = time.perf_counter()
-    result = sc.run(cfg, ctx)
+    result = execute(sc, cfg, ctx)
     wall = time.perf_counter() - t0
     output.write_result(out_dir, name, cfg, result, wall_s=round(wall, 2), quick=bool(args.quick),
                         command=["noisesim", *sys.argv[1:]] if args.argv is None else args.argv)

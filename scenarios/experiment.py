@@ -26,11 +26,15 @@ from .train import History, train
 
 
 def common(**settings) -> dict:
-    """Defaults with every common setting (see :data:`scenarios.scenario.COMMON`) filled in."""
+    """Defaults with every common setting (see :data:`scenarios.scenario.COMMON`) filled in.
+
+    ``blas_threads`` (1; ``null`` leaves BLAS alone, as the paper-scale settings do) limits BLAS
+    while the scenario runs, see :func:`scenarios.scenario.execute`.
+    """
     base = {
         "seed": 0, "n_seeds": 3, "device": "ideal", "device_overrides": {}, "backend": "numpy",
         "dtype": "float32", "rules": [], "rule_options": {}, "scale": "offline",
-        "lr": "paper", "lr_search": dict(lr_search.SEARCH_DEFAULTS),
+        "lr": "paper", "lr_search": dict(lr_search.SEARCH_DEFAULTS), "blas_threads": 1,
     }
     base.update(settings)
     return base
@@ -240,6 +244,16 @@ def learning_curves(result: Result, runs: dict, *, name: str = "learning_curves"
     return fig
 
 
+class quiet(warnings.catch_warnings):
+    """Silence NumPy's warnings about all-NaN slices (rules not run, runs stopped early): the
+    NaNs are intended and stay in the arrays."""
+
+    def __enter__(self):
+        out = super().__enter__()
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return out
+
+
 def final_metric(runs: dict, lab: str, key: str = "test_acc", peak: bool = False) -> list[float]:
     """Per-seed final (or peak) value of ``key`` for run ``lab``."""
     hs = runs.get(lab, [])
@@ -250,4 +264,4 @@ def final_metric(runs: dict, lab: str, key: str = "test_acc", peak: bool = False
 
 __all__ = ["common", "seeds", "device", "network", "rule_names", "options", "make_rule", "label",
            "resolve_lrs", "training_trial", "train_runs", "learning_table", "learning_curves",
-           "final_metric", "fmt_spread", "spread"]
+           "final_metric", "quiet", "fmt_spread", "spread"]

@@ -75,7 +75,6 @@ from ..datasets import load
 from ..experiment import common, device, network, options, rule_names, seeds
 from ..result import Result
 from ..scenario import register
-from ._threads import blas_threads
 
 RULES = ("np", "anp", "inp")
 
@@ -305,11 +304,6 @@ def software_np(net, x, t, z, sigma: float, rounded: bool, loss: str = "cce") ->
 @register("alignment", "angle to BP of NP, ANP and INP per layer vs samples, passes and σ² (Figs. 2, 6, 7)",
           DEFAULTS, quick=QUICK, paper=PAPER)
 def run(cfg: dict, ctx) -> Result:
-    with blas_threads(cfg.get("blas_threads")):
-        return _run(cfg, ctx)
-
-
-def _run(cfg: dict, ctx) -> Result:
     from tqdm.auto import tqdm
 
     from ._alignment_report import report

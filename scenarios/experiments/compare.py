@@ -53,7 +53,7 @@ from ..experiment import (common, label, make_rule, network, options, resolve_lr
                           training_trial)
 from ..result import Result, fmt_spread, spread
 from ..scenario import register
-from ._threads import blas_threads, quiet
+from ..experiment import quiet
 from ..train import train
 
 PRESETS = ["ideal", "pcm", "reram", "ecram"]
@@ -87,8 +87,7 @@ PAPER = {"dataset": "cifar10", "sizes": [3072, 1024, 1024, 1024, 10], "batch_siz
 def run(cfg: dict, ctx) -> Result:
 
     names = rule_names(cfg)
-    with blas_threads(cfg.get("blas_threads")):
-        return _run(cfg, ctx, names)
+    return _run(cfg, ctx, names)
 
 
 def presets(cfg) -> list[str]:

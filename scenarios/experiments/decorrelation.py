@@ -62,7 +62,6 @@ from ..experiment import (common, learning_curves, learning_table, make_rule, re
                           train_runs)
 from ..result import Result, fmt_spread, spread
 from ..scenario import register
-from ._threads import blas_threads
 from ._comparison import (QUICK_SEARCH, SEARCH, differences, gain_verdict, load_data, mean, per_seed, rule_kw,
                           search_trial, sizes, spec)
 
@@ -89,11 +88,6 @@ def _label(name: str) -> str:
 @register("decorrelation", "NP, ANP, INP and BP with and without decorrelation, 1 and 3 hidden layers "
           "(Fig. 3, Table 3)", DEFAULTS, quick=QUICK, paper=PAPER)
 def run(cfg: dict, ctx) -> Result:
-    with blas_threads(cfg.get("blas_threads")):
-        return _run(cfg, ctx)
-
-
-def _run(cfg: dict, ctx) -> Result:
     names = rule_names(cfg, allowed=RULES)
     data = load_data(cfg)
     hidden = list(cfg["hidden"])

@@ -57,7 +57,6 @@ from ..experiment import (common, learning_curves, learning_table, make_rule, re
                           train_runs)
 from ..result import Result, fmt_spread, spread
 from ..scenario import register
-from ._threads import blas_threads
 from ._comparison import (QUICK_SEARCH, SEARCH, differences, load_data, mean, per_seed, rule_kw, search_trial, sizes,
                           spec)
 
@@ -85,11 +84,6 @@ def _depths(cfg) -> list[int]:
 @register("depth", "DNP, DANP and DINP with 3, 6 and 9 hidden layers (Fig. 9 top, Table 3)", DEFAULTS,
           quick=QUICK, paper=PAPER)
 def run(cfg: dict, ctx) -> Result:
-    with blas_threads(cfg.get("blas_threads")):
-        return _run(cfg, ctx)
-
-
-def _run(cfg: dict, ctx) -> Result:
     names = rule_names(cfg, allowed=RULES)
     depths = _depths(cfg)
     data = load_data(cfg)

@@ -66,7 +66,7 @@ from ..experiment import (common, device, label, make_rule, network, options, re
                           training_trial)
 from ..result import Result, spread
 from ..scenario import register
-from ._threads import blas_threads, quiet
+from ..experiment import quiet
 from ..train import evaluate, train
 
 KNOBS = {
@@ -194,8 +194,7 @@ class Vanishing:
 def run(cfg: dict, ctx) -> Result:
 
     names = rule_names(cfg)
-    with blas_threads(cfg.get("blas_threads")):
-        return _run(cfg, ctx, names)
+    return _run(cfg, ctx, names)
 
 
 def _knobs(cfg) -> dict:

@@ -62,7 +62,7 @@ from ..experiment import common, device, resolve_lrs, rule_names, seeds
 from ..lr_search import SEARCH_DEFAULTS
 from ..result import Result, fmt_spread, spread
 from ..scenario import register
-from ._threads import blas_threads, quiet
+from ..experiment import quiet
 from ..train import train
 
 LEARNERS = ("bp", "fa")
@@ -178,8 +178,7 @@ def nse(net, data) -> float:
 def run(cfg: dict, ctx) -> Result:
 
     names = rule_names(cfg, allowed=LEARNERS)
-    with blas_threads(cfg.get("blas_threads")):
-        return _run(cfg, ctx, names)
+    return _run(cfg, ctx, names)
 
 
 def _rates(cfg, names, sizes, dev, res) -> dict:

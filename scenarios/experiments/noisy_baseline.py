@@ -54,7 +54,6 @@ from ..experiment import (common, label, learning_curves, learning_table, make_r
                           train_runs)
 from ..result import Result, fmt_spread, spread
 from ..scenario import register
-from ._threads import blas_threads
 from ._comparison import SEARCH, differences, load_data, mean, per_seed, rule_kw, search_trial, sizes, spec
 
 RULES = ("danp", "dnp", "anp", "np", "dinp", "inp")
@@ -90,11 +89,6 @@ def _at(h, key, epoch) -> float:
 @register("noisy-baseline", "DANP and DNP with a clean vs a noisy baseline pass (Fig. 4)", DEFAULTS,
           quick=QUICK, paper=PAPER)
 def run(cfg: dict, ctx) -> Result:
-    with blas_threads(cfg.get("blas_threads")):
-        return _run(cfg, ctx)
-
-
-def _run(cfg: dict, ctx) -> Result:
     names = rule_names(cfg, allowed=RULES)
     baselines = cfg["baselines"]
     if not baselines or any(b not in BASELINES for b in baselines):

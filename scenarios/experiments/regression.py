@@ -76,7 +76,7 @@ from ..experiment import (common, label, make_rule, options, resolve_lrs, rule_n
 from ..lr_search import SEARCH_DEFAULTS
 from ..result import Result, fmt_spread, spread
 from ..scenario import register
-from ._threads import blas_threads, quiet
+from ..experiment import quiet
 
 RULES = ("np", "dnp", "anp", "danp", "bp", "dbp")
 ARCHITECTURE = "SARCOS 21-32-32-7"
@@ -143,8 +143,7 @@ def run(cfg: dict, ctx) -> Result:
     if cfg["lr"] == "paper":
         raise ValueError("lr='paper': Table 2 gives no SARCOS rates (Appendix J searched them by doubling); "
                          "use lr=auto (the default) or a number")
-    with blas_threads(cfg.get("blas_threads")):
-        return _run(cfg, ctx, names)
+    return _run(cfg, ctx, names)
 
 
 def _run(cfg, ctx, names) -> Result:

@@ -69,7 +69,7 @@ from ..experiment import (common, device, label, learning_curves, learning_table
                           resolve_lrs, rule_names, seeds)
 from ..result import Result, fmt_spread, spread
 from ..scenario import register
-from ._threads import blas_threads, quiet
+from ..experiment import quiet
 from ..train import train
 from ._comparison import SEARCH, differences, load_data, mean, per_seed, rule_kw, search_trial, sizes
 
@@ -163,11 +163,6 @@ def _configs(cfg, names):
 @register("resampling", "DANP and DINP with 1, 10, 30, 100 noise samples per update, DNP with 100: "
           "alignment with BP and accuracy (Fig. 5, Table 4)", DEFAULTS, quick=QUICK, paper=PAPER)
 def run(cfg: dict, ctx) -> Result:
-    with blas_threads(cfg.get("blas_threads")):
-        return _run(cfg, ctx)
-
-
-def _run(cfg: dict, ctx) -> Result:
     names = rule_names(cfg, allowed=RULES)
     configs = _configs(cfg, names)
     data = load_data(cfg)

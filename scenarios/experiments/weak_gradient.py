@@ -54,7 +54,6 @@ from ..datasets import load
 from ..experiment import common, device, network, options, rule_names, seeds
 from ..result import Result, fmt_spread
 from ..scenario import register
-from ._threads import blas_threads
 from .alignment import batch, layer_names
 
 RULES = ("regression", "anp")
@@ -124,11 +123,6 @@ def paired_updates(cfg, names, net, x, t):
 @register("weak-gradient", "regression (weak gradient) over S copies vs ANP at equal forward passes (seed 003)",
           DEFAULTS, quick=QUICK, paper=PAPER)
 def run(cfg: dict, ctx) -> Result:
-    with blas_threads(cfg.get("blas_threads")):
-        return _run(cfg, ctx)
-
-
-def _run(cfg: dict, ctx) -> Result:
     from tqdm.auto import tqdm
 
     names = rule_names(cfg, allowed=RULES)

@@ -49,7 +49,6 @@ from ..lr_search import SEARCH_DEFAULTS
 from ..paper import LEARNING_RATES, depth_architecture
 from ..result import Result, fmt_spread
 from ..scenario import register
-from ._threads import blas_threads
 from .alignment import RunningAngles, batch, evaluation_points, layer_names, sample_records
 
 RULES = ("wp", "np", "bp")
@@ -146,11 +145,6 @@ def _architecture(cfg) -> str:
 @register("weight-perturbation", "WP vs NP vs BP: WP's alignment falls as weights grow; training curves (seed 000)",
           DEFAULTS, quick=QUICK, paper=PAPER)
 def run(cfg: dict, ctx) -> Result:
-    with blas_threads(cfg.get("blas_threads")):
-        return _run(cfg, ctx)
-
-
-def _run(cfg: dict, ctx) -> Result:
     from tqdm.auto import tqdm
 
     names = rule_names(cfg, allowed=RULES)
