@@ -21,6 +21,9 @@ from .scenario import SCENARIOS, Context, configure, execute, get, validate
 
 
 def _cmd_list(args) -> int:
+    if args.names:
+        print("\n".join(SCENARIOS))
+        return 0
     print("scenarios:")
     for name, sc in SCENARIOS.items():
         print(f"  {name:<20} {sc.description}")
@@ -85,7 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"noisesim {noisesim.__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="log what the backend chose and more")
     sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("list", help="list scenarios, rules and device presets").set_defaults(func=_cmd_list)
+    lp = sub.add_parser("list", help="list scenarios, rules and device presets")
+    lp.add_argument("--names", action="store_true", help="only the scenario names, one a line (for scripts)")
+    lp.set_defaults(func=_cmd_list)
     r = sub.add_parser("run", help="run a scenario")
     r.add_argument("scenario")
     r.add_argument("--quick", action="store_true", help="the scenario's smoke size (under a minute)")

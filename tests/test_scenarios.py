@@ -192,3 +192,8 @@ def test_default_run_folders_are_never_shared(tmp_path):
     a = output.default_out_dir("demo", root=tmp_path)
     b = output.default_out_dir("demo", root=tmp_path)
     assert a != b and a.is_dir() and b.is_dir()
+
+
+def test_list_names_prints_one_scenario_a_line(capsys):
+    assert main(["list", "--names"]) == 0
+    assert capsys.readouterr().out.split() == list(SCENARIOS)
