@@ -7,7 +7,9 @@ Loss: softmax cross-entropy summed over classes, averaged over the batch; batch 
 has 1 437 training samples: 45 steps an epoch).
 
 Outputs: table ``final`` (accuracies of noisy device inference, final training loss, forward
-passes, seconds), the ``learning_curves`` figure and arrays. About 7 s on 2 cores.
+passes, seconds), the ``learning_curves`` figure and arrays. About 6 s on 2 cores. BLAS runs on
+one thread (``blas_threads``): at batch 32 a second thread only contends, and on a machine busy
+with other work it made the run 6× slower (37 s against 6 s, measured).
 """
 from __future__ import annotations
 
@@ -34,12 +36,13 @@ DEFAULTS = {
     "activation": "leaky_relu",
     "slope": 0.2,
     "scale": "offline",
+    "blas_threads": 1,
 }
 
 
 @register("quickstart", "DANP (two noisy passes) vs BP on digits, ideal device", DEFAULTS,
           quick={"epochs": 2, "sizes": [64, 64, 10]}, paper={"dataset": "cifar10", "sizes": [3072, 1024, 1024, 1024, 10],
-                                                             "batch_size": 1000, "epochs": 100}, traces=True)
+                                                             "batch_size": 1000, "epochs": 100, "blas_threads": None}, traces=True)
 def quickstart(cfg: dict, ctx) -> Result:
     histories = train_rules(cfg, progress=ctx.progress, trace=ctx.trace, trace_options=ctx.trace_options,
                             scenario=ctx.scenario)
