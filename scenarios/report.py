@@ -51,6 +51,19 @@ def _settings(cfg: dict) -> str:
     return ", ".join(parts)
 
 
+def _command(summary: dict, name: str) -> str:
+    """The command that made a run, without where it wrote to or whether it showed progress."""
+    cmd, out, skip = list(summary.get("command") or ["noisesim", "run", name]), [], False
+    for arg in cmd:
+        if skip:
+            skip = False
+        elif arg in ("--out", "--trace"):
+            skip = True
+        elif arg != "--no-progress" and not arg.startswith(("--out=", "--trace=")):
+            out.append(arg)
+    return " ".join(out)
+
+
 def write_page(dirs, out: Path) -> Path:
     """Write the results page for the run folders ``dirs`` to ``out``; figures go to
     ``<out stem>/<scenario>/``. Returns ``out``."""
@@ -81,7 +94,7 @@ def write_page(dirs, out: Path) -> Path:
         lines += [f"## `{name}`", ""]
         quick = " (**quick smoke size: not for conclusions**)" if s.get("quick") else ""
         lines += [f"Settings: {_settings(s['config'])}{quick}; {s.get('wall_s', float('nan')):.0f} s on the "
-                  f"machine that ran it. Command: `{' '.join(s.get('command') or ['noisesim', 'run', name])}`.", ""]
+                  f"machine that ran it. Command: `{_command(s, name)}`.", ""]
         main = s["tables"].get(s["main"], [])
         lines += [markdown_table(main), ""]
         for c in s.get("claims", []):
