@@ -106,6 +106,25 @@ class Sink:
         self._plane_state = [[0, None] for _ in self._sets]
         self._frame = [i for i, d in enumerate(self._specs) if d.get("frame", True)]
         self._crc = next((i for i, d in enumerate(self._specs) if d.get("role") == "checksum"), None)
+        # How each dataset's row goes in. Chunks are written whole with H5Dwrite_chunk (no
+        # chunk cache, no type conversion): a one-step chunk as is ("direct") or deflated by
+        # hand ("deflate"); a many-step chunk of a small dataset from a buffer holding its rows
+        # so far, rewritten in place each step ("block"); other filters (lzf) through HDF5's
+        # pipeline ("filter").
+        self._plan = []
+        for ds in self._sets:
+            rows = ds.chunks[0]
+            dtype, comp = ds.dtype, ds.compression
+            if rows > 1:
+                mode = "block"
+            elif comp is None:
+                mode = "direct"
+            elif comp == "gzip" and self._deflate_rows:
+                mode = "deflate"
+            else:
+                mode = "filter"
+            buf = np.zeros(ds.chunks, dtype) if mode == "block" else None
+            self._plan.append((mode, ds.id, rows, (0,) * (ds.ndim - 1), dtype, comp is not None, buf))
         self._f.flush()
 
     def _grow(self) -> None:
@@ -138,27 +157,37 @@ class Sink:
             self._grow()
         crc = 0
         for i, row in zip(self._frame, rows):
-            ds, spec = self._sets[i], self._specs[i]
-            if row.dtype != ds.dtype:
-                row = row.astype(ds.dtype)
+            mode, dsid, nrows, zeros, dtype, filtered, buf = self._plan[i]
+            if row.dtype != dtype:
+                row = row.astype(dtype)
             crc = zlib.crc32(row, crc)
-            sink = self._sinks[i]
-            if ds.compression is not None and ds.chunks[0] == 1 and (hurry or self._deflate_rows):
-                if hurry:  # skip both filters of this chunk: shuffle (bit 0) and the compressor (bit 1)
-                    sink[0].write_direct_chunk((s,) + (0,) * (ds.ndim - 1), np.ascontiguousarray(row), filter_mask=0b11)
-                elif ds.compression == "gzip":
-                    sink[0].write_direct_chunk((s,) + (0,) * (ds.ndim - 1), self._deflate(row, i))
-                else:
-                    self._put(sink, s, row)
+            if mode == "block":
+                self._block(i, s, row)
+            elif hurry and filtered:  # skip both filters of this chunk: shuffle (bit 0), compressor (bit 1)
+                dsid.write_direct_chunk((s,) + zeros, row, filter_mask=0b11)
+            elif mode == "direct":
+                dsid.write_direct_chunk((s,) + zeros, row)
+            elif mode == "deflate":
+                dsid.write_direct_chunk((s,) + zeros, self._deflate(row, i))
             else:
-                self._put(sink, s, row)
+                self._put(self._sinks[i], s, row)
         if self._crc is not None:
-            self._put(self._sinks[self._crc], s, np.array([crc], np.uint32))
+            self._block(self._crc, s, np.array([crc], np.uint32))
         self.n = s + 1
         # Written in place (the attribute is opened once); the rows above are in before it.
         self._cs_buf[()] = self.n
         self._cs_attr.write(self._cs_buf)
         h5f.flush(self._fid)
+
+    def _block(self, i: int, s: int, row) -> None:
+        """Row ``s`` of a dataset whose chunks hold many steps: into the chunk's buffer, and
+        the chunk written whole (in place: same size, same address; earlier rows unchanged)."""
+        _, dsid, nrows, zeros, _, _, buf = self._plan[i]
+        k = s % nrows
+        if k == 0:
+            buf[...] = 0
+        buf[k] = row.reshape(buf.shape[1:])
+        dsid.write_direct_chunk((s - k,) + zeros, buf)
 
     def _deflate(self, row, which: int) -> bytes:
         """HDF5's shuffle + deflate filters, built by hand (zlib), for one row.

@@ -20,7 +20,7 @@ are allocated, ``n = attrs["complete_steps"] ≤ S`` of them are whole steps::
     /steps/indices            batch indices, padded with -1            (S, B) int64
     /steps/step, batch_size, forward_passes                             (S,) int64
     /steps/loss, time         batch loss; device time (NaN: none)       (S,) float64
-    /steps/shapes             the actual shape of each array per step   (S, C) int64
+    /steps/shapes             the actual shape of each array per step   (S, C) int32
     /steps/checksum           crc32 of the step (see :func:`step_checksum`) (S,) uint32
 
 Every array dataset has a fixed per-step *capacity* (its shape at the first step) and one
@@ -60,7 +60,7 @@ MAX_NDIM = 8
 MAX_ARRAYS = 4096
 # per-step datasets that are not record entries, in checksum order after the arrays
 META = (("indices", "int64"), ("step", "int64"), ("batch_size", "int64"), ("forward_passes", "int64"),
-        ("loss", "float64"), ("time", "float64"), ("shapes", "int64"))
+        ("loss", "float64"), ("time", "float64"), ("shapes", "int32"))
 RESERVED = frozenset(name for name, _ in META) | {"checksum", "losses", "xstar"}
 KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 FLOATS = ("float16", "float32", "float64")
@@ -128,7 +128,7 @@ def validate_schema(schema, where: str) -> dict:
         else:
             bad(f"array {name!r}: kind={kind!r}")
         if (not isinstance(shape, list) or len(shape) > MAX_NDIM
-                or any(not isinstance(d, int) or isinstance(d, bool) or not 0 <= d < 1 << 40 for d in shape)):
+                or any(not isinstance(d, int) or isinstance(d, bool) or not 0 <= d < 1 << 31 for d in shape)):
             bad(f"array {name!r}: shape={shape!r}")
         cols = e.get("columns")
         if cols != [col, col + len(shape)]:

@@ -89,6 +89,7 @@ class TraceWriter:
     PIPE_DIRECT_BYTES = 1 << 19   # larger step frames are written by a pump thread
     PUMP_FRAMES = 3               # buffers in flight with the pump thread
     BACKLOG_STEPS = 1             # compression: store a step unfiltered while this many more wait
+    HDF5_GZIP = False             # gzip through HDF5's own filter instead of the sink's deflate
 
     def __init__(self, path, network, rule=None, *, meta: dict | None = None, compression: str | None = None,
                  compression_opts=None, float16: bool = False, background: bool = True):
@@ -238,8 +239,8 @@ class TraceWriter:
         spec = {
             "datasets": datasets,
             "attrs": {"schema": schema_json, "schema_crc32": zlib.crc32(schema_json.encode())},
-            # the gzip chunks of the arrays are deflated by the writer process itself (Sink._deflate)
-            "deflate": self.background and self.compression == "gzip",
+            # gzip chunks are deflated by the sink itself (Sink._deflate), unless HDF5_GZIP
+            "deflate": self.compression == "gzip" and not self.HDF5_GZIP,
             "level": 4 if self.compression_opts is None else int(self.compression_opts),
             "retry_steps": int(self.RETRY_STEPS), "backlog_steps": int(self.BACKLOG_STEPS),
         }
