@@ -111,7 +111,7 @@ def test_file_holds_config_state_and_variable_batches(tmp_path, digits):
                 ds = f["steps/" + name]
                 assert ds.chunks[0] == 1 and ds.maxshape[0] is None and ds.shape[0] == 8, name
             assert f["steps/da/0"].shape == (8, 1, 200, SIZES[1])      # (step, K, batch capacity, width)
-        assert same(r.final_weights(), final)
+        assert same(r.final_state(), final)
         seen = []
         for st in r.steps():
             seen.append(st.indices)

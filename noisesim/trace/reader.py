@@ -246,23 +246,25 @@ class TraceReader:
         except state_io.StateError as exc:
             raise TraceError(f"{exc} (in {group})") from None
 
+    def state(self, which: str = "initial") -> dict | None:
+        """The complete recorded state ``{"network": …, "rule": …}`` (:meth:`noisesim.Network.state`
+        and the rule's ``state()``, or ``None``): ``"initial"`` — before the first recorded step;
+        ``"final"`` — after the last one (``None`` unless the writer closed cleanly)."""
+        if which not in ("initial", "final"):
+            raise ValueError(f"which={which!r}; allowed: 'initial', 'final'")
+        if which == "final" and not self.has_final_state:
+            return None
+        return self._state(f"{which}_state")
+
     def initial_state(self) -> dict:
-        """The complete state before the first recorded step: ``{"network": …, "rule": …}``
-        (:meth:`noisesim.Network.state`, the rule's ``state()`` or ``None``)."""
-        return self._state("initial_state")
+        """The weights and decorrelation matrices before the first step, as
+        :meth:`noisesim.Network.get_state` gives them (``W0``, ``R0`` …); :meth:`state` has
+        everything else."""
+        return _weights(self.state("initial"), self.path)
 
     def final_state(self) -> dict | None:
-        """The complete state after the last step (``None`` unless the writer closed cleanly)."""
-        return self._state("final_state") if self.has_final_state else None
-
-    def initial_weights(self) -> dict:
-        """The weights and decorrelation matrices before the first step, as
-        :meth:`noisesim.Network.get_state` gives them (``W0``, ``R0`` …)."""
-        return _weights(self.initial_state(), self.path)
-
-    def final_weights(self) -> dict | None:
-        """The weights after the last step (``None`` without a final state)."""
-        st = self.final_state()
+        """The weights after the last step (``None`` unless the writer closed cleanly)."""
+        st = self.state("final")
         return None if st is None else _weights(st, self.path)
 
     def _row(self, ds, row):
@@ -335,8 +337,8 @@ class TraceReader:
         (raises on the first bad one)."""
         for _ in self.steps():
             pass
-        self.final_state()
-        self.initial_state()
+        self.state("final")
+        self.state("initial")
         return self.complete_steps
 
     def storage_bytes(self) -> dict:

@@ -107,7 +107,7 @@ def start(trace, network=None, rule=None, *, backend: str | None = None):
     is initialised afresh on the network.
     """
     reader = trace if isinstance(trace, TraceReader) else open_trace(trace)
-    initial = reader.initial_state()
+    initial = reader.state("initial")
     net_state, rule_state = initial.get("network"), initial.get("rule")
     if network is None:
         from ..network import Network
@@ -116,7 +116,7 @@ def start(trace, network=None, rule=None, *, backend: str | None = None):
             network = Network.from_state(net_state, backend=backend)
         except (ValueError, TypeError) as exc:
             raise TraceError(f"{reader.path}: cannot rebuild the recorded network from its state: {exc}") from None
-    elif not _same_weights(network.get_state(), reader.initial_weights()):
+    elif not _same_weights(network.get_state(), reader.initial_state()):
         warnings.warn("replaying onto a network whose weights are not the recorded initial weights; the result "
                       "is not the recorded run", TraceWarning, stacklevel=3)
     if list(network.sizes) != list(reader.sizes):
@@ -138,10 +138,10 @@ def start(trace, network=None, rule=None, *, backend: str | None = None):
 def _final_differences(reader, net, rule) -> dict:
     """What differs between the replayed and the recorded final state: every device array and
     decorrelation matrix, and the rule's optimizer and own arrays when it is the recorded rule."""
-    final = reader.final_state()
+    final = reader.state("final")
     if not hasattr(net, "state"):
         w = net.get_state()
-        ref = reader.final_weights()
+        ref = reader.final_state()
         return differences({k: np.asarray(v) for k, v in w.items()}, ref)
     got = net.state()
     diffs = differences({k: final["network"].get(k) for k in ("tiles", "decorrelation")},
