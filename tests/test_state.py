@@ -230,3 +230,50 @@ def test_stream_state_covers_the_split_generator_and_cupy_host_keys(monkeypatch)
     cp2 = Streams(9, Backend("cupy", fake, np.float32))
     cp2.load_state(st)
     assert [cp2.get("read").key() for _ in range(4)] == keys
+
+
+class _FakeDeviceArray(np.ndarray):
+    """A host array standing in for a CuPy array (``.get()`` copies it to the host)."""
+
+    def get(self):
+        return np.array(self)
+
+
+def test_cupy_generator_states_are_saved_as_their_state_bytes(monkeypatch):
+    """On CuPy a stream's array draws come from cuRAND XORWOW states on the GPU; the stream
+    state carries their bytes, and loading them continues the draws. (A stand-in generator whose
+    numbers follow from its state bytes, as cuRAND's do.)"""
+    class XORWOW:
+        def __init__(self, seed):
+            self._state = np.full(48, seed % 251, np.uint8).view(_FakeDeviceArray)
+
+    class Gen:
+        def __init__(self, bg):
+            self.bit_generator = bg
+
+        def random(self, size, dtype):
+            s = self.bit_generator._state
+            s[...] = (s.astype(np.int64) * 31 + 7) % 251            # advance the state
+            return np.resize(s.astype(dtype) / 251.0, size)
+
+    fake = types.ModuleType("cupy")
+    fake.random = types.SimpleNamespace(XORWOW=XORWOW, Generator=Gen)
+    fake.asarray = np.asarray
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    be = Backend("cupy", fake, np.float32)
+    a = Streams(3, be)
+    a.get("update").uniform((4,))
+    a.get("read").key()
+    st = a.state()
+    dev = st["generators"]["0"]["device"]
+    assert isinstance(dev, np.ndarray) and dev.dtype == np.uint8 and dev.shape == (48,)
+    assert st["generators"]["1"]["device"] is None                   # keys only: no GPU generator
+    want = [a.get("update").uniform((4,)) for _ in range(3)] + [a.get("read").key()]
+    b = Streams(3, be)
+    b.load_state(st)
+    got = [b.get("update").uniform((4,)) for _ in range(3)] + [b.get("read").key()]
+    for x, y in zip(got, want):
+        np.testing.assert_array_equal(x, y)
+    st["generators"]["0"]["device"] = dev[:10]
+    with pytest.raises(ValueError, match="does not fit this GPU's generator"):
+        Streams(3, be).load_state(st)

@@ -88,20 +88,6 @@ class TraceReader:
             raise TraceError(f"{where}: damaged trace file ({type(exc).__name__}: {exc})") from None
 
     # -- validation ----------------------------------------------------------------------------
-    def _dataset(self, name, dtype, shape_ok, what):
-        where = self.path
-        obj = self._f.get(name)
-        if obj is None:
-            raise TraceError(f"{where}: missing dataset {name!r} ({what})")
-        if not isinstance(obj, h5py.Dataset):
-            raise TraceError(f"{where}: {name!r} is not a dataset")
-        if obj.dtype != np.dtype(dtype):
-            raise TraceError(f"{where}: dataset {name!r} has dtype {obj.dtype}, expected {np.dtype(dtype)}")
-        ok, expected = shape_ok(obj.shape)
-        if not ok:
-            raise TraceError(f"{where}: dataset {name!r} has shape {obj.shape}, expected {expected}")
-        return obj
-
     def _validate(self) -> None:
         where, a = self.path, self._f.attrs
         if "format" not in a:

@@ -1,4 +1,4 @@
-"""Recording a trace: :class:`TraceWriter`, one HDF5 file per run, one row per step.
+"""Recording a trace: :class:`TraceWriter`, one HDF5 file per run, one dataset per recorded array.
 
 >>> with noisesim.trace.TraceWriter("run.h5", net, rule) as tw:           # doctest: +SKIP
 ...     scenarios.train(net, rule, data, on_step=tw.on_step)
@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import json
-import math
 import os
 import queue
 import subprocess
@@ -58,10 +57,12 @@ class TraceWriter:
     path : str or Path
         The file (overwritten).
     network : DeviceNetwork
-        The network being trained; its config and exact state are recorded now, as the
-        initial state a replay starts from. Create the writer before training starts.
-    rule : object with ``config()``, optional
-        The rule whose estimates are recorded (its config goes into the file).
+        The network being trained; its config and complete state (``network.state()``) are
+        recorded now, as the initial state a replay starts from, and its state again by a
+        clean :meth:`close`. Create the writer before training starts.
+    rule : object with ``config()`` and ``state()``, optional
+        The rule whose estimates are recorded (its config and state go into the file with
+        the network's).
     meta : dict, optional
         JSON-serialisable run description (scenario, dataset, epochs, batch size …).
     compression : {None, "gzip", "lzf"}
@@ -74,18 +75,21 @@ class TraceWriter:
         only packs each step into one buffer and writes it into a pipe (~1 MiB of buffered
         steps; a full pipe makes :meth:`write` wait); the writer process checksums,
         compresses, writes the rows, ``complete_steps`` and flushes, step by step, and keeps
-        every whole step it received if the training process dies. With gzip it deflates the
-        rows itself; with any compression, while ``BACKLOG_STEPS`` further steps (or half a
-        MiB, for larger steps) already wait in the pipe it stores a step unfiltered instead (HDF5's per-chunk filter mask;
-        readers see no difference): compression gives way before training does. ``False``: all of the work
-        in this process, inside :meth:`write`, with HDF5's own filters.
+        every whole step it received if the training process dies. With any compression,
+        while ``BACKLOG_STEPS`` further steps (or half a MiB, for larger steps) already wait
+        in the pipe it stores a step unfiltered instead (HDF5's per-chunk filter mask; readers
+        see no difference): compression gives way before training does. ``False``: all of the
+        work in this process, inside :meth:`write`.
 
-    Each step adds one row to every per-step dataset, then rewrites the root attribute
+    Each step adds one row (one chunk) to every per-step dataset — one named dataset per
+    recorded array, ``steps/<key>`` or ``steps/<key>/<layer>``, laid out at the first step
+    (the schema; see ``docs/trace-format.md``) — then rewrites the root attribute
     ``complete_steps`` and flushes, so a run killed at any point leaves a file whose first
-    ``complete_steps`` steps are whole.
+    ``complete_steps`` steps are whole. Gzip chunks are deflated by the writer itself (HDF5's
+    shuffle + deflate format, coded per byte plane; ``HDF5_GZIP = True`` uses HDF5's filter).
     """
 
-    RETRY_STEPS = 64      # how often the hand-built gzip re-decides its per-part coding
+    RETRY_STEPS = 64              # how often the hand-built gzip re-decides its per-plane coding
     PIPE_DIRECT_BYTES = 1 << 19   # larger step frames are written by a pump thread
     PUMP_FRAMES = 3               # buffers in flight with the pump thread
     BACKLOG_STEPS = 1             # compression: store a step unfiltered while this many more wait
@@ -265,7 +269,7 @@ class TraceWriter:
         if self._proc is not None and self._frames[0][0].nbytes > self.PIPE_DIRECT_BYTES:
             self._frames += [frame() for _ in range(self.PUMP_FRAMES - 1)]
             self._start_pump()
-        # Per item: (index of its frame row or None for an alias, alias first?, x* source item, entry)
+        # Per item: (its row in the frame, or None for an alias; its schema entry; the item an alias is of)
         row_of, r = {}, 0
         for e in arrays:
             if e["alias"] is None:
