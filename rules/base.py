@@ -47,7 +47,8 @@ class Rule:
     name = "rule"
     needs: tuple = ("observe",)
     # attributes holding state the rule keeps between steps besides the optimizer's: each an
-    # array, or a list of arrays (``None`` allowed); saved and restored by state()/load_state()
+    # array, or a list of arrays (``None`` allowed, and before init); saved and restored by
+    # state()/load_state()
     state_attrs: tuple = ()
 
     def __init__(self, *, lr: float = 1e-3, optimizer: str = "adam", momentum: float = 0.0,
@@ -130,7 +131,7 @@ class Rule:
                 opt[k] = pack(v) if isinstance(v, (list, tuple)) else v
         return {"class": "rules.Rule", "version": STATE_VERSION, "config": self.config(),
                 "initialised": self.optimizer is not None, "optimizer": opt,
-                "extra": {k: pack(getattr(self, k)) for k in self.state_attrs}}
+                "extra": {k: pack(getattr(self, k, None)) for k in self.state_attrs}}
 
     def load_state(self, state: dict, net) -> None:
         """Continue from a :meth:`state` of a rule with the same config, on ``net`` (whose
