@@ -219,8 +219,7 @@ class Sink:
                         best, code = seg, cand
                 if len(best) > self.PLANE_RATIO * len(data):
                     code = (0, zlib.Z_DEFAULT_STRATEGY)
-                    c = zlib.compressobj(0, zlib.DEFLATED, -15)
-                    best = c.compress(data) + c.flush(mode)
+                    best = _stored(data, mode == zlib.Z_FINISH)
                 parts.append(best)
                 # Adjacent planes coded alike are one run from now on.
                 if runs and runs[-1][2] == code:
@@ -231,8 +230,12 @@ class Sink:
         else:
             runs = state[1]
             for j, (lo, hi, (level, strategy)) in enumerate(runs):
+                last = j == len(runs) - 1
+                if level == 0:
+                    parts.append(_stored(b[lo:hi], last))
+                    continue
                 c = zlib.compressobj(level, zlib.DEFLATED, -15, 8, strategy)
-                parts.append(c.compress(b[lo:hi]) + c.flush(zlib.Z_FINISH if j == len(runs) - 1 else zlib.Z_SYNC_FLUSH))
+                parts.append(c.compress(b[lo:hi]) + c.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH))
         parts.append(zlib.adler32(b).to_bytes(4, "big"))
         state[0] -= 1
         return b"".join(parts)
@@ -243,6 +246,19 @@ class Sink:
             for d in self._sets:
                 d.resize(self.n, axis=0)
         self._cs_attr = None
+
+
+def _stored(data, final: bool) -> bytes:
+    """``data`` as deflate stored blocks (each part of a hand-built stream starts and ends on a
+    byte boundary): per block of at most 65 535 bytes a header byte (BFINAL on the last block
+    of the stream), LEN and its complement, then the bytes as they are."""
+    view = memoryview(data).cast("B")
+    n, out = len(view), []
+    for k in range(0, max(n, 1), 0xFFFF):
+        m = min(0xFFFF, n - k)
+        out.append(struct.pack("<BHH", int(final and k + m >= n), m, m ^ 0xFFFF))
+        out.append(view[k:k + m])
+    return b"".join(out)
 
 
 # -- the separate process ----------------------------------------------------------------------------
