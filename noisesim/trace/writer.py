@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import json
+import math
 import os
 import queue
 import subprocess
@@ -66,7 +67,8 @@ class TraceWriter:
     meta : dict, optional
         JSON-serialisable run description (scenario, dataset, epochs, batch size …).
     compression : {None, "gzip", "lzf"}
-        Compression of the per-step arrays (with the shuffle filter).
+        Compression of the per-step arrays (with the shuffle filter); arrays of less than
+        ``MIN_COMPRESS_BYTES`` (4 KiB) per step are stored uncompressed.
     float16 : bool
         Store floating arrays as float16 (half the bytes; the file is flagged lossy and a
         replay of it warns that it is not exact). The initial/final states stay exact.
@@ -94,6 +96,7 @@ class TraceWriter:
     PUMP_FRAMES = 3               # buffers in flight with the pump thread
     BACKLOG_STEPS = 1             # compression: store a step unfiltered while this many more wait
     HDF5_GZIP = False             # gzip through HDF5's own filter instead of the sink's deflate
+    MIN_COMPRESS_BYTES = 4096     # per-step arrays smaller than this are never compressed
 
     def __init__(self, path, network, rule=None, *, meta: dict | None = None, compression: str | None = None,
                  compression_opts=None, float16: bool = False, background: bool = True):
@@ -228,8 +231,11 @@ class TraceWriter:
             if e["alias"] is not None:
                 continue
             frame = e["dtype"] if e["kind"] == "float" else "int64"
+            # arrays of a few KiB per step (δL, the output layer's δa) gain next to nothing
+            # from compression and would cost a filter call each: stored as they are
+            small = math.prod(e["shape"]) * np.dtype(e["stored"]).itemsize < self.MIN_COMPRESS_BYTES
             datasets.append({"name": "steps/" + e["name"], "shape": e["shape"], "dtype": e["stored"],
-                             "frame_dtype": frame, "chunk_rows": 1, **comp,
+                             "frame_dtype": frame, "chunk_rows": 1, **({} if small else comp),
                              "attrs": {"shape_columns": e["columns"], "layer": -1 if e["layer"] is None else e["layer"]}})
         # small per-step datasets: many steps per chunk (a flush rewrites the last chunk in
         # place, with the same bytes for the earlier steps in it)
