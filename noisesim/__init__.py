@@ -12,12 +12,13 @@ from .config import ACCESS_LEVELS, DeviceConfig
 from .errors import AccessError, DivergenceError
 from .network import Network, Pass
 from .presets import PRESETS
-from .protocol import DeviceNetwork
+from .protocol import DeviceNetwork, Estimate
 from .tile import Tile
+from . import registry, state  # noqa: E402  (rule registry; complete state to and from HDF5)
 from . import trace  # noqa: E402  (HDF5 traces: noisesim.trace.TraceWriter, open_trace, replay)
 
 __all__ = [
     "__version__", "Activation", "Backend", "Streams", "cupy_available", "get_array_module",
     "get_backend", "to_numpy", "ACCESS_LEVELS", "DeviceConfig", "AccessError", "DivergenceError",
-    "Network", "Pass", "PRESETS", "DeviceNetwork", "Tile",
+    "Network", "Pass", "PRESETS", "DeviceNetwork", "Estimate", "Tile", "registry", "state", "trace",
 ]

@@ -139,6 +139,34 @@ class Streams:
             self._gens[name] = Generator(ss, self.backend)
         return self._gens[name]
 
+    def names(self) -> list[str]:
+        """The streams made so far (a stream not yet made is at its start)."""
+        return list(self._gens)
+
+    def state(self) -> dict:
+        """Where every stream stands: the seed and, per stream made so far, its generators'
+        states (JSON, plus the GPU generator's state bytes on CuPy). See :meth:`Generator.state`."""
+        names = self.names()
+        return {"seed": self.seed, "backend": self.backend.name, "names": names,
+                "generators": {str(i): self._gens[n].state() for i, n in enumerate(names)}}
+
+    def load_state(self, state: dict) -> None:
+        """Put every stream where ``state`` says; streams it does not list restart from the seed.
+
+        A state recorded on another backend restores the host generators (keys, permutations
+        and, on NumPy, every draw) and leaves the GPU generators at their start."""
+        try:
+            seed, names, gens = int(state["seed"]), list(state["names"]), state["generators"]
+            if seed < 0 or len(names) != len(gens) or not all(isinstance(n, str) for n in names):
+                raise ValueError("names and generators do not match")
+            same_backend = state.get("backend", self.backend.name) == self.backend.name
+            fresh = Streams(seed, self.backend)
+            for i, n in enumerate(names):
+                fresh.get(n).load_state(gens[str(i)], device=same_backend)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"invalid random-stream state: {exc}") from None
+        self.seed, self._gens = fresh.seed, fresh._gens
+
 
 # NumPy draws of at least this many numbers are split in two halves filled concurrently by
 # two PCG64 streams (NumPy releases the GIL while filling): the noise of a 1000×1024 read
@@ -187,6 +215,41 @@ class Generator:
             self._g = cupy.random.Generator(cupy.random.XORWOW(s))
         return self._g
 
+    def _split(self):
+        """The second PCG64 stream that fills the upper half of large NumPy draws."""
+        if self._g2 is None:
+            child = np.random.SeedSequence(self._seed_seq.entropy, spawn_key=self._seed_seq.spawn_key + (0x5EC0,))
+            self._g2 = np.random.Generator(np.random.PCG64(child))
+        return self._g2
+
+    # -- state ----------------------------------------------------------------------------
+    def state(self) -> dict:
+        """Where this stream stands, as plain data.
+
+        ``host``: the PCG64 state (JSON) of the host generator — every draw on NumPy, keys and
+        permutations on CuPy; ``split``: the PCG64 state of the second generator of large NumPy
+        draws (``None`` until the first such draw); ``device``: on CuPy, the bytes of the cuRAND
+        XORWOW states (a ``uint8`` array; ``None`` until the first array draw).
+        """
+        device = None
+        if self.backend.name == "cupy" and self._g is not None:
+            device = _cupy_state_bytes(self._g)
+        return {"host": _pcg_state(self._host), "split": None if self._g2 is None else _pcg_state(self._g2),
+                "device": device}
+
+    def load_state(self, state: dict, *, device: bool = True) -> None:
+        """Set this stream to ``state`` (from :meth:`state`); ``device=False`` skips the GPU part."""
+        _set_pcg_state(self._host, state["host"])
+        self._g2 = None
+        if state.get("split") is not None:
+            _set_pcg_state(self._split(), state["split"])
+        if self.backend.name == "cupy":
+            self._g = None
+            if device and state.get("device") is not None:
+                _set_cupy_state_bytes(self._device(), state["device"])
+        elif state.get("device") is not None and device:
+            raise ValueError("a CuPy generator state cannot be loaded into a NumPy stream")
+
     def _fill(self, method: str, out):
         """Fill a C-contiguous NumPy ``out`` with ``method`` draws (split when large)."""
         flat = out.reshape(-1)
@@ -194,11 +257,8 @@ class Generator:
         if n < _SPLIT_MIN:
             getattr(self._g, method)(dtype=out.dtype, out=flat)
             return out
-        if self._g2 is None:
-            child = np.random.SeedSequence(self._seed_seq.entropy, spawn_key=self._seed_seq.spawn_key + (0x5EC0,))
-            self._g2 = np.random.Generator(np.random.PCG64(child))
         h = n // 2
-        fut = _second_thread().submit(getattr(self._g2, method), dtype=out.dtype, out=flat[h:])
+        fut = _second_thread().submit(getattr(self._split(), method), dtype=out.dtype, out=flat[h:])
         getattr(self._g, method)(dtype=out.dtype, out=flat[:h])
         fut.result()
         return out
@@ -250,3 +310,39 @@ class Generator:
         if self.backend.name == "cupy":
             return self._device().integers(low, high, size=shape)
         return self._g.integers(low, high, size=shape)
+
+
+def _pcg_state(gen) -> dict:
+    st = gen.bit_generator.state
+    return {"bit_generator": st["bit_generator"], "state": int(st["state"]["state"]), "inc": int(st["state"]["inc"]),
+            "has_uint32": int(st["has_uint32"]), "uinteger": int(st["uinteger"])}
+
+
+def _set_pcg_state(gen, st: dict) -> None:
+    if not isinstance(st, dict) or st.get("bit_generator") != "PCG64":
+        raise ValueError(f"not a PCG64 state: {st!r:.80}")
+    vals = [st.get(k) for k in ("state", "inc", "has_uint32", "uinteger")]
+    if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 1 << 128 for v in vals):
+        raise ValueError("a PCG64 state needs non-negative integers below 2**128")
+    gen.bit_generator.state = {"bit_generator": "PCG64", "state": {"state": vals[0], "inc": vals[1]},
+                               "has_uint32": vals[2], "uinteger": vals[3]}
+
+
+def _cupy_state_bytes(gen) -> np.ndarray:
+    """The cuRAND states of a ``cupy.random.Generator`` as host bytes (its XORWOW states array)."""
+    raw = getattr(getattr(gen, "bit_generator", None), "_state", None)
+    if raw is None:
+        raise RuntimeError("this CuPy version keeps its generator state where noisesim cannot read it; "
+                           "the state of a CuPy stream cannot be saved")
+    return raw.view("uint8").get()
+
+
+def _set_cupy_state_bytes(gen, data) -> None:
+    import cupy
+
+    raw = getattr(getattr(gen, "bit_generator", None), "_state", None)
+    data = np.asarray(data)
+    if raw is None or data.dtype != np.uint8 or data.ndim != 1 or data.size != raw.nbytes:
+        raise ValueError(f"a CuPy generator state of {data.size} bytes does not fit this GPU's generator "
+                         f"({None if raw is None else raw.nbytes} bytes: states are per GPU model)")
+    raw.view("uint8")[...] = cupy.asarray(data)

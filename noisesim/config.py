@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 ACCESS_LEVELS = ("observe", "clean", "inject", "backward", "oracle")
-UPDATE_MODELS = ("ideal", "pulsed", "write_verify")
 W_MAX_MODES = ("absolute", "init")
 IO_SCALINGS = ("none", "abs_max")
 
@@ -190,7 +189,9 @@ class DeviceConfig:
     def __post_init__(self):
         for name in _RANGES:
             _check(name, getattr(self, name))
-        for name, allowed in (("update", UPDATE_MODELS), ("w_max_mode", W_MAX_MODES), ("io_scaling", IO_SCALINGS)):
+        from .update import MODELS  # the registry of update models (noisesim.update imports this module)
+
+        for name, allowed in (("update", tuple(MODELS)), ("w_max_mode", W_MAX_MODES), ("io_scaling", IO_SCALINGS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"DeviceConfig.{name}={getattr(self, name)!r} is not known; allowed: {list(allowed)}")
         if not isinstance(self.drift_compensation, bool):

@@ -214,19 +214,13 @@ class Network:
         """The stacked forward shared by every public pass: ``known(l, x*)`` returns the known
         term injected into layer ``l``'s pre-activations (or ``None``)."""
         B, xp = x.shape[0], self.xp
-        prefix = "" if purpose == "train" else f"{purpose}/"
-        node_std = gate = None
-        if self.device.node_noise > 0:
-            node_std = xp.full(P * B, self.device.node_noise, dtype=self.dtype)
+        gate = None
         if clean is not None and any(clean):
             self.require("a clean (noise-gated) pass", ["clean"])
             if len(clean) != P:
                 raise ValueError(f"clean has {len(clean)} entries for {P} passes")
-            # the clean switch gates the intrinsic node and output noise, never the read noise
+            # per row of the stacked batch: 0 in a clean pass (each tile's read gates its own noise)
             gate = xp.repeat(xp.asarray([0 if c else 1 for c in clean], dtype=self.dtype), B)
-            if node_std is not None:
-                node_std *= gate
-        read_rng, node_rng = self.streams.get(prefix + "read"), self.streams.get(prefix + "node")
         inputs, pre, post = [], [], []
         for l, tile in enumerate(self.tiles):
             R = self._R[l]
@@ -236,7 +230,7 @@ class Network:
             else:
                 xs = h @ R.T if R is not None else h
             inj = known(l, xs) if known is not None else None
-            a = tile.read(xs, read_rng=read_rng, node_rng=node_rng, node_std=node_std, inject=inj, gate=gate,
+            a = tile.read(xs, gate=gate, inject=inj, purpose=purpose,
                           check_finite=l == 0 and self._first_read_checks_input())
             h = self.act(l, a)
             inputs.append(xs.reshape(P, B, -1))
@@ -268,7 +262,7 @@ class Network:
     def backward_read(self, l: int, d):
         """``Wᵀ_l d`` per row through a transposed crossbar read (needs ``backward``)."""
         self.require("a transposed crossbar read", ["backward"])
-        return self.tiles[l].read_transposed(self.backend.asarray(d), read_rng=self.streams.get("backward"))
+        return self.tiles[l].read_transposed(self.backend.asarray(d))
 
     def weights(self, l: int):
         """Exact current weights of layer ``l`` (needs ``oracle``; a copy)."""
@@ -327,12 +321,99 @@ class Network:
         return state
 
     def set_state(self, state: dict) -> None:
-        """Restore weights (reprogrammed, bypassing the update model) and decorrelation."""
+        """Restore weights (reprogrammed, bypassing the update model) and decorrelation.
+
+        Only the weights: hidden device state (conductance pairs, drift clocks) and the random
+        streams are rebuilt from ``W``. For an exact restore use :meth:`state`/:meth:`load_state`.
+        """
         for l, t in enumerate(self.tiles):
             t.restore(state[f"W{l}"])
         for l in range(self.n_layers):
             key = f"R{l}"
             self._R[l] = self.backend.asarray(state[key]).copy() if key in state else None
+
+    # -- complete state (checkpoints, traces) ----------------------------------------------------
+    STATE_VERSION = 1
+
+    def config(self) -> dict:
+        """What it takes to build this network again (JSON): sizes, device, seed, backend,
+        dtype and activations; the weights and everything else are in :meth:`state`."""
+        return {"sizes": list(self.sizes), "device": self.device.to_dict(), "seed": self.seed,
+                "backend": self.backend.name, "dtype": np.dtype(self.dtype).name,
+                "activation": self.activation.name, "output_activation": self.output_activation.name,
+                "slope": float(self.activation.slope)}
+
+    def state(self) -> dict:
+        """The complete state as plain data (host arrays and JSON; no pickle).
+
+        ``{"class", "version", "config", "streams", "tiles", "decorrelation"}``: the config of
+        :meth:`config`; where every named random stream stands (:meth:`Streams.state`); per
+        layer the device's arrays (:meth:`Tile.state`: weights, conductance pairs, fabrication
+        draws, drift exponents and clocks, write-verify target) and the decorrelation matrix
+        ``R_l`` (``None`` when off). :meth:`from_state` builds the network again from it and
+        :meth:`load_state` puts it back into this one; a run continued from either draws the
+        same numbers as the run that was saved. Write it to HDF5 with :func:`noisesim.state.save`.
+        """
+        return {"class": "noisesim.Network", "version": self.STATE_VERSION, "config": self.config(),
+                "streams": self.streams.state(),
+                "tiles": {str(l): t.state() for l, t in enumerate(self.tiles)},
+                "decorrelation": {str(l): None if R is None else to_numpy(R).copy() for l, R in enumerate(self._R)}}
+
+    @classmethod
+    def from_state(cls, state: dict, *, backend: str | Backend | None = None) -> "Network":
+        """A network rebuilt from :meth:`state` (on ``backend``, default the recorded one)."""
+        cfg = _check_state_header(state)
+        try:
+            device = DeviceConfig.from_dict(cfg["device"])
+            tiles = state["tiles"]
+            weights = [to_numpy(tiles[str(l)]["w"]) for l in range(len(cfg["sizes"]) - 1)]
+            net = cls(weights, device, seed=int(cfg["seed"]), backend=backend or cfg["backend"], dtype=cfg["dtype"],
+                      activation=cfg["activation"], slope=float(cfg["slope"]),
+                      output_activation=cfg["output_activation"])
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"invalid network state: {type(exc).__name__}: {exc}") from None
+        net.load_state(state)
+        return net
+
+    def load_state(self, state: dict) -> None:
+        """Put a :meth:`state` of a network with the same config back into this one.
+
+        Raises ``ValueError`` naming what differs (sizes, device, dtype, activations, an
+        array's shape or dtype) before anything changes. The seed and streams come from the
+        state. A state saved on another backend restores the host streams only (NumPy and
+        CuPy draw different numbers anyway).
+        """
+        cfg = _check_state_header(state)
+        mine = self.config()
+        for key in ("sizes", "device", "dtype", "activation", "output_activation", "slope"):
+            if cfg.get(key) != mine[key]:
+                raise ValueError(f"network state: {key}={cfg.get(key)!r} differs from this network's {mine[key]!r}")
+        tiles, R = state.get("tiles"), state.get("decorrelation")
+        if not isinstance(tiles, dict) or not isinstance(R, dict):
+            raise ValueError("network state: 'tiles' and 'decorrelation' must be mappings by layer")
+        prepared = []
+        for l, t in enumerate(self.tiles):
+            if str(l) not in tiles:
+                raise ValueError(f"network state has no tile {l}")
+            try:
+                prepared.append(t._prepare(tiles[str(l)]))
+            except (TypeError, KeyError) as exc:
+                raise ValueError(f"network state, tile {l}: {type(exc).__name__}: {exc}") from None
+        new_R = []
+        for l, n in enumerate(self.sizes[:-1]):
+            r = R.get(str(l))
+            if r is not None:
+                r = to_numpy(r)
+                if r.shape != (n, n) or r.dtype != np.dtype(self.dtype):
+                    raise ValueError(f"network state: R{l} has shape {r.shape} and dtype {r.dtype}, expected "
+                                     f"{(n, n)} and {np.dtype(self.dtype)}")
+                r = self.xp.array(r, order="C")
+            new_R.append(r)
+        self.streams.load_state(state.get("streams"))   # checked whole before it changes anything
+        for t, p in zip(self.tiles, prepared):
+            t._commit(p)
+        self._R = new_R
+        self.seed = self.streams.seed
 
     # -- weight perturbation ------------------------------------------------------------------------
     def forward_weight_perturbed(self, x, omega: Sequence, *, clean: Sequence[bool] | None = None,
@@ -361,3 +442,15 @@ class Network:
                 raise ValueError(f"omega[{l}] has shape {tuple(om.shape)}, expected {(P, tile.n_out, tile.n_in)}")
             return (xs.reshape(P, B, -1) @ xp.swapaxes(om, 1, 2)).reshape(P * B, tile.n_out)
         return self._run_stacked(x, P, clean, known, purpose)
+
+
+def _check_state_header(state) -> dict:
+    if not isinstance(state, dict) or state.get("class") != "noisesim.Network":
+        raise ValueError("not a noisesim.Network state (its 'class' entry is not 'noisesim.Network')")
+    if state.get("version") != Network.STATE_VERSION:
+        raise ValueError(f"network state version {state.get('version')!r}; this noisesim reads version "
+                         f"{Network.STATE_VERSION}")
+    cfg = state.get("config")
+    if not isinstance(cfg, dict):
+        raise ValueError("network state has no 'config'")
+    return cfg

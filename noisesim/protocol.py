@@ -1,12 +1,34 @@
-"""The protocol every learning rule trains through.
+"""The protocol every learning rule trains through, and the estimate a rule returns.
 
-Rules depend on a network only through these methods, so anything implementing them —
-the simulated :class:`~noisesim.network.Network`, a binding to a real chip, an adapter to
-another simulator — can be trained by every rule in ``rules``.
+Rules depend on a network only through the methods of :class:`DeviceNetwork`, so anything
+implementing them — the simulated :class:`~noisesim.network.Network`, a binding to a real
+chip, an adapter to another simulator — can be trained by every rule in ``rules``.
+:class:`Estimate` is what one rule step computes; traces record it and replays rebuild it, so
+it lives here, below the rules.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence, runtime_checkable
+
+
+@dataclass
+class Estimate:
+    """One batch's update directions and what the rule observed to make them.
+
+    ``updates[l]`` is ``ΔW_l`` (shape of ``W_l``); ``inputs[l]`` the decorrelated input
+    ``x*_{l-1}`` of the reference pass, shape ``(B, n_{l-1})``; ``outputs`` the reference
+    pass's network output (``None`` when rebuilt from a trace); ``losses`` the per-sample
+    losses of the reference pass; ``record`` the arrays the rule consumed (what a trace stores).
+    """
+
+    updates: list
+    loss: float
+    forward_passes: int
+    inputs: list
+    outputs: Any = None
+    losses: Any = None
+    record: dict = field(default_factory=dict)
 
 
 @runtime_checkable
@@ -34,5 +56,7 @@ class DeviceNetwork(Protocol):
     def enable_decorrelation(self) -> None: ...
     def apply_update(self, l: int, delta) -> None: ...
     def apply_decorrelation_update(self, l: int, delta) -> None: ...
-    def get_state(self) -> dict: ...
+    def get_state(self) -> dict: ...                   # weights and R (host copies)
     def set_state(self, state: dict) -> None: ...
+    def state(self) -> dict: ...                       # complete state (checkpoints, traces)
+    def load_state(self, state: dict) -> None: ...

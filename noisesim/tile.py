@@ -23,16 +23,25 @@ One read of ``x`` (rows are samples) computes, per physical tile, in order:
    perturbation enters once, on the first tile. (Output columns are independent per ADC
    already, so ``tile_cols`` changes only the transposed read.)
 
+A read sets up all of its noise itself, from the tile's config and its named streams
+(``read`` and ``node``, or ``<purpose>/read`` …); the caller says only which rows are clean
+passes (``gate``) and what is injected.
+
 With ``w_max=None`` there is no conductance mapping: the weights are exact numbers and only
 steps 1 and 3–6 apply (the ``ideal`` preset). Weights change only through :meth:`Tile.apply`
-(the device update model, :mod:`noisesim.update`) or :meth:`Tile.program`.
+(the device update model, :mod:`noisesim.update`, which changes the pairs through
+:meth:`Tile.write_pair`, :meth:`Tile.program_where` and :meth:`Tile.pulse`) or
+:meth:`Tile.program`. :meth:`Tile.state` gives every array of the device as plain data and
+:meth:`Tile.load_state` puts it back.
 """
 from __future__ import annotations
 
 import numpy as np
 
+import dataclasses
+
 from . import _kernels, conductance, drift, update
-from .backend import Backend, Generator, Streams
+from .backend import Backend, Streams, to_numpy
 from .config import DeviceConfig
 
 
@@ -46,8 +55,9 @@ class Tile:
     config : DeviceConfig
     backend : Backend
     streams : Streams, optional
-        Named random streams (``programming``, ``faults``, ``d2d``, ``drift``, ``update``,
-        ``c2c``); a network passes its own so fabrication draws follow the layer order.
+        Named random streams (``read``, ``node``, ``backward``, ``programming``, ``faults``,
+        ``d2d``, ``drift``, ``update``, ``c2c``); a network passes its own so fabrication draws
+        follow the layer order.
     """
 
     def __init__(self, w0, config: DeviceConfig, backend: Backend, *, streams: Streams | None = None):
@@ -76,6 +86,7 @@ class Tile:
             self._tprog = self.xp.zeros(shape, self.dtype) if self._nu_p is not None else None
         self._target = None
         self._alpha = 1.0           # digital drift-compensation gain after the ADC
+        self._stale = False         # the pairs changed since the effective weights were computed
         self._w = w0
         self.program(w0)
 
@@ -132,6 +143,7 @@ class Tile:
     def _refresh(self) -> None:
         """Recompute the effective weights ``W = w_max (G⁺_eff − G⁻_eff)`` (drift, faults)."""
         xp = self.xp
+        self._stale = False
         gp, gm = self._gp, self._gm
         if self.drifts:
             t0 = self.config.t0
@@ -185,9 +197,127 @@ class Tile:
         if not self.mapped:  # exact software weights: the ideal update is the only model
             self._w = self._w + delta
             return
-        direct = update.MODELS[self.config.update](self, delta)
-        if not direct:
+        update.MODELS[self.config.update](self, delta)
+        if self._stale:
             self._refresh()
+
+    # -- what an update model may do to the device ----------------------------------------
+    @property
+    def pair(self):
+        """The programmed pair ``(G⁺, G⁻)``, normalised to ``g_max`` (not drifted; read only)."""
+        return self._gp, self._gm
+
+    @property
+    def bounds(self):
+        """Each device's ``Ĝ_max`` as ``(G⁺ bounds, G⁻ bounds)``, ``None`` for the nominal 1."""
+        return self.fab.gmax_p, self.fab.gmax_m
+
+    @property
+    def target(self):
+        """The digital target weights of ``write_verify`` (``None`` under other models; read only)."""
+        return self._target
+
+    def write_pair(self, gp, gm, changed) -> None:
+        """Set the pair exactly (no levels, no noise); devices in ``changed`` restart their
+        drift clock. What an exact update writes."""
+        if self._tprog is not None:
+            self._tprog[changed] = self.time
+        self._gp, self._gm = gp.astype(self.dtype, copy=False), gm.astype(self.dtype, copy=False)
+        self._stale = True
+
+    def program_where(self, target, changed) -> None:
+        """Program-and-verify the devices in ``changed`` to ``target`` (weights, clipped to
+        ``±w_max``): levels and programming noise as in :meth:`program`, the others keep their
+        state. The target is kept as the digital reference of later updates."""
+        xp = self.xp
+        self._target = xp.clip(target, -self.w_max, self.w_max).astype(self.dtype, copy=False)
+        gp, gm = conductance.program(self._target / self.w_max, self.config, self.fab,
+                                     self.streams.get("programming"), xp)
+        self.write_pair(xp.where(changed, gp, self._gp), xp.where(changed, gm, self._gm), changed)
+
+    def pulse(self, d) -> None:
+        """Send each device the pulses of a normalised step ``d = ΔW/w_max`` (see
+        :func:`noisesim._kernels.pulsed_update`): stochastic pulse counts (``update`` stream),
+        soft bounds at ``Ĝ_max``, the d2d step scale, cycle-to-cycle noise (``c2c`` stream);
+        pulsed devices restart their drift clock."""
+        c = self.config
+        d = self.xp.ascontiguousarray(d, dtype=self.dtype)
+        # With no drift and no faults the kernel writes the effective weights directly.
+        direct = self._tprog is None and not self.fab.has_faults
+        _kernels.pulsed_update(
+            self._gp, self._gm, d, rng=self.streams.get("update"), c2c_rng=self.streams.get("c2c"),
+            dw_min=c.dw_min, asymmetry=c.asymmetry, c2c=c.c2c,
+            dw_scale=self.fab.dw_scale, bound_up=self.fab.gmax_p, bound_down=self.fab.gmax_m,
+            tprog=self._tprog, now=self.time, w=self._w if direct else None, w_scale=self.w_max,
+        )
+        self._stale = not direct
+
+    # -- complete state ----------------------------------------------------------------------
+    _ARRAYS = ("w", "gp", "gm", "tprog", "target", "nu_p", "nu_m")
+
+    def _array(self, name: str):
+        return getattr(self, "_" + name)
+
+    def state(self) -> dict:
+        """Every array and number of this device as host copies and JSON: the weights a read
+        uses (``w``), the programmed pair, drift exponents and clocks, the write-verify target,
+        the fabrication draws (``None`` where an effect is off), the clock, ``w_max`` and the
+        drift-compensation gain."""
+        host = lambda a: None if a is None else to_numpy(a).copy()
+        st = {"shape": [self.n_out, self.n_in], "mapped": self.mapped, "w_max": self.w_max,
+              "time": self.time, "alpha": float(self._alpha)}
+        names = self._ARRAYS if self.mapped else ("w",)
+        st.update({k: host(self._array(k)) for k in names})
+        if self.mapped:
+            st["fabrication"] = {f.name: host(getattr(self.fab, f.name)) for f in dataclasses.fields(self.fab)}
+        return st
+
+    def load_state(self, state: dict) -> None:
+        """Put back a :meth:`state` of a tile of the same shape and config (raises ``ValueError``
+        naming the first array that does not fit, before anything changes)."""
+        self._commit(self._prepare(state))
+
+    def _prepare(self, state: dict):
+        """The arrays and numbers of ``state``, checked against this tile, ready to commit."""
+        if not isinstance(state, dict):
+            raise ValueError("tile state is not a mapping")
+        if list(state.get("shape", [])) != [self.n_out, self.n_in] or bool(state.get("mapped")) != self.mapped:
+            raise ValueError(f"tile state of shape {state.get('shape')} (mapped={state.get('mapped')}) does not "
+                             f"fit a tile of shape {[self.n_out, self.n_in]} (mapped={self.mapped})")
+        names = self._ARRAYS if self.mapped else ("w",)
+        new = {k: self._fit(k, self._array(k), state.get(k)) for k in names}
+        fab = {}
+        if self.mapped:
+            saved = state.get("fabrication") or {}
+            fab = {f.name: self._fit(f"fabrication/{f.name}", getattr(self.fab, f.name), saved.get(f.name))
+                   for f in dataclasses.fields(self.fab)}
+        w_max, t, alpha = state.get("w_max"), drift.check_time(state.get("time"), "time"), state.get("alpha")
+        if self.mapped != (w_max is not None) or not isinstance(alpha, (int, float)) or (
+                w_max is not None and not (isinstance(w_max, (int, float)) and w_max > 0)):
+            raise ValueError(f"tile state has w_max={w_max!r}, alpha={alpha!r}")
+        return new, fab, w_max, t, alpha
+
+    def _commit(self, prepared) -> None:
+        new, fab, w_max, t, alpha = prepared
+        for k, v in new.items():
+            setattr(self, "_" + k, v)
+        for k, v in fab.items():
+            setattr(self.fab, k, v)
+        self.w_max = None if w_max is None else float(w_max)
+        self.time, self._alpha, self._stale = t, float(alpha), False
+
+    def _fit(self, name, current, saved):
+        """``saved`` as an array of this backend, checked against the array it replaces."""
+        if (current is None) != (saved is None):
+            raise ValueError(f"tile state: {name} is {'absent' if saved is None else 'present'}, but this "
+                             f"tile's config {'has' if current is not None else 'has no'} such array")
+        if current is None:
+            return None
+        saved = to_numpy(saved)
+        if saved.shape != tuple(current.shape) or saved.dtype != current.dtype:
+            raise ValueError(f"tile state: {name} has shape {saved.shape} and dtype {saved.dtype}, expected "
+                             f"{tuple(current.shape)} and {current.dtype}")
+        return self.xp.array(saved, order="C")
 
     # -- reads ---------------------------------------------------------------------------
     def _scratch(self, like):
@@ -257,25 +387,36 @@ class Tile:
             out = res
         return out
 
-    def read(self, x, *, read_rng: Generator, node_rng: Generator, node_std=None, inject=None, gate=None,
-             check_finite: bool = False):
+    def read(self, x, *, gate=None, inject=None, purpose: str = "train", check_finite: bool = False):
         """Observed pre-activations for inputs ``x`` of shape ``(M, n_in)``.
 
-        ``check_finite``: raise ``ValueError`` on NaN or Inf in ``x`` before any noise is drawn
-        (under ``io_scaling="abs_max"`` from the DAC's ``max|x|``, at no extra pass).
-        ``node_std``: per-row std of the intrinsic node noise, shape ``(M,)`` (``None``: off).
-        ``gate``: per-row 0/1 multiplier of the output-noise variance (0 on a clean pass).
+        The read draws its own noise from the tile's streams ``read`` and ``node`` (prefixed
+        ``<purpose>/`` unless ``purpose="train"``, so evaluation never shifts training), with
+        the stds of its config.
+        ``gate``: per-row 0/1 (0: a clean pass), multiplying the intrinsic node noise's std and
+        the output noise's variance; ``None``: every row noisy. The read noise is never gated.
         ``inject``: a known perturbation of shape ``(M, n_out)`` added before the ADC (on the
         first row-tile's output when tiled).
+        ``check_finite``: raise ``ValueError`` on NaN or Inf in ``x`` before any noise is drawn
+        (under ``io_scaling="abs_max"`` from the DAC's ``max|x|``, at no extra pass).
         """
-        return self._analog(x, self._w.T, self.config.tile_rows, read_rng=read_rng, node_rng=node_rng,
-                            node_std=node_std, gate=gate, inject=inject, check_finite=check_finite)
+        prefix = "" if purpose == "train" else f"{purpose}/"
+        node_std = node_rng = None
+        if self.config.node_noise > 0:
+            node_std = self.xp.full(x.shape[0], self.config.node_noise, dtype=self.dtype)
+            if gate is not None:
+                node_std *= gate
+            node_rng = self.streams.get(prefix + "node")
+        return self._analog(x, self._w.T, self.config.tile_rows, read_rng=self.streams.get(prefix + "read"),
+                            node_rng=node_rng, node_std=node_std, gate=gate, inject=inject,
+                            check_finite=check_finite)
 
-    def read_transposed(self, d, *, read_rng: Generator):
-        """A transposed read ``d W`` (``Wᵀ d`` per row) with read and output noise and the ADC.
+    def read_transposed(self, d):
+        """A transposed read ``d W`` (``Wᵀ d`` per row) with read and output noise and the ADC,
+        drawn from the ``backward`` stream.
 
         Tiled along the output dimension by ``tile_cols``; the DAC applies only under
         ``io_scaling="abs_max"`` (raw gradients are far below a forward DAC's range).
         """
-        return self._analog(d, self._w, self.config.tile_cols, read_rng=read_rng,
+        return self._analog(d, self._w, self.config.tile_cols, read_rng=self.streams.get("backward"),
                             dac=self.config.io_scaling == "abs_max")

@@ -23,59 +23,43 @@ A learning rule asks for ``W ← W + ΔW``; the device decides what actually hap
     only when its level-quantised target changes (any change when ``n_levels`` is ``None``).
     Updates smaller than one level thus accumulate instead of being lost. Stream:
     ``programming``.
+
+A model is a function ``model(tile, delta)`` registered in :data:`MODELS`. It reads the
+device through :attr:`Tile.pair <noisesim.tile.Tile.pair>`, ``bounds``, ``target``,
+``w_max`` and ``config``, and changes it only through the tile's own operations —
+``write_pair`` (exact), ``program_where`` (program-and-verify) and ``pulse`` — which keep the
+drift clocks, dtypes and effective weights right. Adding a model is one function here and its
+name in :data:`MODELS` (plus any new parameters in :class:`~noisesim.config.DeviceConfig`).
 """
 from __future__ import annotations
 
-from . import _kernels, conductance
-
-UPDATE_MODELS = ("ideal", "pulsed", "write_verify")
+from . import conductance
 
 
 def ideal(tile, delta) -> None:
     xp = tile.xp
-    u = tile._gp - tile._gm
+    gp, gm = tile.pair
     d = delta / tile.w_max
-    new = u + d
-    hi = tile.fab.gmax_p if tile.fab.gmax_p is not None else 1
-    lo = tile.fab.gmax_m if tile.fab.gmax_m is not None else 1
-    new = xp.minimum(xp.maximum(new, -lo), hi)
-    gp, gm = conductance.split(new, xp)
-    if tile._tprog is not None:
-        changed = d != 0
-        tile._tprog[changed] = tile.time
-    tile._gp, tile._gm = gp.astype(tile.dtype, copy=False), gm.astype(tile.dtype, copy=False)
+    hi, lo = (b if b is not None else 1 for b in tile.bounds)
+    new = xp.minimum(xp.maximum((gp - gm) + d, -lo), hi)
+    tile.write_pair(*conductance.split(new, xp), changed=d != 0)
 
 
 def pulsed(tile, delta) -> None:
-    c, xp = tile.config, tile.xp
-    d = delta / tile.w_max if tile.w_max != 1 else delta
-    d = xp.ascontiguousarray(d, dtype=tile.dtype)
-    # With no drift and no faults the kernel writes the effective weights directly.
-    direct = tile._tprog is None and not tile.fab.has_faults
-    _kernels.pulsed_update(
-        tile._gp, tile._gm, d, rng=tile.streams.get("update"), c2c_rng=tile.streams.get("c2c"),
-        dw_min=c.dw_min, asymmetry=c.asymmetry, c2c=c.c2c,
-        dw_scale=tile.fab.dw_scale, bound_up=tile.fab.gmax_p, bound_down=tile.fab.gmax_m,
-        tprog=tile._tprog, now=tile.time, w=tile._w if direct else None, w_scale=tile.w_max,
-    )
-    return direct
+    tile.pulse(delta / tile.w_max if tile.w_max != 1 else delta)
 
 
 def write_verify(tile, delta) -> None:
-    c, xp = tile.config, tile.xp
-    old = tile._target
-    new = xp.clip(old + delta, -tile.w_max, tile.w_max)
-    if c.n_levels is not None:
-        k = c.n_levels - 1
-        changed = xp.rint(old / tile.w_max * k) != xp.rint(new / tile.w_max * k)
+    xp, w_max, n_levels = tile.xp, tile.w_max, tile.config.n_levels
+    old = tile.target
+    new = xp.clip(old + delta, -w_max, w_max)
+    if n_levels is not None:
+        k = n_levels - 1
+        changed = xp.rint(old / w_max * k) != xp.rint(new / w_max * k)
     else:
         changed = new != old
-    tile._target = new.astype(tile.dtype, copy=False)
-    gp, gm = conductance.program(new / tile.w_max, c, tile.fab, tile.streams.get("programming"), xp)
-    tile._gp = xp.where(changed, gp, tile._gp).astype(tile.dtype, copy=False)
-    tile._gm = xp.where(changed, gm, tile._gm).astype(tile.dtype, copy=False)
-    if tile._tprog is not None:
-        tile._tprog[changed] = tile.time
+    tile.program_where(new, changed)
 
 
 MODELS = {"ideal": ideal, "pulsed": pulsed, "write_verify": write_verify}
+UPDATE_MODELS = tuple(MODELS)

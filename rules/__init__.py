@@ -25,6 +25,10 @@ and — because ``dfa`` already names direct feedback alignment — ``d-fa`` and
 """
 from __future__ import annotations
 
+import functools
+
+import noisesim.registry
+
 from .base import Estimate, Rule
 from .bp import Backprop
 from .losses import Loss
@@ -66,6 +70,19 @@ for _name, (_cls, _fixed) in _BASE.items():
     RULES[_dname] = (_cls, {**_fixed, "decorrelate": True})
 
 
+def from_state(state: dict, net) -> Rule:
+    """The rule saved as ``state`` (:meth:`Rule.state`), ready to continue on ``net``.
+
+    >>> rule = rules.from_state(noisesim.state.load("ckpt.h5")["rule"], net)   # doctest: +SKIP
+    """
+    cfg = state.get("config") if isinstance(state, dict) else None
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("rule"), str):
+        raise ValueError("not a rule state: it has no config with a rule name")
+    rule = make(cfg["rule"], **{k: v for k, v in cfg.items() if k != "rule"})
+    rule.load_state(state, net)
+    return rule
+
+
 def make(name: str, **options) -> Rule:
     """A rule by registry name with its options, e.g. ``make("danp", baseline="noisy")``."""
     key = name.lower()
@@ -81,7 +98,12 @@ def make(name: str, **options) -> Rule:
         raise ValueError(f"rule {name!r}: {exc}") from None
 
 
+# noisesim finds rules by name here (trace replay), without importing this package itself
+for _name in RULES:
+    noisesim.registry.register_rule(_name, functools.partial(make, _name))
+
 __all__ = ["Estimate", "Rule", "Backprop", "FeedbackAlignment", "WeightPerturbation",
            "NodePerturbation", "IterativeNodePerturbation", "ActivityNodePerturbation",
            "RegressionPerturbation", "PerturbationRule", "node_perturbation", "Loss", "SGD", "Adam",
-           "alignment", "angle", "angles", "diagnostics", "exact_gradients", "RULES", "DESCRIPTIONS", "make"]
+           "alignment", "angle", "angles", "diagnostics", "exact_gradients", "RULES", "DESCRIPTIONS", "make",
+           "from_state"]

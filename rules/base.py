@@ -6,34 +6,17 @@ the one place weights change. Sign convention: ``W_l ← W_l − η·ΔW_l`` (th
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
-
 import numpy as np
 
+from noisesim.backend import to_numpy
 from noisesim.errors import DivergenceError
+from noisesim.protocol import Estimate
 
 from .decorrelation import check_decorrelation, decorrelation_delta
 from .losses import Loss
 from .optim import OPTIMIZERS, make_optimizer
 
-
-@dataclass
-class Estimate:
-    """One batch's update directions and what the rule observed to make them.
-
-    ``updates[l]`` is ``ΔW_l`` (shape of ``W_l``); ``inputs[l]`` the decorrelated input
-    ``x*_{l-1}`` of the reference pass, shape ``(B, n_{l-1})``; ``outputs`` the reference
-    pass's network output; ``record`` the arrays the rule consumed (what a trace stores).
-    """
-
-    updates: list
-    loss: float
-    forward_passes: int
-    inputs: list
-    outputs: Any
-    losses: Any = None
-    record: dict = field(default_factory=dict)
+STATE_VERSION = 1
 
 
 class Rule:
@@ -63,6 +46,10 @@ class Rule:
 
     name = "rule"
     needs: tuple = ("observe",)
+    # attributes holding state the rule keeps between steps besides the optimizer's: each an
+    # array, or a list of arrays (``None`` allowed, and before init); saved and restored by
+    # state()/load_state()
+    state_attrs: tuple = ()
 
     def __init__(self, *, lr: float = 1e-3, optimizer: str = "adam", momentum: float = 0.0,
                  loss: str = "cce", decorrelate: bool = False, alpha: float = 1e-3):
@@ -77,7 +64,8 @@ class Rule:
         self.lr, self.optimizer_name, self.momentum = float(lr), optimizer, float(momentum)
         self.loss = Loss(loss)
         self.decorrelate, self.alpha = bool(decorrelate), float(alpha)
-        self.optimizer = None
+        self.optimizer = None       # the optimizer (hyperparameters), made by init
+        self.opt_state = None       # its state: explicit data (see rules.optim)
 
     # -- description -------------------------------------------------------------------------
     @property
@@ -108,12 +96,85 @@ class Rule:
 
     # -- lifecycle ---------------------------------------------------------------------------
     def init(self, net) -> None:
-        """Check access (before any training), switch decorrelation on, reset the optimizer."""
+        """Check access (before any training), switch decorrelation on, reset the optimizer.
+
+        A fresh start; to continue a saved run use :meth:`load_state` instead.
+        """
         net.require(f"rule {self.label!r}", self.required_access())
         if self.decorrelate:
             net.enable_decorrelation()
         self.optimizer = make_optimizer(self.optimizer_name, self.lr, self.momentum)
-        self.optimizer.init(range(net.n_layers))
+        self.opt_state = self.optimizer.init(net.n_layers)
+
+    # -- state --------------------------------------------------------------------------------
+    def state(self) -> dict:
+        """The rule's complete state as plain data (host arrays and JSON; no pickle).
+
+        ``{"class", "version", "config", "initialised", "optimizer", "extra"}``: the
+        :meth:`config` it is rebuilt from, the optimizer's state (``{"t", "m", "v"}`` for Adam,
+        ``{"v"}`` for SGD; per layer an array or ``None``, keyed ``"0"``, ``"1"``, …) and the
+        rule's own arrays (``state_attrs``, e.g. feedback alignment's ``B`` matrices). Before
+        :meth:`init` the optimizer entry is ``None``. :func:`rules.from_state` rebuilds the
+        rule; :meth:`load_state` puts the state back into this one.
+        """
+        host = lambda a: None if a is None else to_numpy(a).copy()
+
+        def pack(v):
+            if isinstance(v, (list, tuple)):
+                return {str(i): host(a) for i, a in enumerate(v)}
+            return host(v)
+
+        opt = None
+        if self.optimizer is not None:
+            opt = {"name": self.optimizer_name}
+            for k, v in self.opt_state.items():
+                opt[k] = pack(v) if isinstance(v, (list, tuple)) else v
+        return {"class": "rules.Rule", "version": STATE_VERSION, "config": self.config(),
+                "initialised": self.optimizer is not None, "optimizer": opt,
+                "extra": {k: pack(getattr(self, k, None)) for k in self.state_attrs}}
+
+    def load_state(self, state: dict, net) -> None:
+        """Continue from a :meth:`state` of a rule with the same config, on ``net`` (whose
+        own state — decorrelation included — was restored first). Checks the access it needs;
+        arrays become ``net``'s backend arrays. A state from before ``init`` initialises."""
+        if not isinstance(state, dict) or state.get("class") != "rules.Rule":
+            raise ValueError("not a rule state (its 'class' entry is not 'rules.Rule')")
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"rule state version {state.get('version')!r}; this version reads {STATE_VERSION}")
+        if state.get("config") != self.config():
+            raise ValueError(f"rule state of {state.get('config')!r} does not fit this rule {self.config()!r}")
+        if not state.get("initialised"):
+            self.init(net)
+            return
+        net.require(f"rule {self.label!r}", self.required_access())
+        if self.decorrelate and not all(net.decorrelation(l) is not None for l in range(net.n_layers)):
+            raise ValueError(f"rule {self.label!r} decorrelates, but the network has no decorrelation matrices; "
+                             "load the network's state first")
+        conv = lambda a: None if a is None else net.backend.asarray(a).copy() if np.asarray(a).dtype.kind == "f" \
+            else net.xp.asarray(a)
+
+        def unpack(v, n=None):
+            if isinstance(v, dict):
+                keys = sorted(v, key=int)
+                if keys != [str(i) for i in range(len(keys))] or (n is not None and len(keys) != n):
+                    raise ValueError(f"rule state: a per-layer entry has keys {keys}")
+                return [conv(v[k]) for k in keys]
+            return conv(v)
+
+        saved = state.get("optimizer") or {}
+        optimizer = make_optimizer(self.optimizer_name, self.lr, self.momentum)
+        fresh = optimizer.init(net.n_layers)
+        if saved.get("name") != self.optimizer_name or set(saved) - {"name"} != set(fresh):
+            raise ValueError(f"rule state: optimizer entries {sorted(saved)} do not fit {self.optimizer_name!r} "
+                             f"({sorted(fresh)})")
+        opt_state = {k: unpack(saved[k], net.n_layers) if isinstance(fresh[k], list) else saved[k] for k in fresh}
+        extra = state.get("extra") or {}
+        if set(extra) != set(self.state_attrs):
+            raise ValueError(f"rule state: extra entries {sorted(extra)}, expected {sorted(self.state_attrs)}")
+        values = {k: unpack(extra[k]) for k in self.state_attrs}
+        self.optimizer, self.opt_state = optimizer, opt_state
+        for k, v in values.items():
+            setattr(self, k, v)
 
     def estimate(self, net, x, t) -> Estimate:
         """Update directions ``ΔW_l`` for one batch; nothing is applied.
@@ -152,7 +213,7 @@ class Rule:
                 check_decorrelation(net.decorrelation(l) + d, est.inputs[l], self.alpha, l)
             for l, d in enumerate(deltas_R):
                 net.apply_decorrelation_update(l, d)
-        for l, d in enumerate(self.optimizer.step(est.updates)):
+        for l, d in enumerate(self.optimizer.update(est.updates, self.opt_state)):
             net.apply_update(l, d)
 
 

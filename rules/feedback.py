@@ -37,6 +37,7 @@ class FeedbackAlignment(Rule):
 
     name = "fa"
     needs = ("observe",)
+    state_attrs = ("feedback",)
 
     def __init__(self, *, direct: bool = False, **kw):
         super().__init__(**kw)

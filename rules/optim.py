@@ -2,37 +2,51 @@
 
 Sign convention: ``W ← W − η·ΔW`` for SGD; the returned arrays are the *deltas* to add,
 i.e. already negated, so ``Network.apply_update(l, delta)`` receives ``−η·(…)``.
+
+An optimizer holds only its hyperparameters. Its state is explicit data, made by
+``init(n_layers)`` and carried by the caller (the rule, which saves it with its state)::
+
+    >>> opt = Adam(lr=1e-3)
+    >>> state = opt.init(2)                      # {"t": 0, "m": [None, None], "v": [None, None]}
+    >>> deltas = opt.update(grads, state)        # doctest: +SKIP
+
+``update`` advances ``state`` in place (no copies of the moments) and returns the deltas.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 OPTIMIZERS = ("adam", "sgd")
 
 
+def _n(params_like) -> int:
+    return params_like if isinstance(params_like, int) else len(params_like)
+
+
 @dataclass
 class SGD:
-    """``v ← μ v + ΔW``; ``delta = −η v`` (plain SGD when ``momentum=0``)."""
+    """``v ← μ v + ΔW``; ``delta = −η v`` (plain SGD when ``momentum=0``).
+
+    State: ``{"v": [velocity per layer, or None before its first step]}``.
+    """
 
     lr: float = 1e-3
     momentum: float = 0.0
-    _v: list = field(default_factory=list, repr=False)
+    name = "sgd"
 
-    def init(self, params_like) -> None:
-        self._v = [None] * len(params_like)
+    def init(self, params_like) -> dict:
+        """Fresh state for ``params_like`` layers (an int, or a sequence of that length)."""
+        return {"v": [None] * _n(params_like)}
 
-    def step(self, grads) -> list:
-        out = []
+    def update(self, grads, state: dict) -> list:
+        v, out = state["v"], []
         for i, g in enumerate(grads):
             if self.momentum:
-                self._v[i] = g.copy() if self._v[i] is None else self.momentum * self._v[i] + g
-                g = self._v[i]
+                v[i] = g.copy() if v[i] is None else self.momentum * v[i] + g
+                g = v[i]
             out.append((-self.lr) * g)
         return out
-
-    def state(self) -> dict:
-        return {f"v{i}": v for i, v in enumerate(self._v) if v is not None}
 
 
 @dataclass
@@ -41,37 +55,39 @@ class Adam:
 
     ``m ← β₁m + (1−β₁)g``, ``v ← β₂v + (1−β₂)g²``,
     ``delta = −η √(1−β₂ᵗ)/(1−β₁ᵗ) · m / (√v + ε)`` (the Keras form the authors used).
+
+    State: ``{"t": steps taken, "m": [first moments], "v": [second moments]}`` (``None``
+    per layer before its first step).
     """
 
     lr: float = 1e-3
     beta1: float = 0.9
     beta2: float = 0.999
     eps: float = 1e-7
-    t: int = 0
-    _m: list = field(default_factory=list, repr=False)
-    _v: list = field(default_factory=list, repr=False)
+    name = "adam"
 
-    def init(self, params_like) -> None:
-        self.t = 0
-        self._m = [None] * len(params_like)
-        self._v = [None] * len(params_like)
+    def init(self, params_like) -> dict:
+        """Fresh state for ``params_like`` layers (an int, or a sequence of that length)."""
+        n = _n(params_like)
+        return {"t": 0, "m": [None] * n, "v": [None] * n}
 
-    def step(self, grads) -> list:
-        self.t += 1
+    def update(self, grads, state: dict) -> list:
+        state["t"] += 1
+        t, m, v = state["t"], state["m"], state["v"]
         b1, b2 = self.beta1, self.beta2
-        lr_t = self.lr * math.sqrt(1 - b2**self.t) / (1 - b1**self.t)
+        lr_t = self.lr * math.sqrt(1 - b2**t) / (1 - b1**t)
         out = []
         for i, g in enumerate(grads):
-            if self._m[i] is None:
-                self._m[i] = (1 - b1) * g
-                self._v[i] = (1 - b2) * (g * g)
+            if m[i] is None:
+                m[i] = (1 - b1) * g
+                v[i] = (1 - b2) * (g * g)
             else:
-                self._m[i] *= b1
-                self._m[i] += (1 - b1) * g
-                self._v[i] *= b2
-                self._v[i] += (1 - b2) * (g * g)
-            sq = self._v[i] ** 0.5
-            out.append((-lr_t) * self._m[i] / (sq + self.eps))
+                m[i] *= b1
+                m[i] += (1 - b1) * g
+                v[i] *= b2
+                v[i] += (1 - b2) * (g * g)
+            sq = v[i] ** 0.5
+            out.append((-lr_t) * m[i] / (sq + self.eps))
         return out
 
 

@@ -20,15 +20,13 @@ def make_tile(w, backend_name, dtype="float32", seed=0, **cfg):
     return Tile(np.asarray(w), DeviceConfig(**cfg), be, streams=Streams(seed, be))
 
 
-def read(tile, x, seed=1, node_std=None, inject=None, gate=None):
+def read(tile, x, seed=1, inject=None, gate=None):
+    """One read of ``x``, its noise drawn from the named streams of ``seed`` (the tile sets
+    up its own noise from its config: ``node_noise``, ``read_noise`` …)."""
     be = tile.backend
-    s = Streams(seed, be)
-    x = be.asarray(x)
-    if node_std is not None:
-        node_std = be.xp.full(x.shape[0], node_std, dtype=be.dtype)
+    tile.streams = Streams(seed, be)
     inj = be.asarray(inject) if inject is not None else None
-    return to_numpy(tile.read(x, read_rng=s.get("read"), node_rng=s.get("node"), node_std=node_std,
-                              inject=inj, gate=gate))
+    return to_numpy(tile.read(be.asarray(x), inject=inj, gate=gate))
 
 
 @pytest.fixture
@@ -110,12 +108,12 @@ def test_read_noise_std_is_read_noise_w_max_norm_x(backend_name, rng, w_max):
 def test_node_noise_std_and_clean_gate(backend_name, rng):
     w = rng.uniform(-1, 1, (30, 20))
     x = rng.standard_normal((3000, 20))
-    t = make_tile(w, backend_name, "float64")
-    a = read(t, x, node_std=0.01)
+    t = make_tile(w, backend_name, "float64", node_noise=0.01)
+    a = read(t, x)
     clean = x @ w.T
     assert np.std(a - clean) == pytest.approx(0.01, rel=0.02)     # 90 000 samples; tol 2 %
     gate = t.backend.xp.zeros(3000, dtype=t.dtype)
-    np.testing.assert_array_equal(read(t, x, node_std=0.0, gate=gate), clean)
+    np.testing.assert_array_equal(read(t, x, gate=gate), clean)          # a clean pass: no node noise
 
 
 def test_out_noise_relative_to_full_scale(backend_name, rng):
@@ -176,8 +174,7 @@ def test_tiling_without_noise_is_exact(backend_name, rng):
     np.testing.assert_array_equal(read(tiled, x), read(plain, x))
     np.testing.assert_array_equal(read(tiled, x), x @ w.T)
     d = rng.integers(-3, 4, (25, 37)).astype(float)
-    s = Streams(0, plain.backend)
-    np.testing.assert_array_equal(to_numpy(tiled.read_transposed(plain.backend.asarray(d), read_rng=s.get("r"))), d @ w)
+    np.testing.assert_array_equal(to_numpy(tiled.read_transposed(plain.backend.asarray(d))), d @ w)
 
 
 def test_tiling_adc_per_tile_and_read_noise_variance(backend_name, rng):
@@ -197,8 +194,8 @@ def test_tiling_node_noise_per_tile(backend_name, rng):
     # k = 4 row tiles, each with its own node noise before its ADC: observed std 2·node_noise
     w = rng.uniform(-1, 1, (25, 64))
     x = rng.uniform(-1, 1, (4000, 64))
-    t = make_tile(w, backend_name, "float64", tile_rows=16)
-    assert np.std(read(t, x, node_std=0.01) - x @ w.T) == pytest.approx(0.02, rel=0.02)
+    t = make_tile(w, backend_name, "float64", tile_rows=16, node_noise=0.01)
+    assert np.std(read(t, x) - x @ w.T) == pytest.approx(0.02, rel=0.02)
 
 
 # 8 — drift -----------------------------------------------------------------------------------
@@ -366,8 +363,8 @@ def test_enabling_one_effect_leaves_other_streams_unchanged(backend_name, rng):
     x = rng.standard_normal((8, 20)).astype(np.float32)
     w = rng.uniform(-1, 1, (6, 20))
     r = read(make_tile(w, backend_name, "float64", read_noise=0.1), x) - x @ w.T
-    rn = read(make_tile(w, backend_name, "float64", read_noise=0.1), x, node_std=0.05) - x @ w.T
-    nn = read(make_tile(w, backend_name, "float64"), x, node_std=0.05) - x @ w.T
+    rn = read(make_tile(w, backend_name, "float64", read_noise=0.1, node_noise=0.05), x) - x @ w.T
+    nn = read(make_tile(w, backend_name, "float64", node_noise=0.05), x) - x @ w.T
     np.testing.assert_allclose(rn, r + nn, atol=1e-12)
     # output noise joins the read noise as one Gaussian of variance r² + o² per output: the
     # same normals, rescaled (the stream is not shifted), and the node noise is untouched
@@ -375,7 +372,7 @@ def test_enabling_one_effect_leaves_other_streams_unchanged(backend_name, rng):
     sig = np.sqrt(sig_r ** 2 + 0.3 ** 2)
     ro = read(make_tile(w, backend_name, "float64", read_noise=0.1, out_noise=0.3), x) - x @ w.T
     np.testing.assert_allclose(ro / sig, r / sig_r, atol=1e-9)
-    ron = read(make_tile(w, backend_name, "float64", read_noise=0.1, out_noise=0.3), x, node_std=0.05) - x @ w.T
+    ron = read(make_tile(w, backend_name, "float64", read_noise=0.1, out_noise=0.3, node_noise=0.05), x) - x @ w.T
     np.testing.assert_allclose(ron, ro + nn, atol=1e-12)
     # programming noise does not shift the read noise
     t_a = make_tile(w, backend_name, "float64", w_max=1.0, read_noise=0.1)
@@ -418,9 +415,16 @@ def test_global_drift_compensation(backend_name, rng):
     assert 0.95 < ratio < 1.05 and not np.allclose(a, x @ w.T, rtol=1e-3)   # uncompensated: 0.40
 
 
-def test_node_noise_without_a_stream_is_an_error(backend_name):
-    t = make_tile(np.eye(3), backend_name)
-    be = t.backend
-    with pytest.raises(ValueError, match="node_std was given without a node_rng"):
-        t.read(be.asarray(np.ones((2, 3), np.float32)), read_rng=Streams(0, be).get("read"), node_rng=None,
-               node_std=be.xp.full(2, 0.1, dtype=be.dtype))
+def test_a_read_sets_up_its_own_noise_from_its_config_and_gate(backend_name, rng):
+    """The tile draws read and node noise from its own streams; the caller only gates rows."""
+    w = rng.uniform(-1, 1, (12, 30))
+    x = rng.standard_normal((400, 30))
+    t = make_tile(w, backend_name, "float64", node_noise=0.05)
+    gate = t.backend.xp.asarray(np.repeat([1.0, 0.0], 200))
+    a = read(t, x, gate=gate)
+    np.testing.assert_array_equal(a[200:], x[200:] @ w.T)              # gated rows: clean
+    assert np.std(a[:200] - x[:200] @ w.T) == pytest.approx(0.05, rel=0.1)
+    # evaluation draws from its own streams, so it never shifts the training noise
+    t.streams = Streams(1, t.backend)
+    t.read(t.backend.asarray(x), purpose="eval")
+    np.testing.assert_array_equal(to_numpy(t.read(t.backend.asarray(x))), read(t, x, seed=1))

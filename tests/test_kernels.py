@@ -122,10 +122,8 @@ def test_gpu_full_read_agrees_with_numpy(dtype_name):
     outs = []
     for name in ("numpy", "cupy"):
         be = get_backend(name, dtype_name)
-        t = noisesim.Tile(w, cfg, be)
-        s = noisesim.Streams(0, be)
-        outs.append(to_numpy(t.read(be.asarray(x), read_rng=s.get("read"), node_rng=s.get("node"),
-                                    inject=be.asarray(inj))))
+        t = noisesim.Tile(w, cfg, be, streams=noisesim.Streams(0, be))
+        outs.append(to_numpy(t.read(be.asarray(x), inject=be.asarray(inj))))
     np.testing.assert_allclose(outs[1], outs[0], **{k: 10 * v for k, v in tolerance(dtype_name).items()})
 
 
@@ -193,13 +191,12 @@ def test_gpu_epilogues_noise_statistics_and_determinism(epilogue, monkeypatch):
     be = get_backend("cupy", "float64")
     r = np.random.default_rng(5)
     w, x = r.uniform(-1, 1, (100, 40)), r.uniform(-1, 1, (200, 40))
-    t = noisesim.Tile(w, noisesim.DeviceConfig(w_max=1.0, read_noise=0.05), be)
+    t = noisesim.Tile(w, noisesim.DeviceConfig(w_max=1.0, read_noise=0.05, node_noise=0.02), be)
     exact = x @ w.T
 
     def read(seed):
-        s = Streams(seed, be)
-        return to_numpy(t.read(be.asarray(x), read_rng=s.get("read"), node_rng=s.get("node"),
-                               node_std=be.xp.full(200, 0.02)))
+        t.streams = Streams(seed, be)
+        return to_numpy(t.read(be.asarray(x)))
 
     e = read(1) - exact
     sd = np.sqrt((0.05 * np.linalg.norm(x, axis=1)) ** 2 + 0.02 ** 2)[:, None]

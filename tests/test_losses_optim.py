@@ -35,21 +35,21 @@ def test_cce_is_summed_over_classes_and_stable_for_large_logits():
 
 def test_adam_first_step_is_lr_times_sign_and_uses_paper_constants():
     opt = Adam(lr=0.01)
-    opt.init([0])
+    st = opt.init(1)
     g = np.array([[2.0, -0.5, 0.0]])
-    (d,) = opt.step([g])
+    (d,) = opt.update([g], st)
     # Keras form: lr_t·m/(√v + ε) with m = (1−β₁)g, √v = √(1−β₂)|g| → −lr·g/(|g| + ε/√(1−β₂))
     np.testing.assert_allclose(d, -0.01 * g / (np.abs(g) + 1e-7 / np.sqrt(1 - 0.999)), rtol=1e-9)
     assert (opt.beta1, opt.beta2, opt.eps) == (0.9, 0.999, 1e-7)
-    (d2,) = opt.step([g])
+    (d2,) = opt.update([g], st)
     np.testing.assert_allclose(d2, d, rtol=1e-5)   # constant gradient → constant step (up to ε)
 
 
 def test_sgd_with_momentum_accumulates():
     opt = SGD(lr=0.1, momentum=0.5)
-    opt.init([0])
+    st = opt.init(1)
     g = np.array([1.0])
-    assert np.allclose(opt.step([g])[0], -0.1)
-    assert np.allclose(opt.step([g])[0], -0.1 * 1.5)
+    assert np.allclose(opt.update([g], st)[0], -0.1)
+    assert np.allclose(opt.update([g], st)[0], -0.1 * 1.5)
     with pytest.raises(ValueError, match="optimizer='rmsprop'"):
         make_optimizer("rmsprop", 0.1)

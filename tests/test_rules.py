@@ -190,19 +190,19 @@ def digits():
 def test_sgd_with_momentum_matches_its_recursion():
     g1, g2 = np.array([1.0, -2.0]), np.array([0.5, 0.5])
     opt = SGD(lr=0.1, momentum=0.9)
-    opt.init([0])
-    np.testing.assert_allclose(opt.step([g1])[0], -0.1 * g1, rtol=1e-15)
-    np.testing.assert_allclose(opt.step([g2])[0], -0.1 * (0.9 * g1 + g2), rtol=1e-15)
+    st = opt.init(1)
+    np.testing.assert_allclose(opt.update([g1], st)[0], -0.1 * g1, rtol=1e-15)
+    np.testing.assert_allclose(opt.update([g2], st)[0], -0.1 * (0.9 * g1 + g2), rtol=1e-15)
 
 
 def test_adam_matches_its_closed_form_for_two_steps():
     g1, g2 = np.array([1.0, -2.0]), np.array([0.5, 0.5])
     opt = Adam(lr=0.01)
-    opt.init([0])
-    d1 = opt.step([g1])[0]
+    st = opt.init(1)
+    d1 = opt.update([g1], st)[0]
     m, v = 0.1 * g1, 0.001 * g1 ** 2
     np.testing.assert_allclose(d1, -0.01 * np.sqrt(1 - 0.999) / (1 - 0.9) * m / (np.sqrt(v) + 1e-7), rtol=1e-12)
-    d2 = opt.step([g2])[0]
+    d2 = opt.update([g2], st)[0]
     m, v = 0.9 * m + 0.1 * g2, 0.999 * v + 0.001 * g2 ** 2
     lr2 = 0.01 * np.sqrt(1 - 0.999 ** 2) / (1 - 0.9 ** 2)
     np.testing.assert_allclose(d2, -lr2 * m / (np.sqrt(v) + 1e-7), rtol=1e-12)

@@ -105,9 +105,12 @@ def test_file_holds_config_state_and_variable_batches(tmp_path, digits):
         assert c["device"]["node_noise"] == pytest.approx(1e-3) and c["seeds"]["network"] == 3
         assert c["run"] == {"test": True}
         with h5py.File(path, "r") as f:
-            assert f.attrs["format"] == "noisesim-trace" and f.attrs["format_version"] == 1
+            assert f.attrs["format"] == "noisesim-trace" and f.attrs["format_version"] == 2
             assert f.attrs["noisesim_version"] == noisesim.__version__
-            assert f["steps/values"].chunks[0] == 1 and f["steps/values"].maxshape[0] is None
+            for name in ("dL", "da/0", "da/1", "inputs/0", "inputs/1", "losses", "indices"):
+                ds = f["steps/" + name]
+                assert ds.chunks[0] == 1 and ds.maxshape[0] is None and ds.shape[0] == 8, name
+            assert f["steps/da/0"].shape == (8, 1, 200, SIZES[1])      # (step, K, batch capacity, width)
         assert same(r.final_state(), final)
         seen = []
         for st in r.steps():

@@ -72,7 +72,7 @@ def test_truncated_file(copy):
 
 def test_flipped_bytes_fail_the_step_checksum(copy):
     with h5py.File(copy, "r") as f:
-        info = f["steps/values"].id.get_chunk_info_by_coord((2, 0))
+        info = f["steps/da/0"].id.get_chunk_info_by_coord((2, 0, 0, 0))
     with open(copy, "r+b") as fh:
         fh.seek(info.byte_offset + 100)
         b = fh.read(1)
@@ -86,15 +86,17 @@ def test_flipped_bytes_fail_the_step_checksum(copy):
 
 def test_flipped_bytes_in_initial_state(copy):
     with h5py.File(copy, "r") as f:
-        off = f["initial_state/W0"].id.get_offset()
+        off = f["initial_state/network/tiles/0/w"].id.get_offset()
     with open(copy, "r+b") as fh:
         fh.seek(off + 7)
         fh.write(b"\xff")
-    with open_trace(copy) as r, pytest.raises(TraceError, match="checksum mismatch in initial_state/W0"):
+    with open_trace(copy) as r, pytest.raises(TraceError,
+                                              match="checksum mismatch in '/initial_state/network/tiles/0/w'"):
         r.initial_state()
 
 
-@pytest.mark.parametrize("name", ["steps/meta", "steps/values", "steps/indices", "steps/scalars", "initial_state/W1"])
+@pytest.mark.parametrize("name", ["steps/shapes", "steps/da/1", "steps/dL", "steps/indices", "steps/loss", "steps/checksum",
+                                  "initial_state/network/tiles/1/w"])
 def test_missing_dataset(copy, name):
     with h5py.File(copy, "r+") as f:
         del f[name]
@@ -104,13 +106,13 @@ def test_missing_dataset(copy, name):
 
 def test_wrong_shape(copy):
     with h5py.File(copy, "r+") as f:
-        f["steps/values"].resize(7, axis=1)
-    with pytest.raises(TraceError, match="dataset 'steps/values' has shape"):
+        f["steps/da/0"].resize(7, axis=3)
+    with pytest.raises(TraceError, match="dataset 'steps/da/0' has shape"):
         open_trace(copy)
     with h5py.File(copy, "r+") as f:
-        del f["initial_state/W0"]
-        f["initial_state/W0"] = np.zeros((8, 63), np.float32)
-    with pytest.raises(TraceError, match="initial_state/W0' has shape"):
+        del f["initial_state/network/tiles/0/w"]
+        f["initial_state/network/tiles/0/w"] = np.zeros((8, 63), np.float32)
+    with pytest.raises(TraceError, match="initial_state/network/tiles/0/w' has shape"):
         open_trace(copy)
 
 

@@ -6,9 +6,10 @@
 >>> noisesim.trace.replay("run.h5").matches                     # doctest: +SKIP
 True
 
-The file format is described in :mod:`noisesim.trace.format`. Reading is safe on untrusted
-files: JSON and numeric datasets only, everything validated before data is read, one error
-class (:class:`TraceError`, a ``ValueError``) for every problem.
+The file format (version 2: one named dataset per recorded array, readable with h5py alone)
+is described in ``docs/trace-format.md`` and :mod:`noisesim.trace.format`. Reading is safe on
+untrusted files: JSON and numeric datasets only, everything validated before data is read, one
+error class (:class:`TraceError`, a ``ValueError``) for every problem.
 """
 from .format import FORMAT_NAME, FORMAT_VERSION, TraceError, TraceWarning
 from .info import format_info, info

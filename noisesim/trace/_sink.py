@@ -14,8 +14,8 @@ numpy and h5py only::
 Frames are ``kind (1 byte) | length (uint64 LE) | payload``:
 
 * ``L`` the spec (JSON) — creates the datasets;
-* ``S`` one step: the values, ints, indices, scalars and meta rows back to back (their sizes
-  follow from the spec);
+* ``S`` one step: the row of every dataset the spec marks ``frame``, back to back in spec
+  order, each in its ``frame_dtype`` (their sizes follow from the spec);
 * ``F`` flush request: every earlier step is in the file; reply ``F`` + complete steps (uint64);
 * ``C`` close: trim the datasets to the complete steps, close the file, reply ``C`` + count.
 
@@ -44,16 +44,21 @@ from h5py import h5a, h5f, h5s, h5t  # noqa: E402
 # format — no "open for writing" flag left behind when the writer is killed, so a file cut
 # off by SIGKILL still opens.
 LIBVER = ("v108", "v108")
-CRC_COLUMN = 3                    # format.META_FIXED.index("crc32"); checked by the writer
 FRAME = struct.Struct("<cQ")      # kind, payload length
 REPLY = struct.Struct("<cQ")      # kind, complete steps
 PIPE_AHEAD_BYTES = 1 << 19        # this much waiting in the (1 MiB) pipe: the writer is behind
 
 
 def row_sizes(spec) -> list[tuple[str, int, str]]:
-    """``(name, width, dtype)`` of the five per-step rows as a step frame carries them, in
-    frame order (ints may be 0 wide; values in the network's dtype, ``frame_dtype``)."""
-    return [(d["name"], d["width"], d.get("frame_dtype", d["dtype"])) for d in spec["datasets"]]
+    """``(name, elements, frame dtype)`` of each row a step frame carries, in frame order."""
+    out = []
+    for d in spec["datasets"]:
+        if d.get("frame", True):
+            n = 1
+            for k in d["shape"]:
+                n *= k
+            out.append((d["name"], n, d.get("frame_dtype", d["dtype"])))
+    return out
 
 
 class Sink:
@@ -75,110 +80,133 @@ class Sink:
 
     # -- datasets ---------------------------------------------------------------------------------
     def create(self, spec: dict) -> None:
-        """Create ``/steps/*`` and store the layout attributes, as ``spec`` describes them."""
-        g = self._f.create_group("steps")
-        self._sets = []
+        """Create the per-step datasets and store the root attributes, as ``spec`` describes them."""
+        self._sets, self._specs = [], []
         for d in spec["datasets"]:
-            if d["width"] == 0:
-                self._sets.append(None)
-                continue
+            shape = tuple(d["shape"])
+            rows = int(d.get("chunk_rows", 1))
             opts = {}
             if d.get("compression"):
-                opts = dict(compression=d["compression"], compression_opts=d.get("compression_opts"),
-                            shuffle=True)
+                opts = dict(compression=d["compression"], compression_opts=d.get("compression_opts"), shuffle=True)
             if d.get("fillvalue") is not None:
                 opts["fillvalue"] = d["fillvalue"]
-            self._sets.append(g.create_dataset(d["name"], (0, d["width"]), maxshape=(None, d["width"]),
-                                               chunks=(d["chunk_rows"], d["width"]), dtype=d["dtype"], **opts))
-        self._values_dtype = np.dtype(spec["datasets"][0]["dtype"]) if spec["datasets"] else None
+            ds = self._f.create_dataset(d["name"], (0,) + shape, maxshape=(None,) + shape,
+                                        chunks=(rows,) + tuple(max(k, 1) for k in shape), dtype=d["dtype"], **opts)
+            for k, v in (d.get("attrs") or {}).items():
+                ds.attrs[k] = v
+            self._sets.append(ds)
+            self._specs.append(d)
         for k, v in spec["attrs"].items():
             self._f.attrs[k] = v
-        # hand-built gzip chunks for the values and ints rows (see _deflate)
+        # hand-built gzip chunks of the compressed one-step-per-chunk datasets (see _deflate)
         self._deflate_rows = bool(spec.get("deflate"))
         self._level = int(spec.get("level", 4))
         self._retry = int(spec.get("retry_steps", 64))
         self.backlog_steps = int(spec.get("backlog_steps", 1))
-        self._regions = spec.get("regions", [[0], [0]])
-        self._plane_state = [[0, None], [0, None]]
+        self._plane_state = [[0, None] for _ in self._sets]
+        self._frame = [i for i, d in enumerate(self._specs) if d.get("frame", True)]
+        self._crc = next((i for i, d in enumerate(self._specs) if d.get("role") == "checksum"), None)
+        # How each dataset's row goes in. Chunks are written whole with H5Dwrite_chunk (no
+        # chunk cache, no type conversion): a one-step chunk as is ("direct") or deflated by
+        # hand ("deflate"); a many-step chunk of a small dataset from a buffer holding its rows
+        # so far, rewritten in place each step ("block"); other filters (lzf) through HDF5's
+        # pipeline ("filter").
+        self._plan = []
+        for ds in self._sets:
+            rows = ds.chunks[0]
+            dtype, comp = ds.dtype, ds.compression
+            if rows > 1:
+                mode = "block"
+            elif comp is None:
+                mode = "direct"
+            elif comp == "gzip" and self._deflate_rows:
+                mode = "deflate"
+            else:
+                mode = "filter"
+            buf = np.zeros(ds.chunks, dtype) if mode == "block" else None
+            self._plan.append((mode, ds.id, rows, (0,) * (ds.ndim - 1), dtype, comp is not None, buf))
         self._f.flush()
 
     def _grow(self) -> None:
         self._cap = self._cap + max(16, self._cap // 2)
         for d in self._sets:
-            if d is not None:
-                d.resize(self._cap, axis=0)
-        # Low-level row writers: (dataset id, memory space of one row, file space, width, type).
+            d.resize(self._cap, axis=0)
+        # Low-level row writers: (dataset id, memory space of one row, file space, row shape, type).
         # The file space is fetched once per resize and only its selection changes per step.
-        self._sinks = [None if d is None else (d.id, h5s.create_simple((1, d.shape[1])), d.id.get_space(),
-                                               d.shape[1], h5t.py_create(d.dtype))
-                       for d in self._sets]
+        self._sinks = [(d.id, h5s.create_simple((1,) + d.shape[1:]), d.id.get_space(), d.shape[1:],
+                        h5t.py_create(d.dtype)) for d in self._sets]
 
     @staticmethod
     def _put(sink, s: int, arr) -> None:
-        dsid, mspace, fspace, width, mtype = sink
-        fspace.select_hyperslab((s, 0), (1, width))
+        dsid, mspace, fspace, shape, mtype = sink
+        fspace.select_hyperslab((s,) + (0,) * len(shape), (1,) + shape)
         dsid.write(mspace, fspace, arr, mtype)
 
     # -- steps -------------------------------------------------------------------------------------
-    @staticmethod
-    def checksum(values, ints, indices, scalars, meta) -> int:
-        """:func:`..format.step_checksum` of C-contiguous rows of the right dtypes, without copies."""
-        c = zlib.crc32(values)
-        if ints is not None and ints.size:
-            c = zlib.crc32(ints, c)
-        c = zlib.crc32(indices, c)
-        c = zlib.crc32(scalars, c)
-        return zlib.crc32(meta[:CRC_COLUMN], c)
+    def step(self, rows, *, hurry: bool = False) -> None:
+        """Checksum one step, write its rows, then ``complete_steps``, then flush.
 
-    def step(self, values, ints, indices, scalars, meta, *, hurry: bool = False) -> None:
-        """Checksum one step into ``meta``, write its rows, then ``complete_steps``, then flush.
-
-        ``values`` comes in the network's dtype and is stored in the dataset's (float16 when
-        lossy): the cast happens here, off the training process when this runs apart.
-        ``hurry`` (the writer process is behind the training process): compressed rows are
-        stored unfiltered this once — HDF5's per-chunk filter mask says so, and readers
-        decode such chunks like any other — so compression never holds training up."""
-        if values.dtype != self._values_dtype:
-            values = values.astype(self._values_dtype)
-        meta[CRC_COLUMN] = self.checksum(values, ints, indices, scalars, meta)
+        ``rows`` are the frame's rows in spec order, each in its frame dtype; floating rows
+        are stored in their dataset's dtype (float16 when lossy): the cast happens here, off
+        the training process when this runs apart. ``hurry`` (the writer process is behind
+        the training process): compressed rows are stored unfiltered this once — HDF5's
+        per-chunk filter mask says so, and readers decode such chunks like any other — so
+        compression never holds training up."""
         s = self.n
         if s >= self._cap:
             self._grow()
-        rows = (values, ints, indices, scalars, meta)
-        for k, (sink, row) in enumerate(zip(self._sinks, rows)):
-            if sink is None:
-                continue
-            if k < 2 and hurry and self._sets[k].compression is not None:
-                # skip both filters of this chunk: shuffle (bit 0) and the compressor (bit 1)
-                sink[0].write_direct_chunk((s, 0), np.ascontiguousarray(row), filter_mask=0b11)
-            elif k < 2 and self._deflate_rows:
-                sink[0].write_direct_chunk((s, 0), self._deflate(row, k))
+        crc = 0
+        for i, row in zip(self._frame, rows):
+            mode, dsid, nrows, zeros, dtype, filtered, buf = self._plan[i]
+            if row.dtype != dtype:
+                row = row.astype(dtype)
+            crc = zlib.crc32(row, crc)
+            if mode == "block":
+                self._block(i, s, row)
+            elif hurry and filtered:  # skip both filters of this chunk: shuffle (bit 0), compressor (bit 1)
+                dsid.write_direct_chunk((s,) + zeros, row, filter_mask=0b11)
+            elif mode == "direct":
+                dsid.write_direct_chunk((s,) + zeros, row)
+            elif mode == "deflate":
+                dsid.write_direct_chunk((s,) + zeros, self._deflate(row, i))
             else:
-                self._put(sink, s, row)
+                self._put(self._sinks[i], s, row)
+        if self._crc is not None:
+            self._block(self._crc, s, np.array([crc], np.uint32))
         self.n = s + 1
         # Written in place (the attribute is opened once); the rows above are in before it.
         self._cs_buf[()] = self.n
         self._cs_attr.write(self._cs_buf)
         h5f.flush(self._fid)
 
-    def _deflate(self, row, which: int = 0) -> bytes:
+    def _block(self, i: int, s: int, row) -> None:
+        """Row ``s`` of a dataset whose chunks hold many steps: into the chunk's buffer, and
+        the chunk written whole (in place: same size, same address; earlier rows unchanged)."""
+        _, dsid, nrows, zeros, _, _, buf = self._plan[i]
+        k = s % nrows
+        if k == 0:
+            buf[...] = 0
+        buf[k] = row.reshape(buf.shape[1:])
+        dsid.write_direct_chunk((s - k,) + zeros, buf)
+
+    def _deflate(self, row, which: int) -> bytes:
         """HDF5's shuffle + deflate filters, built by hand (zlib), for one row.
 
         The result is one zlib stream, as HDF5's deflate filter writes and reads it: a header,
-        then for each byte plane of the shuffled row and each array's region in it, deflate
-        blocks, then the adler32 of the whole shuffled row. Each part is coded the cheapest
-        way that was smallest at the last trial (every ``retry_steps`` steps): deflate at the
-        level asked for, Huffman-only (the exponent bytes of noise-like floats: faster and
-        smaller than LZ matching), or stored blocks when neither saves ``1 - PLANE_RATIO``
-        (the low mantissa bytes, whose deflating would cost most of the time for nothing).
+        then for each byte plane of the shuffled row deflate blocks, then the adler32 of the
+        whole shuffled row. Each plane is coded the cheapest way that was smallest at the last
+        trial (every ``retry_steps`` steps): deflate at the level asked for, Huffman-only (the
+        exponent bytes of noise-like floats: faster and smaller than LZ matching), or stored
+        blocks when neither saves ``1 - PLANE_RATIO`` (the low mantissa bytes, whose deflating
+        would cost most of the time for nothing).
         """
         n = row.itemsize
         b = np.ascontiguousarray(np.ascontiguousarray(row).view(np.uint8).reshape(-1, n).T).reshape(-1)
         state = self._plane_state[which]
         parts = [b"\x78\x01"]  # zlib header: deflate, 32 KiB window (FLEVEL is informational)
-        if state[0] <= 0:  # trial: code each part every way, keep the smallest
+        if state[0] <= 0:  # trial: code each plane every way, keep the smallest
             width = len(b) // n
-            bounds = [p * width + o for p in range(n) for o in self._regions[which][:-1]] + [len(b)]
+            bounds = [p * width for p in range(n)] + [len(b)]
             runs = []
             for j in range(len(bounds) - 1):
                 data = b[bounds[j]:bounds[j + 1]]
@@ -191,10 +219,9 @@ class Sink:
                         best, code = seg, cand
                 if len(best) > self.PLANE_RATIO * len(data):
                     code = (0, zlib.Z_DEFAULT_STRATEGY)
-                    c = zlib.compressobj(0, zlib.DEFLATED, -15)
-                    best = c.compress(data) + c.flush(mode)
+                    best = _stored(data, mode == zlib.Z_FINISH)
                 parts.append(best)
-                # Adjacent parts (also across planes) coded alike are one run from now on.
+                # Adjacent planes coded alike are one run from now on.
                 if runs and runs[-1][2] == code:
                     runs[-1][1] = bounds[j + 1]
                 else:
@@ -203,8 +230,12 @@ class Sink:
         else:
             runs = state[1]
             for j, (lo, hi, (level, strategy)) in enumerate(runs):
+                last = j == len(runs) - 1
+                if level == 0:
+                    parts.append(_stored(b[lo:hi], last))
+                    continue
                 c = zlib.compressobj(level, zlib.DEFLATED, -15, 8, strategy)
-                parts.append(c.compress(b[lo:hi]) + c.flush(zlib.Z_FINISH if j == len(runs) - 1 else zlib.Z_SYNC_FLUSH))
+                parts.append(c.compress(b[lo:hi]) + c.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH))
         parts.append(zlib.adler32(b).to_bytes(4, "big"))
         state[0] -= 1
         return b"".join(parts)
@@ -213,9 +244,21 @@ class Sink:
         """Shrink the per-step datasets to the complete steps (a clean close)."""
         if self._sets is not None:
             for d in self._sets:
-                if d is not None:
-                    d.resize(self.n, axis=0)
+                d.resize(self.n, axis=0)
         self._cs_attr = None
+
+
+def _stored(data, final: bool) -> bytes:
+    """``data`` as deflate stored blocks (each part of a hand-built stream starts and ends on a
+    byte boundary): per block of at most 65 535 bytes a header byte (BFINAL on the last block
+    of the stream), LEN and its complement, then the bytes as they are."""
+    view = memoryview(data).cast("B")
+    n, out = len(view), []
+    for k in range(0, max(n, 1), 0xFFFF):
+        m = min(0xFFFF, n - k)
+        out.append(struct.pack("<BHH", int(final and k + m >= n), m, m ^ 0xFFFF))
+        out.append(view[k:k + m])
+    return b"".join(out)
 
 
 # -- the separate process ----------------------------------------------------------------------------
@@ -271,7 +314,7 @@ def serve(path: str, fin, fout) -> int:
             if kind == b"S":
                 buf = np.frombuffer(payload, np.uint8)          # a reused bytearray: writable
                 if views is None or buf.size != views[0]:
-                    raise ValueError(f"step frame of {buf.size} bytes; the layout says {views and views[0]}")
+                    raise ValueError(f"step frame of {buf.size} bytes; the schema says {views and views[0]}")
                 rows, off = [], 0
                 for _, width, dtype in views[1]:
                     nbytes = width * np.dtype(dtype).itemsize
@@ -280,7 +323,7 @@ def serve(path: str, fin, fout) -> int:
                 # further whole steps already waiting (or, for steps larger than that, a pipe
                 # half full): the training process is ahead
                 ahead = min(sink.backlog_steps * len(payload), PIPE_AHEAD_BYTES)
-                sink.step(*rows, hurry=src.waiting() >= ahead)
+                sink.step(rows, hurry=src.waiting() >= ahead)
             elif kind == b"L":
                 spec = json.loads(bytes(payload))
                 sink.create(spec)

@@ -1,53 +1,70 @@
 """The on-disk format of a noisesim trace (HDF5), and the one error every reader raises.
 
-Layout of format version 1 (``S`` = rows allocated, ``n = attrs["complete_steps"] ≤ S``)::
+Format version 2 — one named, chunked dataset per recorded array, the step as its first axis
+(the schema for users, with a plain-h5py example, is ``docs/trace-format.md``). ``S`` rows
+are allocated, ``n = attrs["complete_steps"] ≤ S`` of them are whole steps::
 
-    /                        attrs: format="noisesim-trace", format_version=1, noisesim_version,
-                                    created (ISO UTC), config (JSON), layout (JSON),
-                                    storage_dtype, lossy (0/1), compression,
-                                    complete_steps (rewritten and flushed after every step),
-                                    closed (0/1, set by a clean close)
-    /initial_state/W0 …      exact weights (and R_l) before the first recorded step; each
-                             dataset has a crc32 attribute of its bytes
-    /final_state/W0 …        exact weights after the last step (written by a clean close)
-    config_crc32, layout_crc32   root attributes: crc32 of the JSON strings
-    /steps/values  (S, V)    every floating array the step consumed, flattened and concatenated
-                             in ``layout`` order (storage dtype; float16 when lossy)
-    /steps/ints    (S, I)    the same for integer arrays (only when a rule records some)
-    /steps/indices (S, Bmax) int64 batch indices, padded with -1
-    /steps/scalars (S, 2)    float64: batch loss of the reference pass, device time (NaN: none)
-    /steps/meta    (S, M)    int64: step, batch_size, forward_passes, crc32, then the actual
-                             shape of every array (``layout["meta_columns"]`` names them)
+    /                         attrs: format="noisesim-trace", format_version=2,
+                                     noisesim_version, created (ISO UTC), config (JSON),
+                                     schema (JSON), storage_dtype, lossy (0/1), compression,
+                                     complete_steps (rewritten and flushed after every step),
+                                     closed (0/1); config_crc32, schema_crc32
+    /initial_state/network/…  the complete network state before the first recorded step
+    /initial_state/rule/…     the rule's state then (noisesim.state layout: groups,
+                              arrays with a crc32 attribute, JSON attributes)
+    /final_state/…            the same after the last step (written by a clean close)
+    /steps/<key>              a record entry (e.g. dL)                 (S, *capacity)
+    /steps/<key>/<layer>      a per-layer record entry (da/0, inputs/0 …)
+    /steps/xstar/<layer>      the reference input x* when it is not a record entry
+    /steps/losses             per-sample losses of the reference pass  (S, B)
+    /steps/indices            batch indices, padded with -1            (S, B) int64
+    /steps/step, batch_size, forward_passes                             (S,) int64
+    /steps/loss, time         batch loss; device time (NaN: none)       (S,) float64
+    /steps/shapes             the actual shape of each array per step   (S, C) int32
+    /steps/checksum           crc32 of the step (see :func:`step_checksum`) (S,) uint32
 
-Every array has a fixed *region* of its row (its capacity, the shape at the first step); a
-smaller step (the last batch of an epoch) fills a prefix of the flattened region and its real
-shape is in ``meta``. One row — and one chunk — per dataset per step keeps a traced step at a
-handful of HDF5 writes, and a flush never rewrites earlier steps. With gzip the writer
-process deflates rows itself and writes the filtered chunks directly (``write_direct_chunk``);
-the file is the same as HDF5's own gzip+shuffle, except that a step written while the writer
-was behind may be stored unfiltered (the chunk's filter mask says so; HDF5 reads it as is).
-The crc32 covers the full stored rows of ``values``/``ints``/``indices``/``scalars`` and
-the meta row up to the checksum column — exactly the bytes a reader gets back.
+Every array dataset has a fixed per-step *capacity* (its shape at the first step) and one
+chunk per step; a smaller step (the last batch of an epoch) fills the leading corner
+``[:d0, :d1, …]`` and zeros the rest, its real shape in ``steps/shapes`` (columns named by
+the dataset's ``shape_columns`` attribute and the schema). Floating arrays are stored in
+their own dtype, or float16 when ``lossy``.
 
+The ``schema`` attribute lists the arrays in checksum order::
+
+    {"arrays": [{"name": "da/0", "role": "record", "key": "da", "layer": 0, "kind": "float",
+                 "dtype": "float32", "stored": "float32", "shape": [1, 32, 256],
+                 "columns": [2, 5], "alias": null}, …],
+     "max_batch": 32, "columns": 11}
+
+``role`` is ``record`` (an entry of the rule's ``Estimate.record``), ``xstar`` (its input
+``x*``) or ``losses``. An ``xstar`` entry with ``alias = {"of": "inputs/0", "first": true}``
+has no dataset: it is ``inputs/0`` (its first slice along the first axis when ``first``).
 """
 from __future__ import annotations
 
 import json
 import math
+import re
 import zlib
 
 import numpy as np
 
 FORMAT_NAME = "noisesim-trace"
-FORMAT_VERSION = 1
-SUPPORTED_VERSIONS = (1,)
-META_FIXED = ("step", "batch_size", "forward_passes", "crc32")
-CRC_COLUMN = META_FIXED.index("crc32")
+FORMAT_VERSION = 2
+SUPPORTED_VERSIONS = (2,)
 STORAGE_DTYPES = ("float16", "float32", "float64")
 COMPRESSIONS = (None, "gzip", "lzf")
-# A reader refuses files whose declared per-step row is larger than this (untrusted input).
-MAX_ROW_BYTES = 1 << 28
+# A reader refuses files whose declared per-step arrays are larger than this (untrusted input).
+MAX_STEP_BYTES = 1 << 28
 MAX_NDIM = 8
+MAX_ARRAYS = 4096
+# per-step datasets that are not record entries, in checksum order after the arrays
+META = (("indices", "int64"), ("step", "int64"), ("batch_size", "int64"), ("forward_passes", "int64"),
+        ("loss", "float64"), ("time", "float64"), ("shapes", "int32"))
+RESERVED = frozenset(name for name, _ in META) | {"checksum", "losses", "xstar"}
+KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+FLOATS = ("float16", "float32", "float64")
+INTS = ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32")
 
 
 class TraceError(ValueError):
@@ -58,75 +75,85 @@ class TraceWarning(UserWarning):
     """Something about a trace that makes a result approximate (e.g. float16 storage)."""
 
 
-def step_checksum(values_row, ints_row, indices_row, scalars, meta_head) -> int:
-    """crc32 over the stored bytes of one step (see the module docstring)."""
-    c = zlib.crc32(np.ascontiguousarray(values_row).view(np.uint8))
-    if ints_row is not None:
-        c = zlib.crc32(np.ascontiguousarray(ints_row).view(np.uint8), c)
-    c = zlib.crc32(np.ascontiguousarray(indices_row, dtype=np.int64).view(np.uint8), c)
-    c = zlib.crc32(np.ascontiguousarray(scalars, dtype=np.float64).view(np.uint8), c)
-    c = zlib.crc32(np.ascontiguousarray(meta_head, dtype=np.int64).view(np.uint8), c)
-    return int(c)
+def step_checksum(rows) -> int:
+    """crc32 of one step: the stored bytes (little-endian) of every array dataset's row (its
+    whole capacity) in schema order, then of ``indices``, ``step``, ``batch_size``,
+    ``forward_passes``, ``loss``, ``time`` and ``shapes`` — exactly what a reader gets back."""
+    c = 0
+    for r in rows:
+        c = zlib.crc32(np.ascontiguousarray(r).view(np.uint8).reshape(-1), c)
+    return c
 
 
-def entry_name(key: str, layer) -> str:
-    return key if layer is None else f"{key}/{layer}"
-
-
-def validate_layout(layout, where: str) -> dict:
-    """Check a decoded ``layout`` attribute: every field typed, bounded and self-consistent."""
+def validate_schema(schema, where: str) -> dict:
+    """Check a decoded ``schema`` attribute: every field typed, bounded and self-consistent."""
     def bad(msg):
-        raise TraceError(f"{where}: invalid layout attribute: {msg}")
+        raise TraceError(f"{where}: invalid schema attribute: {msg}")
 
-    if not isinstance(layout, dict):
+    def count(v, what, lo=0):
+        if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+            bad(f"{what}={v!r} is not an integer ≥ {lo}")
+        return v
+
+    if not isinstance(schema, dict):
         bad("not a JSON object")
-    for k in ("entries", "values_width", "ints_width", "max_batch", "meta_columns"):
-        if k not in layout:
-            bad(f"missing {k!r}")
-    for k in ("values_width", "ints_width", "max_batch"):
-        v = layout[k]
-        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-            bad(f"{k}={v!r} is not a non-negative integer")
-    entries = layout["entries"]
-    if not isinstance(entries, list) or not entries:
-        bad("'entries' is not a non-empty list")
-    offsets = {"float": 0, "int": 0}
-    ncol = len(META_FIXED)
-    seen = set()
-    for e in entries:
+    arrays = schema.get("arrays")
+    if not isinstance(arrays, list) or not arrays or len(arrays) > MAX_ARRAYS:
+        bad(f"'arrays' is not a list of 1 to {MAX_ARRAYS} entries")
+    count(schema.get("max_batch"), "max_batch")
+    ncol = count(schema.get("columns"), "columns")
+    names, col = set(), 0
+    for e in arrays:
         if not isinstance(e, dict):
-            bad("an entry is not an object")
-        name, key, layer, kind = e.get("name"), e.get("key"), e.get("layer"), e.get("kind")
-        shape, off, dtype = e.get("shape"), e.get("offset"), e.get("dtype")
-        if not isinstance(name, str) or not isinstance(key, str) or name in seen:
-            bad(f"entry name {name!r} is missing, not a string or repeated")
-        seen.add(name)
-        if layer is not None and (not isinstance(layer, int) or isinstance(layer, bool) or layer < 0):
-            bad(f"entry {name!r}: layer={layer!r}")
-        if kind not in ("float", "int"):
-            bad(f"entry {name!r}: kind={kind!r}")
-        if dtype not in ("float16", "float32", "float64", "int64"):
-            bad(f"entry {name!r}: dtype={dtype!r}")
+            bad("an array entry is not an object")
+        name, role, key, layer = e.get("name"), e.get("role"), e.get("key"), e.get("layer")
+        if role not in ("record", "xstar", "losses"):
+            bad(f"array {name!r}: role={role!r}")
+        if not isinstance(key, str) or not KEY.match(key) or (role == "record" and key in RESERVED):
+            bad(f"array {name!r}: key={key!r}")
+        if layer is not None:
+            count(layer, f"array {name!r}: layer")
+        if name != (key if layer is None else f"{key}/{layer}") or name in names:
+            bad(f"array name {name!r} is repeated or does not match its key and layer")
+        if (role == "xstar") != (key == "xstar") or (role == "losses") != (key == "losses"):
+            bad(f"array {name!r}: key {key!r} does not fit role {role!r}")
+        names.add(name)
+        kind, dtype, stored, shape = e.get("kind"), e.get("dtype"), e.get("stored"), e.get("shape")
+        if kind == "float":
+            if dtype not in FLOATS or stored not in (dtype, "float16"):
+                bad(f"array {name!r}: dtype={dtype!r}, stored={stored!r}")
+        elif kind == "int":
+            if dtype not in INTS or stored != "int64":
+                bad(f"array {name!r}: dtype={dtype!r}, stored={stored!r}")
+        else:
+            bad(f"array {name!r}: kind={kind!r}")
         if (not isinstance(shape, list) or len(shape) > MAX_NDIM
-                or any(not isinstance(d, int) or isinstance(d, bool) or d < 0 for d in shape)):
-            bad(f"entry {name!r}: shape={shape!r}")
+                or any(not isinstance(d, int) or isinstance(d, bool) or not 0 <= d < 1 << 31 for d in shape)):
+            bad(f"array {name!r}: shape={shape!r}")
+        cols = e.get("columns")
+        if cols != [col, col + len(shape)]:
+            bad(f"array {name!r}: columns={cols!r}, expected {[col, col + len(shape)]}")
+        col += len(shape)
         alias = e.get("alias")
-        if alias not in (None, "xstar"):
-            bad(f"entry {name!r}: alias={alias!r}")
+        if alias is not None and (role != "xstar" or not isinstance(alias, dict) or set(alias) != {"of", "first"}
+                                  or not isinstance(alias["first"], bool)):
+            bad(f"array {name!r}: alias={alias!r}")
+    if col != ncol:
+        bad(f"columns={ncol} but the arrays use {col}")
+    by_name = {e["name"]: e for e in arrays}
+    for e in arrays:   # every entry is well formed now: check what the aliases point at
+        alias = e["alias"]
         if alias is None:
-            if off != offsets[kind]:
-                bad(f"entry {name!r}: offset={off!r}, expected {offsets[kind]}")
-            offsets[kind] += math.prod(shape)
-        elif off is not None or layer is None:
-            bad(f"entry {name!r}: an alias of x* needs a layer and no offset")
-        ncol += len(shape)
-    if offsets["float"] != layout["values_width"] or offsets["int"] != layout["ints_width"]:
-        bad(f"region sizes {offsets} do not add up to values_width={layout['values_width']}, "
-            f"ints_width={layout['ints_width']}")
-    cols = layout["meta_columns"]
-    if not isinstance(cols, list) or len(cols) != ncol or list(cols[:len(META_FIXED)]) != list(META_FIXED):
-        bad(f"meta_columns does not match the entries ({ncol} columns expected)")
-    return layout
+            continue
+        src = by_name.get(alias["of"])
+        if src is None or src["alias"] is not None or src["role"] != "record" or src["kind"] != "float" \
+                or src["dtype"] != e["dtype"] or (alias["first"] and not src["shape"]):
+            bad(f"array {e['name']!r}: alias of {alias['of']!r}, which is not a stored floating record array "
+                "of its dtype")
+        want = src["shape"][1:] if alias["first"] else src["shape"]
+        if math.prod(e["shape"]) != math.prod(want):
+            bad(f"array {e['name']!r}: shape {e['shape']} does not fit its alias of {alias['of']!r} {src['shape']}")
+    return schema
 
 
 def decode_json_attr(attrs, name: str, where: str):

@@ -42,12 +42,14 @@ def info(path, *, verify: bool = True, max_steps: int = 200) -> dict:
         verified = r.verify() if verify else None
         d = {"path": r.path, "format_version": r.version, "noisesim_version": r.noisesim_version,
              "created": r.created, "config": r.config, "complete_steps": n, "closed": r.closed,
-             "has_final_state": r.final_state_keys is not None, "verified_steps": verified,
+             "has_final_state": r.has_final_state, "verified_steps": verified,
              "storage_dtype": r.storage_dtype, "lossy": r.lossy, "compression": r.compression,
              "file_bytes": os.path.getsize(r.path), "dataset_bytes": r.storage_bytes()}
         d["bytes_per_step"] = (sum(d["dataset_bytes"].values()) / n) if n else None
         d["complete"] = bool(r.closed and d["has_final_state"])
-        d["layout"] = [{k: e[k] for k in ("name", "shape", "dtype", "alias")} for e in (r.layout or {}).get("entries", [])]
+        d["arrays"] = [{"name": e["name"], "shape": e["shape"], "dtype": e["stored"],
+                        "alias": None if e["alias"] is None else e["alias"]["of"] + ("[0]" if e["alias"]["first"] else "")}
+                       for e in (r.schema or {}).get("arrays", [])]
         rows = np.unique(np.linspace(0, n - 1, min(n, max_steps)).astype(int)) if n else []
         per, losses = {}, []
         for row in rows:
@@ -83,8 +85,8 @@ def format_info(d: dict) -> str:
         f"  storage {d['storage_dtype']}{' (LOSSY)' if d['lossy'] else ''}, compression {d['compression']}; "
         f"file {d['file_bytes']:,} bytes"
         + (f", {d['bytes_per_step']:,.0f} bytes/step" if d["bytes_per_step"] else ""),
-        "  arrays per step: " + ", ".join(f"{e['name']}{tuple(e['shape'])}" + (" (= x*)" if e["alias"] else "")
-                                          for e in d["layout"]),
+        "  arrays per step (datasets under /steps): " + ", ".join(
+            f"{e['name']}{tuple(e['shape'])}" + (f" (= {e['alias']})" if e["alias"] else "") for e in d["arrays"]),
     ]
     if d["loss_first_last"]:
         lines.append(f"  loss: first step {d['loss_first_last'][0]:.4g}, last step {d['loss_first_last'][1]:.4g}")

@@ -1,23 +1,29 @@
 """Reading a trace safely: :func:`open_trace` → :class:`TraceReader`.
 
 Everything structural is validated when the file is opened — format name and version, the
-config, the layout, every dataset's presence, dtype and shape against the config — before any
-array data is read; each step's checksum is verified when the step is read. Any problem raises
-:class:`~noisesim.trace.format.TraceError` naming the file and what is wrong. No pickle, no eval:
-the config and layout are JSON, arrays are plain numeric datasets.
+config, the schema, every dataset's presence, dtype and shape against the schema — before any
+array data is read; each step's checksum is verified when the step is read, and the recorded
+states are read through :func:`noisesim.state.read` (checksummed arrays, bounded sizes). Objects
+are reached through hard links only: soft and external links, external storage and virtual
+datasets are refused. Any problem raises :class:`~noisesim.trace.format.TraceError` naming the
+file and what is wrong. No pickle, no eval: the config and schema are JSON, arrays are plain
+numeric datasets.
 """
 from __future__ import annotations
 
 import math
 import os
-import zlib
 from dataclasses import dataclass
 
 import h5py
 import numpy as np
 
-from .format import (CRC_COLUMN, FORMAT_NAME, MAX_ROW_BYTES, META_FIXED, STORAGE_DTYPES, SUPPORTED_VERSIONS,
-                     TraceError, decode_json_attr, step_checksum, validate_layout)
+from .. import state as state_io
+from .format import (FORMAT_NAME, MAX_STEP_BYTES, META, STORAGE_DTYPES, SUPPORTED_VERSIONS,
+                     TraceError, decode_json_attr, step_checksum, validate_schema)
+
+# Budget of the array bytes read from one recorded state (initial or final).
+MAX_STATE_BYTES = 1 << 34
 
 
 @dataclass
@@ -82,20 +88,6 @@ class TraceReader:
             raise TraceError(f"{where}: damaged trace file ({type(exc).__name__}: {exc})") from None
 
     # -- validation ----------------------------------------------------------------------------
-    def _dataset(self, name, dtype, shape_ok, what):
-        where = self.path
-        obj = self._f.get(name)
-        if obj is None:
-            raise TraceError(f"{where}: missing dataset {name!r} ({what})")
-        if not isinstance(obj, h5py.Dataset):
-            raise TraceError(f"{where}: {name!r} is not a dataset")
-        if obj.dtype != np.dtype(dtype):
-            raise TraceError(f"{where}: dataset {name!r} has dtype {obj.dtype}, expected {np.dtype(dtype)}")
-        ok, expected = shape_ok(obj.shape)
-        if not ok:
-            raise TraceError(f"{where}: dataset {name!r} has shape {obj.shape}, expected {expected}")
-        return obj
-
     def _validate(self) -> None:
         where, a = self.path, self._f.attrs
         if "format" not in a:
@@ -105,8 +97,11 @@ class TraceReader:
             raise TraceError(f"{where}: not a noisesim trace (format attribute is {fmt!r}, expected {FORMAT_NAME!r})")
         self.version = _int_attr(a, "format_version", where)
         if self.version not in SUPPORTED_VERSIONS:
-            raise TraceError(f"{where}: unknown trace format version {self.version}; this noisesim "
-                             f"reads versions {list(SUPPORTED_VERSIONS)}")
+            old = (" (format 1 kept every step in one flat dataset; re-record the run, or read it with "
+                   "noisesim 0.2)" if self.version == 1 else "")
+            raise TraceError(f"{where}: unknown trace format version {self.version}{old}; this noisesim reads "
+                             f"format version{'s' if len(SUPPORTED_VERSIONS) > 1 else ''} "
+                             f"{', '.join(map(str, SUPPORTED_VERSIONS))}")
         self.noisesim_version = _str_attr(a, "noisesim_version", where)
         self.created = _str_attr(a, "created", where)
         self.config = decode_json_attr(a, "config", where)
@@ -125,14 +120,14 @@ class TraceReader:
         if n < 0:
             raise TraceError(f"{where}: complete_steps={n} is negative")
         self.complete_steps = n
-        self.initial_state_keys = self._check_state("initial_state", required=True)
-        self.final_state_keys = self._check_state("final_state", required=False)
-        self.layout = None
-        if "layout" in a:
-            self.layout = validate_layout(decode_json_attr(a, "layout", where), where)
+        self._check_group("initial_state", required=True)
+        self.has_final_state = self._check_group("final_state", required=False)
+        self.schema = None
+        if "schema" in a:
+            self.schema = validate_schema(decode_json_attr(a, "schema", where), where)
             self._check_steps()
         elif n > 0:
-            raise TraceError(f"{where}: complete_steps={n} but the 'layout' attribute is missing")
+            raise TraceError(f"{where}: complete_steps={n} but the 'schema' attribute is missing")
 
     def _check_config(self) -> None:
         where, c = self.path, self.config
@@ -148,51 +143,78 @@ class TraceReader:
         self.sizes, self.dtype = sizes, dtype
         self.n_layers = len(sizes) - 1
 
-    def _check_state(self, group, required):
-        where = self.path
-        if group not in self._f:
+    def _object(self, name: str, kind, what: str):
+        """The object at ``name`` through hard links only (never a soft or external link)."""
+        where, node = self.path, self._f
+        for part in name.split("/"):
+            link = node.get(part, getlink=True) if isinstance(node, h5py.Group) else None
+            if link is None:
+                return None
+            if not isinstance(link, h5py.HardLink):
+                raise TraceError(f"{where}: {name!r} is reached through a {type(link).__name__}; only objects "
+                                 "stored in the file are read")
+            node = node[part]
+        if not isinstance(node, kind):
+            raise TraceError(f"{where}: {name!r} is not a {'dataset' if kind is h5py.Dataset else 'group'} ({what})")
+        return node
+
+    def _check_group(self, group, required) -> bool:
+        """A recorded state is there, with each layer's weights of the right shape and dtype (the
+        rest of it is checked when it is read, and against the network when it is loaded)."""
+        g = self._object(group, h5py.Group, "a recorded state")
+        if g is None:
             if required:
-                raise TraceError(f"{where}: missing group {group!r} (the network state)")
-            return None
-        g = self._f[group]
-        if not isinstance(g, h5py.Group):
-            raise TraceError(f"{where}: {group!r} is not a group")
-        keys = []
+                raise TraceError(f"{self.path}: missing group {group!r} (the recorded state)")
+            return False
         for l in range(self.n_layers):
             shape = (self.sizes[l + 1], self.sizes[l])
-            self._dataset(f"{group}/W{l}", self.dtype, lambda s, e=shape: (s == e, e), f"weights of layer {l}")
-            keys.append(f"W{l}")
-            if f"R{l}" in g:
-                e = (self.sizes[l], self.sizes[l])
-                self._dataset(f"{group}/R{l}", self.dtype, lambda s, e=e: (s == e, e), f"decorrelation of layer {l}")
-                keys.append(f"R{l}")
-        unknown = sorted(set(g.keys()) - set(keys))
-        if unknown:
-            raise TraceError(f"{where}: {group!r} holds unexpected entries {unknown}")
-        return keys
+            ds = self._dataset(f"{group}/network/tiles/{l}/w", self.dtype, shape[1:], shape[0],
+                               f"weights of layer {l}")
+            if ds.shape != shape:
+                raise TraceError(f"{self.path}: dataset '{group}/network/tiles/{l}/w' has shape {ds.shape}, "
+                                 f"expected {shape}")
+        return True
+
+    def _dataset(self, name, dtype, shape, n, what):
+        where = self.path
+        ds = self._object(name, h5py.Dataset, what)
+        if ds is None:
+            raise TraceError(f"{where}: missing dataset {name!r} ({what})")
+        if ds.dtype != np.dtype(dtype):
+            raise TraceError(f"{where}: dataset {name!r} has dtype {ds.dtype}, expected {np.dtype(dtype)}")
+        if len(ds.shape) != 1 + len(shape) or ds.shape[0] < n or tuple(ds.shape[1:]) != tuple(shape):
+            raise TraceError(f"{where}: dataset {name!r} has shape {ds.shape}, expected (≥{n}, "
+                             f"{', '.join(map(str, shape))})".replace(", )", ")"))
+        if ds.is_virtual or ds.external:
+            raise TraceError(f"{where}: dataset {name!r} keeps its data outside the file; refused")
+        return ds
 
     def _check_steps(self) -> None:
-        where, lay, n = self.path, self.layout, self.complete_steps
-        entries = lay["entries"]
+        where, sch, n = self.path, self.schema, self.complete_steps
+        arrays = sch["arrays"]
         for l in range(self.n_layers):
-            xs = [e for e in entries if e["name"] == f"xstar/{l}"]
-            if len(xs) != 1 or xs[0]["kind"] != "float" or not xs[0]["shape"] or xs[0]["shape"][-1] != self.sizes[l]:
-                raise TraceError(f"{where}: layout lacks x* of layer {l} with last dimension {self.sizes[l]}")
-        V, I, B = lay["values_width"], lay["ints_width"], lay["max_batch"]
-        itemsize = np.dtype(self.storage_dtype).itemsize
-        if V * itemsize + I * 8 + max(B, 1) * 8 > MAX_ROW_BYTES:
-            raise TraceError(f"{where}: layout declares {V * itemsize + I * 8} bytes per step, more than the "
-                             f"reader's limit of {MAX_ROW_BYTES}")
-        ncol = len(lay["meta_columns"])
-
-        def rows(width):
-            return lambda s: (len(s) == 2 and s[0] >= n and s[1] == width, f"(≥{n}, {width})")
-
-        self._values = self._dataset("steps/values", self.storage_dtype, rows(V), "per-step floating arrays")
-        self._ints = self._dataset("steps/ints", np.int64, rows(I), "per-step integer arrays") if I else None
-        self._indices = self._dataset("steps/indices", np.int64, rows(max(B, 1)), "batch indices")
-        self._loss = self._dataset("steps/scalars", np.float64, rows(2), "loss and device time")
-        self._meta = self._dataset("steps/meta", np.int64, rows(ncol), "step table")
+            xs = [e for e in arrays if e["role"] == "xstar" and e["layer"] == l]
+            if len(xs) != 1 or xs[0]["kind"] != "float" or xs[0]["shape"][-1:] != [self.sizes[l]]:
+                raise TraceError(f"{where}: the schema lacks x* of layer {l} with last dimension {self.sizes[l]}")
+        if any(e["role"] == "xstar" and e["layer"] is not None and e["layer"] >= self.n_layers for e in arrays):
+            raise TraceError(f"{where}: the schema has x* of a layer the network does not have")
+        for e in arrays:
+            if e["kind"] == "float" and e["stored"] != (self.storage_dtype if self.lossy else e["dtype"]):
+                raise TraceError(f"{where}: array {e['name']!r} is stored as {e['stored']}, but the trace's "
+                                 f"storage_dtype is {self.storage_dtype!r}")
+        B, C = max(sch["max_batch"], 1), sch["columns"]
+        step_bytes = sum(math.prod(e["shape"]) * np.dtype(e["stored"]).itemsize for e in arrays
+                         if e["alias"] is None) + B * 8 + C * 8
+        if step_bytes > MAX_STEP_BYTES:
+            raise TraceError(f"{where}: the schema declares {step_bytes} bytes per step, more than the reader's "
+                             f"limit of {MAX_STEP_BYTES}")
+        self._arrays = [(e, None if e["alias"] is not None else
+                         self._dataset(f"steps/{e['name']}", e["stored"], e["shape"], n, f"recorded {e['role']} array"))
+                        for e in arrays]
+        self._meta = {name: self._dataset(f"steps/{name}", dtype, [B] if name == "indices" else [C]
+                                          if name == "shapes" else [], n, "per-step record")
+                      for name, dtype in META}
+        self._checksum = self._dataset("steps/checksum", np.uint32, [], n, "per-step checksums")
 
     # -- reading ---------------------------------------------------------------------------------
     def _read(self, ds, sel):
@@ -204,80 +226,89 @@ class TraceReader:
     def __len__(self) -> int:
         return self.complete_steps
 
-    def _state(self, group, keys) -> dict:
-        out = {}
-        for k in keys:
-            ds = self._f[f"{group}/{k}"]
-            a = np.ascontiguousarray(self._read(ds, ()))
-            crc = ds.attrs.get("crc32")
-            if not isinstance(crc, (int, np.integer)) or int(crc) != zlib.crc32(a.view(np.uint8)):
-                raise TraceError(f"{self.path}: checksum mismatch in {group}/{k}; the file is corrupted")
-            out[k] = a
-        return out
+    def _state(self, group) -> dict:
+        try:
+            return state_io.read(self._f[group], where=self.path, max_bytes=MAX_STATE_BYTES)
+        except state_io.StateError as exc:
+            raise TraceError(f"{exc} (in {group})") from None
+
+    def state(self, which: str = "initial") -> dict | None:
+        """The complete recorded state ``{"network": …, "rule": …}`` (:meth:`noisesim.Network.state`
+        and the rule's ``state()``, or ``None``): ``"initial"`` — before the first recorded step;
+        ``"final"`` — after the last one (``None`` unless the writer closed cleanly)."""
+        if which not in ("initial", "final"):
+            raise ValueError(f"which={which!r}; allowed: 'initial', 'final'")
+        if which == "final" and not self.has_final_state:
+            return None
+        return self._state(f"{which}_state")
 
     def initial_state(self) -> dict:
-        """Exact network state before the first recorded step."""
-        return self._state("initial_state", self.initial_state_keys)
+        """The weights and decorrelation matrices before the first step, as
+        :meth:`noisesim.Network.get_state` gives them (``W0``, ``R0`` …); :meth:`state` has
+        everything else."""
+        return _weights(self.state("initial"), self.path)
 
     def final_state(self) -> dict | None:
-        """Exact network state after the last step (``None`` unless the writer closed cleanly)."""
-        return None if self.final_state_keys is None else self._state("final_state", self.final_state_keys)
+        """The weights after the last step (``None`` unless the writer closed cleanly)."""
+        st = self.state("final")
+        return None if st is None else _weights(st, self.path)
+
+    def _row(self, ds, row):
+        try:
+            return ds[row]
+        except Exception as exc:
+            raise TraceError(f"{self.path}: cannot read {ds.name} ({type(exc).__name__}: {exc})") from None
 
     def step(self, row: int) -> TraceStep:
-        """Step ``row`` (0-based), checksum-verified, shapes validated before any reshaping."""
+        """Step ``row`` (0-based), checksum-verified, shapes validated before any slicing."""
         where = self.path
         if not 0 <= row < self.complete_steps:
             raise IndexError(f"{where}: step row {row} out of range; the trace has {self.complete_steps} complete steps")
-        lay = self.layout
-        meta = self._read(self._meta, row)
-        values = self._read(self._values, row)
-        ints = self._read(self._ints, row) if self._ints is not None else None
-        irow = self._read(self._indices, row)
-        scalars = self._read(self._loss, row)
-        loss, time = float(scalars[0]), float(scalars[1])
-        crc = step_checksum(values, ints, irow, scalars, meta[:CRC_COLUMN])
-        if crc != int(meta[CRC_COLUMN]):
-            raise TraceError(f"{where}: checksum mismatch at step row {row} (stored {int(meta[CRC_COLUMN])}, "
-                             f"computed {crc}); the file is corrupted")
-        step, B, fp = (int(v) for v in meta[:3])
-        if not 0 <= B <= lay["max_batch"] or fp < 0:
+        stored = [(e, self._row(ds, row)) for e, ds in self._arrays if ds is not None]
+        meta = {name: self._row(ds, row) for name, ds in self._meta.items()}
+        crc = step_checksum([np.asarray(a) for _, a in stored] + [np.asarray(meta[name]) for name, _ in META])
+        want = int(self._row(self._checksum, row))
+        if crc != want:
+            raise TraceError(f"{where}: checksum mismatch at step row {row} (stored {want}, computed {crc}); "
+                             "the file is corrupted")
+        step, B, fp = int(meta["step"]), int(meta["batch_size"]), int(meta["forward_passes"])
+        loss, time, shapes = float(meta["loss"]), float(meta["time"]), meta["shapes"]
+        if not 0 <= B <= self.schema["max_batch"] or fp < 0:
             raise TraceError(f"{where}: step row {row} has batch_size={B}, forward_passes={fp}")
-        idx = irow[:B]
+        idx = meta["indices"][:B]
         if (idx < 0).any():
             raise TraceError(f"{where}: step row {row} has negative batch indices")
-        arrays, col = {}, len(META_FIXED)
-        for e in lay["entries"]:
-            nd = len(e["shape"])
-            shape = tuple(int(v) for v in meta[col:col + nd])
-            col += nd
-            if any(d < 0 for d in shape) or math.prod(shape) > math.prod(e["shape"]):
+        values = dict((e["name"], a) for e, a in stored)
+        arrays = {}
+        for e, _ in self._arrays:
+            lo, hi = e["columns"]
+            shape = tuple(int(v) for v in shapes[lo:hi])
+            if any(not 0 <= d <= c for d, c in zip(shape, e["shape"])):
                 raise TraceError(f"{where}: step row {row}: {e['name']} has shape {shape}, which does not fit its "
-                                 f"region {tuple(e['shape'])}")
+                                 f"capacity {tuple(e['shape'])}")
             if e["alias"] is None:
-                src = values if e["kind"] == "float" else ints
-                a = src[e["offset"]:e["offset"] + math.prod(shape)].reshape(shape)
-                arrays[e["name"]] = a.astype(e["dtype"], copy=False)
+                a = values[e["name"]][tuple(slice(0, d) for d in shape)]
             else:
-                arrays[e["name"]] = shape
-        xstar = [arrays[f"xstar/{l}"] for l in range(self.n_layers)]
+                src = arrays[e["alias"]["of"]]
+                src = src[0] if e["alias"]["first"] and src.shape[0] else src
+                if src.size != math.prod(shape):
+                    raise TraceError(f"{where}: step row {row}: {e['name']} shape {shape} does not match "
+                                     f"{e['alias']['of']} {src.shape}")
+                a = src.reshape(shape)
+            arrays[e["name"]] = a.astype(e["dtype"], copy=False)
         record, lists = {}, {}
-        for e in lay["entries"]:
-            if e["source"] != "record":
+        for e, _ in self._arrays:
+            if e["role"] != "record":
                 continue
-            a = arrays[e["name"]]
-            if e["alias"] == "xstar":
-                x = xstar[e["layer"]]
-                if math.prod(a) != x.size:
-                    raise TraceError(f"{where}: step row {row}: {e['name']} shape {a} does not match x* {x.shape}")
-                a = x.reshape(a)
             if e["layer"] is None:
-                record[e["key"]] = a
+                record[e["key"]] = arrays[e["name"]]
             else:
-                lists.setdefault(e["key"], {})[e["layer"]] = a
+                lists.setdefault(e["key"], {})[e["layer"]] = arrays[e["name"]]
         for key, per_layer in lists.items():
             if sorted(per_layer) != list(range(len(per_layer))):
                 raise TraceError(f"{where}: record key {key!r} has layers {sorted(per_layer)}")
             record[key] = [per_layer[l] for l in range(len(per_layer))]
+        xstar = [arrays[f"xstar/{l}"] for l in range(self.n_layers)]
         return TraceStep(row, step, B, fp, loss, idx, record, xstar, arrays.get("losses"),
                          None if math.isnan(time) else time)
 
@@ -288,20 +319,23 @@ class TraceReader:
             yield self.step(r)
 
     def verify(self) -> int:
-        """Read and checksum every complete step; return their number (raises on the first bad one)."""
+        """Read and checksum every complete step and both states; return the number of steps
+        (raises on the first bad one)."""
         for _ in self.steps():
             pass
-        if self.final_state_keys is not None:
-            self.final_state()
-        self.initial_state()
+        self.state("final")
+        self.state("initial")
         return self.complete_steps
 
     def storage_bytes(self) -> dict:
-        """On-disk bytes of each per-step dataset (after compression)."""
+        """On-disk bytes of each per-step dataset (after compression), by name under ``steps/``."""
         out = {}
-        for name in ("values", "ints", "indices", "scalars", "meta"):
-            if self.layout is not None and f"steps/{name}" in self._f:
-                out[name] = int(self._f[f"steps/{name}"].id.get_storage_size())
+        if self.schema is not None:
+            for e, ds in self._arrays:
+                if ds is not None:
+                    out[e["name"]] = int(ds.id.get_storage_size())
+            for name, ds in [*self._meta.items(), ("checksum", self._checksum)]:
+                out[name] = int(ds.id.get_storage_size())
         return out
 
     def close(self) -> None:
@@ -318,6 +352,23 @@ class TraceReader:
     def __exit__(self, *exc):
         self.close()
         return False
+
+
+def _weights(state: dict, where: str) -> dict:
+    """``W0``, ``R0`` … of a recorded state, as ``Network.get_state`` gives them."""
+    try:
+        net = state["network"]
+        out = {}
+        for l in range(len(net["tiles"])):
+            t = net["tiles"][str(l)]
+            w, alpha = t["w"], t["alpha"]
+            out[f"W{l}"] = w if alpha == 1.0 else w * w.dtype.type(alpha)
+            R = (net.get("decorrelation") or {}).get(str(l))
+            if R is not None:
+                out[f"R{l}"] = R
+        return out
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise TraceError(f"{where}: the recorded network state lacks its weights ({type(exc).__name__}: {exc})") from None
 
 
 def open_trace(path) -> TraceReader:

@@ -1,55 +1,43 @@
 """Replaying a trace: re-apply the recorded steps from the recorded initial state.
 
-``replay(trace)`` rebuilds the network from the recorded config (``Network.mlp`` with the
-recorded device, seed, backend and dtype) and the rule from its recorded config. The rule is
-resolved by importing the fixed package name ``rules`` lazily (``importlib.import_module("rules")``
-and ``rules.make(name, **options)``) — never a module name read from the file — so ``noisesim``
-never imports ``rules`` at module level. Pass ``network=`` and ``rule=`` objects to replay onto
-anything implementing the protocols (``DeviceNetwork``; a rule with ``init``,
+``replay(trace)`` rebuilds the network from the recorded complete state
+(:meth:`noisesim.Network.from_state`: weights, conductance pairs, fabrication draws, drift
+clocks, write-verify targets and every named random stream's position) and the rule from its
+recorded config through :mod:`noisesim.registry`, which the package defining the rules fills
+(``import rules`` does; ``noisesim`` never imports it). Pass ``rule=`` (and ``network=``) to
+replay onto anything implementing the protocols (``DeviceNetwork``; a rule with ``init``,
 ``updates_from_record`` and ``apply``).
 
 Exactness: each step's updates are recomputed with the rule's pure ``updates_from_record`` on
 the recorded arrays and applied with ``rule.apply`` — the same decorrelation update, optimizer
-and device update model as the run. Stochastic update models draw from the network's named
-``update`` stream; the replay network starts with the same seed and the stream states captured
-when recording began, so it draws the same numbers. Same backend and dtype ⇒ bit-identical
-weights. A float16 (lossy) trace replays approximately and warns.
+and device update model as the run. The rule starts from its recorded state (its optimizer's
+moments, feedback matrices) when it had been initialised before recording began, else it is
+initialised as at the start of training. Stochastic update models draw from the network's
+``update`` stream, restored where it stood. Same backend and dtype ⇒ bit-identical weights,
+checked against the recorded final state (every device array and the rule's state). A float16
+(lossy) trace replays approximately and warns.
 """
 from __future__ import annotations
 
-import importlib
 import warnings
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass
 
 import numpy as np
 
+from .. import registry
+from ..protocol import Estimate
+from ..state import differences
 from .format import TraceError, TraceWarning
 from .reader import TraceReader, TraceStep, open_trace
 
-
-class ReplayRule(Protocol):
-    def init(self, net) -> None: ...
-    def updates_from_record(self, record: dict) -> list: ...
-    def apply(self, net, est) -> None: ...
-
-
-@dataclass
-class ReplayedEstimate:
-    """Duck-typed ``rules.Estimate`` rebuilt from a trace step (what ``rule.apply`` reads)."""
-
-    updates: list
-    loss: float
-    forward_passes: int
-    inputs: list
-    outputs: Any = None
-    losses: Any = None
-    record: dict = field(default_factory=dict)
+# One estimate type: what a rule returns and what a replay rebuilds (kept under this name too).
+ReplayedEstimate = Estimate
 
 
 @dataclass
 class ReplayResult:
-    """What a replay did. ``matches`` is ``None`` when the trace holds no final state."""
+    """What a replay did. ``matches`` is ``None`` when the trace holds no final state;
+    ``max_abs_diff`` names every array of the state that differs (``{}`` when none does)."""
 
     steps: int
     state: dict
@@ -59,7 +47,8 @@ class ReplayResult:
 
 
 def build_network(config: dict, *, backend: str | None = None):
-    """A fresh ``noisesim.Network`` from a trace's recorded config."""
+    """A fresh ``noisesim.Network`` from a trace's recorded config (not its state: the initial
+    weights come from the seed)."""
     from ..config import DeviceConfig
     from ..network import Network
 
@@ -77,38 +66,21 @@ def build_network(config: dict, *, backend: str | None = None):
 
 
 def build_rule(rule_config: dict | None, factory=None):
-    """A rule from its recorded ``config()``: ``rules.make(config["rule"], **rest)``."""
+    """A rule from its recorded ``config()``, through :mod:`noisesim.registry` (or ``factory(name,
+    **options)`` when given)."""
     if not isinstance(rule_config, dict) or not isinstance(rule_config.get("rule"), str):
         raise TraceError("the trace records no rule config; pass rule=… to replay it")
-    if factory is None:
-        factory = importlib.import_module("rules").make  # fixed name, never read from the file
-    options = {k: v for k, v in rule_config.items() if k != "rule"}
     try:
-        return factory(rule_config["rule"], **options)
+        if factory is not None:
+            return factory(rule_config["rule"], **{k: v for k, v in rule_config.items() if k != "rule"})
+        return registry.make_rule(rule_config)
+    except LookupError as exc:
+        raise TraceError(f"cannot rebuild the recorded rule: {exc}; or pass rule=… to replay") from None
     except (TypeError, ValueError) as exc:
         raise TraceError(f"cannot rebuild rule {rule_config['rule']!r} from the trace's config: {exc}") from None
 
 
-def restore_streams(net, states: dict) -> None:
-    """Set the NumPy bit-generator state of each named stream recorded in ``states``."""
-    streams = getattr(net, "streams", None)
-    if not states or streams is None:
-        return
-    if getattr(getattr(net, "backend", None), "name", "numpy") != "numpy":
-        warnings.warn("stream states are recorded for NumPy only; replay on another backend is not exact",
-                      TraceWarning, stacklevel=3)
-        return
-    for name, st in states.items():
-        bg = getattr(getattr(streams.get(name), "_g", None), "bit_generator", None)
-        if bg is None:
-            continue
-        try:
-            bg.state = st
-        except (TypeError, ValueError, KeyError) as exc:
-            raise TraceError(f"recorded state of random stream {name!r} is invalid: {exc}") from None
-
-
-def estimate_from_step(net, st: TraceStep, updates_from_record) -> ReplayedEstimate:
+def estimate_from_step(net, st: TraceStep, updates_from_record) -> Estimate:
     """Backend arrays of one step and the updates the rule computes from them."""
     def conv(a):
         if a.dtype.kind == "f":
@@ -119,34 +91,68 @@ def estimate_from_step(net, st: TraceStep, updates_from_record) -> ReplayedEstim
     inputs = [conv(x) for x in st.inputs]
     losses = conv(st.losses) if st.losses is not None else None
     updates = updates_from_record(record)
-    return ReplayedEstimate(updates, st.loss, st.forward_passes, inputs, None, losses, record)
+    return Estimate(updates, st.loss, st.forward_passes, inputs, None, losses, record)
+
+
+def _same_weights(a: dict, b: dict) -> bool:
+    return set(a) == set(b) and all(np.shape(a[k]) == np.shape(b[k]) and np.array_equal(a[k], b[k]) for k in a)
 
 
 def start(trace, network=None, rule=None, *, backend: str | None = None):
-    """Open ``trace`` and prepare ``(reader, network, rule)`` in the recorded initial state."""
+    """Open ``trace`` and prepare ``(reader, network, rule)`` in the recorded initial state.
+
+    Without ``network`` the recorded network is rebuilt from its complete state; a given
+    network is used as it is (a warning says so when its weights are not the recorded ones).
+    Without ``rule`` the recorded rule is rebuilt and put in its recorded state; a given rule
+    is initialised afresh on the network.
+    """
     reader = trace if isinstance(trace, TraceReader) else open_trace(trace)
-    cfg = reader.config
+    initial = reader.state("initial")
+    net_state, rule_state = initial.get("network"), initial.get("rule")
     if network is None:
-        network = build_network(cfg, backend=backend)
-    if rule is None:
-        rule = build_rule(cfg.get("rule"))
+        from ..network import Network
+
+        try:
+            network = Network.from_state(net_state, backend=backend)
+        except (ValueError, TypeError) as exc:
+            raise TraceError(f"{reader.path}: cannot rebuild the recorded network from its state: {exc}") from None
+    elif not _same_weights(network.get_state(), reader.initial_state()):
+        warnings.warn("replaying onto a network whose weights are not the recorded initial weights; the result "
+                      "is not the recorded run", TraceWarning, stacklevel=3)
     if list(network.sizes) != list(reader.sizes):
         raise TraceError(f"{reader.path}: the trace is for sizes {reader.sizes}, the network has {list(network.sizes)}")
-    rule.init(network)  # access check, decorrelation on, fresh optimizer — as at the start of training
-    state = network.get_state()
-    initial = reader.initial_state()
-    # A network rebuilt from the recorded seed is already in the recorded state, hidden device
-    # state included (conductance pairs, drift clocks, faults); set_state would reprogram it from
-    # W alone. So restore only what differs.
-    if any(k not in state or state[k].shape != v.shape or not np.array_equal(state[k], v) for k, v in initial.items()):
-        if getattr(getattr(network, "device", None), "w_max", None) is not None:
-            warnings.warn("restoring the recorded weights with set_state(); hidden device state (conductance "
-                          "pairs, drift clocks) is not in the trace, so the replay may not be bit-exact",
-                          TraceWarning, stacklevel=3)
-        state.update(initial)
-        network.set_state(state)
-    restore_streams(network, cfg.get("streams") or {})
+    if rule is None:
+        rule = build_rule(reader.config.get("rule"))
+        if isinstance(rule_state, dict) and rule_state.get("initialised") and hasattr(rule, "load_state"):
+            try:
+                rule.load_state(rule_state, network)
+            except ValueError as exc:
+                raise TraceError(f"{reader.path}: cannot restore the recorded rule state: {exc}") from None
+        else:
+            rule.init(network)  # access check, decorrelation on, fresh optimizer — as training starts
+    else:
+        rule.init(network)
     return reader, network, rule
+
+
+def _final_differences(reader, net, rule) -> dict:
+    """What differs between the replayed and the recorded final state: every device array and
+    decorrelation matrix, and the rule's optimizer and own arrays when it is the recorded rule."""
+    final = reader.state("final")
+    if not hasattr(net, "state"):
+        w = net.get_state()
+        ref = reader.final_state()
+        return differences({k: np.asarray(v) for k, v in w.items()}, ref)
+    got = net.state()
+    diffs = differences({k: final["network"].get(k) for k in ("tiles", "decorrelation")},
+                        {k: got.get(k) for k in ("tiles", "decorrelation")})
+    rec = final.get("rule")
+    if isinstance(rec, dict) and rec.get("initialised") and hasattr(rule, "state") \
+            and rec.get("config") == getattr(rule, "config", dict)():
+        mine = rule.state()
+        diffs.update({f"rule/{k}": v for k, v in differences(
+            {k: rec.get(k) for k in ("optimizer", "extra")}, {k: mine.get(k) for k in ("optimizer", "extra")}).items()})
+    return diffs
 
 
 def replay(trace, network=None, rule=None, *, steps: int | None = None, backend: str | None = None,
@@ -157,9 +163,9 @@ def replay(trace, network=None, rule=None, *, steps: int | None = None, backend:
     ----------
     trace : path or TraceReader
     network : DeviceNetwork, optional
-        A freshly built network (default: rebuilt from the trace's config).
+        Default: rebuilt from the recorded initial state.
     rule : object with ``init``, ``updates_from_record``, ``apply``, optional
-        Default: rebuilt from the trace's rule config through ``rules.make``.
+        Default: rebuilt from the trace's rule config through :mod:`noisesim.registry`.
     steps : int, optional
         Replay only the first ``steps`` steps (no final-state comparison then).
     on_step : callable(TraceStep, estimate), optional
@@ -177,15 +183,11 @@ def replay(trace, network=None, rule=None, *, steps: int | None = None, backend:
         rule.apply(net, est)
         if on_step is not None:
             on_step(st, est)
-    state = net.get_state()
-    final = reader.final_state() if n == reader.complete_steps else None
     matches, diffs = None, {}
-    if final is not None:
-        matches = set(final) == set(state)
-        for k in sorted(set(final) & set(state)):
-            a, b = np.asarray(state[k]), np.asarray(final[k])
-            diffs[k] = float(np.max(np.abs(a.astype(np.float64) - b))) if a.size else 0.0
-            matches = matches and a.shape == b.shape and np.array_equal(a, b)
+    if n == reader.complete_steps and reader.has_final_state:
+        diffs = _final_differences(reader, net, rule)
+        matches = not diffs
+    state = net.get_state()
     if trace is not reader:
         reader.close()
     return ReplayResult(n, state, matches, diffs, exact)

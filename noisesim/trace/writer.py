@@ -1,4 +1,4 @@
-"""Recording a trace: :class:`TraceWriter`, one HDF5 file per run, one row per step.
+"""Recording a trace: :class:`TraceWriter`, one HDF5 file per run, one dataset per recorded array.
 
 >>> with noisesim.trace.TraceWriter("run.h5", net, rule) as tw:           # doctest: +SKIP
 ...     scenarios.train(net, rule, data, on_step=tw.on_step)
@@ -21,40 +21,24 @@ import numpy as np
 
 from .._version import __version__
 from ..backend import to_numpy
+from .. import state as state_io
 from . import _sink
 from ._sink import FRAME, LIBVER, REPLY, Sink
-from .format import (COMPRESSIONS, CRC_COLUMN, FORMAT_NAME, FORMAT_VERSION, META_FIXED, TraceError,
-                     entry_name)
+from .format import COMPRESSIONS, FORMAT_NAME, FORMAT_VERSION, KEY, META, RESERVED, TraceError
 
 
 def network_config(net) -> dict:
-    """What it takes to rebuild ``net`` with :meth:`noisesim.Network.mlp` (best effort for
-    other :class:`~noisesim.protocol.DeviceNetwork` implementations)."""
-    cfg = {"sizes": [int(s) for s in net.sizes], "dtype": np.dtype(net.dtype).name,
-           "seed": getattr(net, "seed", None), "backend": getattr(getattr(net, "backend", None), "name", None),
-           "class": f"{type(net).__module__}.{type(net).__qualname__}"}
-    for attr, key in (("activation", "activation"), ("output_activation", "output_activation")):
-        act = getattr(net, attr, None)
-        if act is not None and hasattr(act, "name"):
-            cfg[key] = act.name
-            cfg["slope"] = float(getattr(act, "slope", 0.2))
+    """What it takes to rebuild ``net`` (its ``config()``; best effort for other
+    :class:`~noisesim.protocol.DeviceNetwork` implementations)."""
+    if hasattr(net, "config"):
+        cfg = dict(net.config())
+        cfg.pop("device", None)      # recorded once, under the config's own "device"
+    else:
+        cfg = {"sizes": [int(s) for s in net.sizes], "dtype": np.dtype(net.dtype).name,
+               "seed": getattr(net, "seed", None), "backend": getattr(getattr(net, "backend", None), "name", None)}
+    cfg["class"] = f"{type(net).__module__}.{type(net).__qualname__}"
     cfg["decorrelated"] = bool(getattr(net, "decorrelated", False))
     return cfg
-
-
-def stream_states(net) -> dict:
-    """Bit-generator states (plain dicts of ints) of the NumPy streams ``net`` has created so far.
-
-    A replay restores them, so a stochastic update model draws exactly what it drew when
-    recorded even if the network was used before tracing began. CuPy streams are not captured.
-    """
-    out = {}
-    gens = getattr(getattr(net, "streams", None), "_gens", None) or {}
-    for name, g in gens.items():
-        bg = getattr(getattr(g, "_g", None), "bit_generator", None)
-        if isinstance(bg, np.random.BitGenerator):
-            out[str(name)] = bg.state
-    return out
 
 
 def _kind(a) -> str:
@@ -74,14 +58,17 @@ class TraceWriter:
     path : str or Path
         The file (overwritten).
     network : DeviceNetwork
-        The network being trained; its config and exact state are recorded now, as the
-        initial state a replay starts from. Create the writer before training starts.
-    rule : object with ``config()``, optional
-        The rule whose estimates are recorded (its config goes into the file).
+        The network being trained; its config and complete state (``network.state()``) are
+        recorded now, as the initial state a replay starts from, and its state again by a
+        clean :meth:`close`. Create the writer before training starts.
+    rule : object with ``config()`` and ``state()``, optional
+        The rule whose estimates are recorded (its config and state go into the file with
+        the network's).
     meta : dict, optional
         JSON-serialisable run description (scenario, dataset, epochs, batch size …).
     compression : {None, "gzip", "lzf"}
-        Compression of the per-step arrays (with the shuffle filter).
+        Compression of the per-step arrays (with the shuffle filter); arrays of less than
+        ``MIN_COMPRESS_BYTES`` (4 KiB) per step are stored uncompressed.
     float16 : bool
         Store floating arrays as float16 (half the bytes; the file is flagged lossy and a
         replay of it warns that it is not exact). The initial/final states stay exact.
@@ -90,21 +77,26 @@ class TraceWriter:
         only packs each step into one buffer and writes it into a pipe (~1 MiB of buffered
         steps; a full pipe makes :meth:`write` wait); the writer process checksums,
         compresses, writes the rows, ``complete_steps`` and flushes, step by step, and keeps
-        every whole step it received if the training process dies. With gzip it deflates the
-        rows itself; with any compression, while ``BACKLOG_STEPS`` further steps (or half a
-        MiB, for larger steps) already wait in the pipe it stores a step unfiltered instead (HDF5's per-chunk filter mask;
-        readers see no difference): compression gives way before training does. ``False``: all of the work
-        in this process, inside :meth:`write`, with HDF5's own filters.
+        every whole step it received if the training process dies. With any compression,
+        while ``BACKLOG_STEPS`` further steps (or half a MiB, for larger steps) already wait
+        in the pipe it stores a step unfiltered instead (HDF5's per-chunk filter mask; readers
+        see no difference): compression gives way before training does. ``False``: all of the
+        work in this process, inside :meth:`write`.
 
-    Each step adds one row to every per-step dataset, then rewrites the root attribute
+    Each step adds one row (one chunk) to every per-step dataset — one named dataset per
+    recorded array, ``steps/<key>`` or ``steps/<key>/<layer>``, laid out at the first step
+    (the schema; see ``docs/trace-format.md``) — then rewrites the root attribute
     ``complete_steps`` and flushes, so a run killed at any point leaves a file whose first
-    ``complete_steps`` steps are whole.
+    ``complete_steps`` steps are whole. Gzip chunks are deflated by the writer itself (HDF5's
+    shuffle + deflate format, coded per byte plane; ``HDF5_GZIP = True`` uses HDF5's filter).
     """
 
-    RETRY_STEPS = 64      # how often the hand-built gzip re-decides its per-part coding
+    RETRY_STEPS = 64              # how often the hand-built gzip re-decides its per-plane coding
     PIPE_DIRECT_BYTES = 1 << 19   # larger step frames are written by a pump thread
     PUMP_FRAMES = 3               # buffers in flight with the pump thread
     BACKLOG_STEPS = 1             # compression: store a step unfiltered while this many more wait
+    HDF5_GZIP = False             # gzip through HDF5's own filter instead of the sink's deflate
+    MIN_COMPRESS_BYTES = 4096     # per-step arrays smaller than this are never compressed
 
     def __init__(self, path, network, rule=None, *, meta: dict | None = None, compression: str | None = None,
                  compression_opts=None, float16: bool = False, background: bool = True):
@@ -131,12 +123,15 @@ class TraceWriter:
             "backend": getattr(getattr(network, "backend", None), "name", None),
             "dtype": net_dtype.name,
             "run": meta or {},
-            "streams": stream_states(network),
         }
         try:
             config_json = json.dumps(config, sort_keys=True)
         except TypeError as exc:
             raise TraceError(f"{self.path}: the run config is not JSON-serialisable ({exc})") from None
+        # the complete state a replay starts from (the trace reads it only through state())
+        initial = {"network": network.state(), "rule": rule.state() if rule is not None and hasattr(rule, "state")
+                   else None}
+        self._rule = rule
         f = h5py.File(self.path, "w", libver=LIBVER)
         try:
             a = f.attrs
@@ -151,12 +146,12 @@ class TraceWriter:
             a["compression"] = compression or "none"
             a["complete_steps"] = 0
             a["closed"] = 0
-            self._write_state(f, "initial_state", network.get_state())
+            self._write_state(f, "initial_state", initial)
             f.flush()
         except BaseException:
             f.close()
             raise
-        self._layout = None
+        self._schema = None
         self._written = 0          # steps handed over (to the sink, or the process)
         self._confirmed = 0        # steps known to be in the file
         self._failed = None        # why the writer process stopped, once it has
@@ -171,83 +166,108 @@ class TraceWriter:
     # -- helpers ---------------------------------------------------------------------------------
     @staticmethod
     def _write_state(f, group: str, state: dict) -> None:
-        g = f.create_group(group)
-        for k, v in state.items():
-            a = np.ascontiguousarray(to_numpy(v))
-            g.create_dataset(k, data=a).attrs["crc32"] = zlib.crc32(a.view(np.uint8))
+        try:
+            state_io.write(f.create_group(group), state)
+        except state_io.StateError as exc:
+            raise TraceError(f"{f.filename}: cannot store the {group.replace('_', ' ')}: {exc}") from None
 
     @staticmethod
     def _items(est) -> list:
-        """``(source, key, layer, host array)`` for everything the step consumed, in a fixed order."""
+        """``(role, key, layer, host array)`` for everything the step consumed, in a fixed order."""
         items = []
         for key, v in est.record.items():
             if isinstance(v, (list, tuple)):
-                items += [("record", str(key), l, to_numpy(a)) for l, a in enumerate(v)]
+                items += [("record", str(key), l, np.asarray(to_numpy(a))) for l, a in enumerate(v)]
             else:
-                items.append(("record", str(key), None, to_numpy(v)))
+                items.append(("record", str(key), None, np.asarray(to_numpy(v))))
         items += [("xstar", "xstar", l, to_numpy(x)) for l, x in enumerate(est.inputs)]
         if getattr(est, "losses", None) is not None:
             items.append(("losses", "losses", None, to_numpy(est.losses)))
         return items
 
-    def _build_layout(self, items, batch: int) -> None:
-        xstar = {l: a for src, _, l, a in items if src == "xstar"}
-        entries, offsets = [], {"float": 0, "int": 0}
-        for src, key, layer, a in items:
-            name = entry_name(key, layer) if src != "record" else "record/" + entry_name(key, layer)
-            e = {"name": name, "source": src, "key": key, "layer": layer, "shape": list(a.shape),
-                 "dtype": "int64" if _kind(a) == "int" else a.dtype.name, "kind": _kind(a), "alias": None}
-            x = xstar.get(layer) if src == "record" else None
-            # The update's own copy of x* (e.g. ANP's baseline inputs) is stored once, as x*.
-            if x is not None and a.size == x.size and a.dtype == x.dtype and np.array_equal(a.reshape(x.shape), x):
-                e["alias"], e["offset"] = "xstar", None
-            else:
-                e["offset"] = offsets[e["kind"]]
-                offsets[e["kind"]] += a.size
-            entries.append(e)
-        if offsets["float"] == 0:
+    @staticmethod
+    def _alias(x, src):
+        """How ``x*`` sits in the record's ``inputs`` array ``src``: ``False`` (all of it),
+        ``True`` (its first slice along the first axis), or ``None`` (not there)."""
+        if src is None or src.dtype != x.dtype:
+            return None
+        if src.shape == x.shape and np.array_equal(src, x):
+            return False
+        if src.ndim >= 1 and src.shape[1:] == x.shape and src.shape[0] >= 1 and np.array_equal(src[0], x):
+            return True
+        return None
+
+    def _build_schema(self, items, batch: int) -> None:
+        inputs = {l: a for role, key, l, a in items if role == "record" and key == "inputs" and l is not None}
+        arrays, col = [], 0
+        for role, key, layer, a in items:
+            name = key if layer is None else f"{key}/{layer}"
+            if role == "record" and (not KEY.match(key) or key in RESERVED):
+                raise TraceError(f"{self.path}: the rule records an array named {key!r}; trace keys are letters, "
+                                 f"digits and '_', and not one of {sorted(RESERVED)}")
+            if a.size == 0 or a.ndim > 8:
+                raise TraceError(f"{self.path}: {name} has shape {a.shape}; traced arrays have 1 to 8 dimensions "
+                                 "and at least one element")
+            kind = _kind(a)
+            alias = None
+            if role == "xstar":
+                first = self._alias(a, inputs.get(layer))
+                if first is not None:
+                    alias = {"of": f"inputs/{layer}", "first": first}
+            stored = ("float16" if self.float16 else a.dtype.name) if kind == "float" else "int64"
+            arrays.append({"name": name, "role": role, "key": key, "layer": layer, "kind": kind,
+                           "dtype": a.dtype.name, "stored": stored, "shape": list(a.shape),
+                           "columns": [col, col + a.ndim], "alias": alias})
+            col += a.ndim
+        if not any(e["kind"] == "float" for e in arrays):
             raise TraceError(f"{self.path}: the rule's estimate recorded no floating arrays")
-        cols = list(META_FIXED) + [f"{e['name']}:{i}" for e in entries for i in range(len(e["shape"]))]
-        self._keys = [(src, key, layer) for src, key, layer, _ in items]
-        self._layout = {"entries": entries, "values_width": offsets["float"], "ints_width": offsets["int"],
-                        "max_batch": int(batch), "meta_columns": cols}
-        V, I, B = offsets["float"], offsets["int"], max(int(batch), 1)
-        # One chunk per step for every per-step dataset: a flush then writes the new step's
-        # bytes only, never a half-filled chunk of earlier steps again.
+        B = max(int(batch), 1)
+        self._schema = {"arrays": arrays, "max_batch": int(batch), "columns": col}
+        self._keys = [(role, key, layer) for role, key, layer, _ in items]
+        schema_json = json.dumps(self._schema)
         comp = dict(compression=self.compression, compression_opts=self.compression_opts)
-        deflate = self.background and self.compression == "gzip"
-        layout_json = json.dumps(self._layout)
+        datasets = []
+        for e in arrays:
+            if e["alias"] is not None:
+                continue
+            frame = e["dtype"] if e["kind"] == "float" else "int64"
+            # arrays of a few KiB per step (δL, the output layer's δa) gain next to nothing
+            # from compression and would cost a filter call each: stored as they are
+            small = math.prod(e["shape"]) * np.dtype(e["stored"]).itemsize < self.MIN_COMPRESS_BYTES
+            datasets.append({"name": "steps/" + e["name"], "shape": e["shape"], "dtype": e["stored"],
+                             "frame_dtype": frame, "chunk_rows": 1, **({} if small else comp),
+                             "attrs": {"shape_columns": e["columns"], "layer": -1 if e["layer"] is None else e["layer"]}})
+        # small per-step datasets: many steps per chunk (a flush rewrites the last chunk in
+        # place, with the same bytes for the earlier steps in it)
+        for name, dtype in META:
+            shape = [B] if name == "indices" else [col] if name == "shapes" else []
+            datasets.append({"name": "steps/" + name, "shape": shape, "dtype": dtype,
+                             "chunk_rows": 1 if name == "indices" else 64,
+                             **({"fillvalue": -1} if name == "indices" else {})})
+        datasets.append({"name": "steps/checksum", "shape": [], "dtype": "uint32", "chunk_rows": 64, "frame": False,
+                         "role": "checksum"})
         spec = {
-            "datasets": [
-                {"name": "values", "width": V, "dtype": self.storage_dtype.name, "chunk_rows": 1,
-                 "frame_dtype": self._net_dtype.name, **comp},
-                {"name": "ints", "width": I, "dtype": "int64", "chunk_rows": 1, **comp},
-                {"name": "indices", "width": B, "dtype": "int64", "chunk_rows": 1, "fillvalue": -1},
-                {"name": "scalars", "width": 2, "dtype": "float64", "chunk_rows": 1},
-                {"name": "meta", "width": len(cols), "dtype": "int64", "chunk_rows": 1},
-            ],
-            "attrs": {"layout": layout_json, "layout_crc32": zlib.crc32(layout_json.encode())},
-            # the gzip chunks of values/ints are deflated by the writer process itself (Sink._deflate)
-            "deflate": deflate, "level": 4 if self.compression_opts is None else int(self.compression_opts),
+            "datasets": datasets,
+            "attrs": {"schema": schema_json, "schema_crc32": zlib.crc32(schema_json.encode())},
+            # gzip chunks are deflated by the sink itself (Sink._deflate), unless HDF5_GZIP
+            "deflate": self.compression == "gzip" and not self.HDF5_GZIP,
+            "level": 4 if self.compression_opts is None else int(self.compression_opts),
             "retry_steps": int(self.RETRY_STEPS), "backlog_steps": int(self.BACKLOG_STEPS),
-            # region boundaries (one per non-alias array) of the values and ints rows
-            "regions": [sorted({0, width} | {e["offset"] for e in entries
-                                             if e["kind"] == kind and e["offset"] is not None and e["offset"] < width})
-                        for kind, width in (("float", V), ("int", I))],
         }
-        # One buffer holds a whole step — frame header, then the five rows — so a step is one
-        # write into the pipe; the rows are views into it. A frame larger than the pipe would
-        # block the training thread until the writer process has read most of it: such frames
-        # go through a pump thread instead (os.write releases the GIL), from a few buffers.
+        # One buffer holds a whole step — frame header, then every dataset's row — so a step is
+        # one write into the pipe; the rows are views into it. A frame larger than the pipe
+        # would block the training thread until the writer process has read most of it: such
+        # frames go through a pump thread instead (os.write releases the GIL), from a few buffers.
         sizes = _sink.row_sizes(spec)
-        nbytes = [w * np.dtype(t).itemsize for _, w, t in sizes]
+        nbytes = [n * np.dtype(t).itemsize for _, n, t in sizes]
+        shapes = [tuple(d["shape"]) for d in datasets if d.get("frame", True)]
 
         def frame():
             buf = np.zeros(FRAME.size + sum(nbytes), np.uint8)
             buf[:FRAME.size] = np.frombuffer(FRAME.pack(b"S", sum(nbytes)), np.uint8)
             off, rows = FRAME.size, []
-            for (_, w, t), nb in zip(sizes, nbytes):
-                rows.append(buf[off:off + nb].view(t))
+            for (_, _, t), nb, shape in zip(sizes, nbytes, shapes):
+                rows.append(buf[off:off + nb].view(t).reshape(shape))
                 off += nb
             return buf, rows
 
@@ -255,10 +275,17 @@ class TraceWriter:
         if self._proc is not None and self._frames[0][0].nbytes > self.PIPE_DIRECT_BYTES:
             self._frames += [frame() for _ in range(self.PUMP_FRAMES - 1)]
             self._start_pump()
-        # Per entry, in item order: (alias?, layer, float?, offset, capacity, ndim, entry).
-        self._plan = [(e["alias"] == "xstar", e["layer"], e["kind"] == "float", e["offset"],
-                       math.prod(e["shape"]), len(e["shape"]), e) for e in entries]
-        self._xstar_of = {l: i for i, (src, _, l, _) in enumerate(items) if src == "xstar"}
+        # Per item: (its row in the frame, or None for an alias; its schema entry; the item an alias is of)
+        row_of, r = {}, 0
+        for e in arrays:
+            if e["alias"] is None:
+                row_of[e["name"]] = r
+                r += 1
+        index = {e["name"]: i for i, e in enumerate(arrays)}
+        self._plan = [(row_of.get(e["name"]), e, None if e["alias"] is None else index[e["alias"]["of"]])
+                      for e in arrays]
+        self._meta_rows = r                          # indices, step, batch_size, forward_passes, loss, time, shapes
+        self._shape_buf = np.zeros(col, np.int64)
         if self._proc is not None:
             self._send(b"L", json.dumps(spec).encode())
         else:
@@ -361,16 +388,15 @@ class TraceWriter:
                              f"confirmed steps")
         items = self._items(est)
         idx = np.asarray(to_numpy(indices), dtype=np.int64).ravel()
-        if self._layout is None:
-            self._build_layout(items, len(idx))
-        lay = self._layout
-        keys = [(src, key, layer) for src, key, layer, _ in items]
+        if self._schema is None:
+            self._build_schema(items, len(idx))
+        keys = [(role, key, layer) for role, key, layer, _ in items]
         if keys != self._keys:
-            raise TraceError(f"{self.path}: step {step} recorded the arrays {keys}; the trace's layout "
+            raise TraceError(f"{self.path}: step {step} recorded the arrays {keys}; the trace's schema "
                              f"(set at its first step) has {self._keys}")
-        if len(idx) > lay["max_batch"]:
+        if len(idx) > self._schema["max_batch"]:
             raise TraceError(f"{self.path}: step {step} has a batch of {len(idx)}, larger than the first "
-                             f"step's {lay['max_batch']}; start tracing with the largest batch")
+                             f"step's {self._schema['max_batch']}; start tracing with the largest batch")
         if self._pump is not None:
             buf, rows = self._free.get()          # waits while every buffer is in flight
             if self._pump_error is not None:
@@ -378,41 +404,47 @@ class TraceWriter:
                 raise self._process_failed(self._pump_error)
         else:
             buf, rows = self._frames[0]
-        row, irow_, irow, scalars, meta = rows
-        xstar = {l: items[i][3] for l, i in self._xstar_of.items()}
-        shapes = []
-        for (alias, layer, is_float, off, cap, ndim, e), (_, _, _, a) in zip(self._plan, items):
-            if a.ndim != ndim or a.size > cap:
+        shapes = self._shape_buf
+        for (r, e, src), (_, _, _, a) in zip(self._plan, items):
+            cap = e["shape"]
+            if a.ndim != len(cap) or any(d > c for d, c in zip(a.shape, cap)):
                 raise TraceError(f"{self.path}: step {step}: {e['name']} has shape {a.shape}, which does not "
-                                 f"fit the shape {tuple(e['shape'])} set at the first step")
-            shapes += a.shape
-            if alias:
-                x = xstar[layer]
-                if a.size != x.size or not (
-                        (a.dtype == x.dtype and a.flags.c_contiguous and x.flags.c_contiguous
-                         and a.__array_interface__["data"][0] == x.__array_interface__["data"][0])
-                        or np.array_equal(a.reshape(x.shape), x)):
-                    raise TraceError(f"{self.path}: step {step}: {e['name']} no longer equals x* of layer {layer}")
+                                 f"fit the shape {tuple(cap)} set at the first step")
+            lo, hi = e["columns"]
+            shapes[lo:hi] = a.shape
+            if r is None:                      # x* stored as (part of) the record's inputs
+                x = items[src][3]
+                first = e["alias"]["first"]
+                same = x.ndim >= 1 and a.dtype == x.dtype and (
+                    (a.shape == x.shape[1:] if first else a.shape == x.shape))
+                if same and a.flags.c_contiguous and x.flags.c_contiguous and a.size and \
+                        a.__array_interface__["data"][0] == x.__array_interface__["data"][0]:
+                    continue
+                if not same or not np.array_equal(x[0] if first else x, a):
+                    raise TraceError(f"{self.path}: step {step}: {e['name']} no longer equals {e['alias']['of']}")
                 continue
-            r = row if is_float else irow_
-            n = a.size
-            r[off:off + n] = a.reshape(-1)
-            if n < cap:
-                r[off + n:off + cap] = 0
-        irow[:len(idx)] = idx
-        irow[len(idx):] = -1
+            row = rows[r]
+            if a.shape == row.shape:
+                row[...] = a
+            else:                              # a smaller step fills the leading corner
+                row[...] = 0
+                row[tuple(slice(0, d) for d in a.shape)] = a
+        m = self._meta_rows
+        rows[m][:len(idx)] = idx
+        rows[m][len(idx):] = -1
         t = getattr(self._network, "time", None)
-        scalars[0] = float(est.loss)
-        scalars[1] = float(t) if isinstance(t, (int, float)) else np.nan
-        meta[0], meta[1], meta[2] = int(step), len(idx), int(getattr(est, "forward_passes", 0))
-        meta[CRC_COLUMN] = 0                    # the sink computes the checksum
-        meta[CRC_COLUMN + 1:] = shapes
+        rows[m + 1][()] = int(step)
+        rows[m + 2][()] = len(idx)
+        rows[m + 3][()] = int(getattr(est, "forward_passes", 0))
+        rows[m + 4][()] = float(est.loss)
+        rows[m + 5][()] = float(t) if isinstance(t, (int, float)) else np.nan
+        rows[m + 6][...] = shapes
         if self._pump is not None:
             self._full.put((buf, rows))
         elif self._proc is not None:
             self._pipe_write(memoryview(buf))   # copied into the pipe: the buffer is free again
         else:
-            self._sink.step(row, irow_, irow, scalars, meta)
+            self._sink.step([r.reshape(-1) for r in rows])
         self._written += 1
 
     def flush(self) -> None:
@@ -462,7 +494,9 @@ class TraceWriter:
             f, self._f, self._sink = self._f, None, None
         try:
             if network is not None and self._failed is None:  # else the network ran past the last step
-                self._write_state(f, "final_state", network.get_state())
+                rule = self._rule
+                self._write_state(f, "final_state", {"network": network.state(), "rule": rule.state()
+                                                     if rule is not None and hasattr(rule, "state") else None})
             f.attrs["closed"] = 1
         finally:
             f.close()
@@ -518,5 +552,3 @@ def _start_process(path: str) -> subprocess.Popen:
         pass
     return proc
 
-
-assert META_FIXED[CRC_COLUMN] == "crc32"
