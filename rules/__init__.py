@@ -85,7 +85,7 @@ def from_state(state: dict, net) -> Rule:
 
 def make(name: str, **options) -> Rule:
     """A rule by registry name with its options, e.g. ``make("danp", baseline="noisy")``."""
-    key = name.lower()
+    key = name.strip().lower() if isinstance(name, str) else None
     if key not in RULES:
         raise ValueError(f"unknown rule {name!r}; valid rules: {sorted(RULES)}")
     cls, fixed = RULES[key]
@@ -96,6 +96,11 @@ def make(name: str, **options) -> Rule:
         return cls(**{**options, **fixed})
     except TypeError as exc:
         raise ValueError(f"rule {name!r}: {exc}") from None
+    except ValueError as exc:   # the classes name their base rule ("anp: …"); say the one asked for
+        msg = str(exc)
+        if msg.startswith(f"{cls.name}: "):
+            msg = f"{key}: " + msg[len(cls.name) + 2:]
+        raise ValueError(msg) from None
 
 
 # noisesim finds rules by name here (trace replay), without importing this package itself

@@ -125,11 +125,11 @@ class Chunked:
         return Estimate(updates, first.loss, sum(e.forward_passes for e in ests), first.inputs, first.outputs,
                         first.losses, {})
 
-    def step(self, net, x, t) -> Estimate:
+    def step(self, net, x, t, *, guard=None) -> Estimate:
         if self.rule.optimizer is None:
             self.rule.init(net)
         est = self.estimate(net, x, t)
-        self.rule.apply(net, est)
+        self.rule.apply(net, est, guard=guard)
         return est
 
 
