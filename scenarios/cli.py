@@ -108,11 +108,9 @@ def _cmd_run(args) -> int:
 
 
 def _cause(exc) -> str:
-    from noisesim.trace import TraceError
+    from .train import _why
 
-    if isinstance(exc, TraceError):
-        return f"the trace could not be written: {exc}"
-    return f"{type(exc).__name__}: {exc}"
+    return _why(exc)
 
 
 def _interrupted(write, ctx, out_dir, why: str, code: int) -> int:

@@ -215,7 +215,7 @@ def partial_result(runs: dict, scenario: str = "") -> Result:
     if not runs:
         res.table("final", ["rule"])
         return res
-    stopped = {lab: {"interrupted": next((h.interrupted for h in hs if h.interrupted), "")} for lab, hs in runs.items()}
+    stopped = {lab: {"interrupted": any(h.interrupted for h in hs)} for lab, hs in runs.items()}
     with quiet():
         learning_table(res, runs, extra=stopped)
         learning_curves(res, runs, title=f"{scenario}: runs finished so far" if scenario else "runs finished so far")

@@ -220,8 +220,12 @@ def _last_good(hist, record, losses, epoch, guard) -> str:
 
 
 def _why(exc) -> str:
+    from noisesim.trace import TraceError
+
     if isinstance(exc, KeyboardInterrupt):
         return "interrupted by the user (Ctrl-C)"
+    if isinstance(exc, TraceError):
+        return f"the trace could not be written: {exc}"
     return f"{type(exc).__name__}: {exc}"
 
 
