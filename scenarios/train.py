@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from noisesim import threads
 from noisesim.backend import to_numpy
 from noisesim.errors import DivergenceError
 from rules.base import DivergenceGuard
@@ -170,7 +171,8 @@ def train(net, rule, data, epochs: int = 5, batch_size: int = 64, *, progress: b
                 idx = perm[s * batch_size:(s + 1) * batch_size]
                 x = data.x_train[idx]
                 t = _targets(data.y_train[idx], net.sizes[-1], task == "classification")
-                est = rule.step(net, x, t, guard=guard)
+                with threads.for_layers(net.sizes, len(idx)):     # BLAS threads for this size
+                    est = rule.step(net, x, t, guard=guard)
                 hist.forward_passes += est.forward_passes
                 hist.steps += 1
                 losses.append(est.loss)
