@@ -6,6 +6,8 @@ the one place weights change. Sign convention: ``W_l ← W_l − η·ΔW_l`` (th
 """
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 
 from noisesim.backend import get_array_module, to_numpy
@@ -197,7 +199,12 @@ class Rule:
         if self.optimizer is None:
             self.init(net)
         est = self.estimate(net, x, t)
-        self.apply(net, est, guard=guard)
+        if takes_guard(self.apply):
+            self.apply(net, est, guard=guard)
+        else:       # a subclass's apply(net, est) of before the guard: check, then apply
+            if guard is not None:
+                guard.check(self, est)
+            self.apply(net, est)
         return est
 
     def apply(self, net, est: Estimate, *, guard: "DivergenceGuard | None" = None) -> None:
@@ -221,6 +228,23 @@ class Rule:
                 net.apply_decorrelation_update(l, d)
         for l, d in enumerate(self.optimizer.update(est.updates, self.opt_state)):
             net.apply_update(l, d)
+
+
+def takes_guard(method) -> bool:
+    """Whether a rule's ``step``/``apply`` accepts ``guard=`` (rules written before the guard
+    override them without it and keep working)."""
+    fn = getattr(method, "__func__", method)
+    found = _TAKES_GUARD.get(fn)
+    if found is None:
+        try:
+            found = "guard" in inspect.signature(method).parameters
+        except (TypeError, ValueError):
+            found = False
+        _TAKES_GUARD[fn] = found
+    return found
+
+
+_TAKES_GUARD: dict = {}
 
 
 def check_batch(net, x, t, who: str) -> None:

@@ -16,7 +16,7 @@ import numpy as np
 from noisesim import threads
 from noisesim.backend import to_numpy
 from noisesim.errors import DivergenceError
-from rules.base import DivergenceGuard
+from rules.base import DivergenceGuard, takes_guard
 
 log = logging.getLogger("noisesim")
 
@@ -172,7 +172,7 @@ def train(net, rule, data, epochs: int = 5, batch_size: int = 64, *, progress: b
                 x = data.x_train[idx]
                 t = _targets(data.y_train[idx], net.sizes[-1], task == "classification")
                 with threads.for_layers(net.sizes, len(idx)):     # BLAS threads for this size
-                    est = rule.step(net, x, t, guard=guard)
+                    est = rule.step(net, x, t, guard=guard) if takes_guard(rule.step) else rule.step(net, x, t)
                 hist.forward_passes += est.forward_passes
                 hist.steps += 1
                 losses.append(est.loss)
