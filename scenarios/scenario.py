@@ -181,7 +181,6 @@ def validate(cfg: dict) -> None:
     the rule names, the seed and the backend. Raises ``ValueError`` naming the setting."""
     import noisesim
     import noisesim.backend
-    import rules
 
     noisesim.DeviceConfig.preset(cfg["device"], **(cfg.get("device_overrides") or {}))
     from .experiment import rule_names

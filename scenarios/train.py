@@ -138,7 +138,7 @@ def train(net, rule, data, epochs: int = 5, batch_size: int = 64, *, progress: b
         rule.init(net)
     except BaseException:
         if writer is not None:
-            writer.close()
+            _close(writer, "interrupted")
         raise
     hist = History(rule=label or rule.label, trace=None if writer is None else str(writer.path),
                    backend=net.backend.name, dtype=str(np.dtype(net.dtype)))
@@ -153,14 +153,15 @@ def train(net, rule, data, epochs: int = 5, batch_size: int = 64, *, progress: b
                                 test_acc=te_acc, step_loss=step_loss, forward_passes=hist.forward_passes,
                                 wall_s=wall))
 
-    record(0, float("nan"), 0.0)
-    guard.start_loss = hist.epochs[0]["train_loss"] if np.isfinite(hist.epochs[0]["train_loss"]) else None
     bar = _progress(epochs * steps_per_epoch, hist.rule, progress)
     scope = contextlib.ExitStack()
     t0 = time.perf_counter()
     status = "complete"
     losses = []
     try:
+        record(0, float("nan"), 0.0)
+        guard.start_loss = hist.epochs[0]["train_loss"] if np.isfinite(hist.epochs[0]["train_loss"]) else None
+        t0 = time.perf_counter()
         if writer is not None and writer.background:
             # the trace writer process gets a core of its own (BLAS gives one up meanwhile)
             scope.enter_context(noisesim.trace.leave_a_core())
@@ -189,7 +190,10 @@ def train(net, rule, data, epochs: int = 5, batch_size: int = 64, *, progress: b
     except BaseException as exc:
         status = "interrupted"
         hist.interrupted = _why(exc)
-        exc.history = hist
+        try:
+            exc.history = hist
+        except AttributeError:
+            pass
         raise
     finally:
         scope.close()

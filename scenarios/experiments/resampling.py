@@ -69,8 +69,7 @@ from ..experiment import (common, device, label, learning_curves, learning_table
                           resolve_lrs, rule_names, seeds)
 from ..result import Result, fmt_spread, spread
 from ..scenario import register
-from ..experiment import quiet
-from ..train import train
+from ..experiment import quiet, trained
 from ._comparison import SEARCH, differences, load_data, mean, per_seed, rule_kw, search_trial, sizes
 
 RULES = ("danp", "dinp", "dnp", "bp", "anp", "inp", "np", "dbp")
@@ -206,9 +205,9 @@ def run(cfg: dict, ctx) -> Result:
                 angles[i, j, points.index(step)] = [a[l] for l in range(n_layers)] + [a["all"]]
 
             measure(0)
-            h = train(net, bounded(make(n, K), sz, B, cfg["stack_budget"]), data, epochs=cfg["epochs"],
-                      batch_size=B, progress=ctx.progress, label=f"{lab} s{s}",
-                      on_step=lambda step, idx, est, m=measure: m(step))
+            h = trained(ctx, f"{lab} s{s}", net, bounded(make(n, K), sz, B, cfg["stack_budget"]), data, group=lab,
+                        epochs=cfg["epochs"], batch_size=B, progress=ctx.progress,
+                        on_step=lambda step, idx, est, m=measure: m(step), max_loss_ratio=cfg.get("max_loss_ratio", 1e3))
             runs.setdefault(lab, []).append(h)
 
     with quiet():                                     # all NaN where no angle was measured
