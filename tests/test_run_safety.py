@@ -182,6 +182,20 @@ def test_an_interrupted_second_rule_keeps_the_first_rule_s_results(exc, code, wh
     assert (out / "learning_curves.png").exists()
 
 
+def test_ctrl_c_before_any_run_finished_still_leaves_a_summary_saying_so(tmp_path, monkeypatch, capsys):
+    import scenarios.runner
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(scenarios.runner, "load", interrupted)
+    out = tmp_path / "o"
+    assert main([*QUICK, "--out", str(out)]) == 130
+    s = _summary(out)
+    assert s["complete"] is False and s["interrupted"] == "interrupted by the user (Ctrl-C)"
+    assert s["tables"]["final"] == []
+    assert "run stopped: interrupted by the user" in capsys.readouterr().err
+
+
 def test_an_interrupted_trace_is_closed_as_interrupted(tmp_path, small, monkeypatch):
     closed = []
 
@@ -315,7 +329,8 @@ def test_bad_settings_are_refused_before_training_naming_the_field(key, value, t
 
 def test_a_network_too_large_for_memory_is_refused_before_anything_is_allocated(tmp_path, capsys):
     assert main([*QUICK, "--out", str(tmp_path / "o"), "--set", "sizes=[64, 1000000, 1000000, 10]"]) == 2
-    assert "GiB" in capsys.readouterr().err and "available" in capsys.readouterr().err + "available"
+    err = capsys.readouterr().err
+    assert "sizes=[64, 1000000, 1000000, 10] has 1,000,074,000,000 weights" in err and "GiB available" in err
 
 
 def test_rules_set_as_a_plain_string_and_rule_errors_name_the_rule_asked_for(tmp_path, capsys):
