@@ -278,7 +278,7 @@ class DivergenceGuard:
     """
 
     GROWTH = 10.0         # an activity this many times its starting RMS has blown up
-    INPUT_GROWTH = 3.0    # the decorrelated data this many times its starting RMS: R_0 has
+    INPUT_GROWTH = 3.0    # the decorrelated data this many times its starting RMS: R_0 diverged
 
     def __init__(self, max_loss_ratio: float | None = 1e3, start_loss: float | None = None,
                  step: int | None = 0):
