@@ -9,7 +9,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import signal
 import sys
 import time
 
@@ -91,7 +93,10 @@ def _cmd_run(args) -> int:
             log.warning("could not write the partial results into %s: %s", out_dir, exc)
     ctx.on_partial = on_partial
     try:
-        result = execute(sc, cfg, ctx)
+        with _terminate_as_interrupt():
+            result = execute(sc, cfg, ctx)
+    except Terminated:
+        return _interrupted(write, ctx, out_dir, "terminated (SIGTERM)", 143)
     except KeyboardInterrupt:
         return _interrupted(write, ctx, out_dir, "interrupted by the user (Ctrl-C)", 130)
     except Exception as exc:
@@ -105,6 +110,26 @@ def _cmd_run(args) -> int:
           + ", ".join(f"{f}.png" for f in result.figures) + f") in {wall:.1f} s")
     main_t = result.tables[result.main]
     return 1 if "diverged" in main_t.columns and any(main_t.column("diverged")) else 0
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a batch system's time limit) while a run trains."""
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """While the block runs, SIGTERM stops it like Ctrl-C, so the run writes what it has."""
+    def stop(signum, frame):
+        raise Terminated()
+    try:
+        old = signal.signal(signal.SIGTERM, stop)
+    except ValueError:      # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def _cause(exc) -> str:

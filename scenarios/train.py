@@ -228,6 +228,8 @@ def _last_good(hist, record, losses, epoch, guard) -> str:
 def _why(exc) -> str:
     from noisesim.trace import TraceError
 
+    if type(exc).__name__ == "Terminated":
+        return "terminated (SIGTERM)"
     if isinstance(exc, KeyboardInterrupt):
         return "interrupted by the user (Ctrl-C)"
     if isinstance(exc, TraceError):

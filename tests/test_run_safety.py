@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -239,6 +240,53 @@ def test_a_trace_write_error_stops_the_run_with_one_message_and_the_results_are_
     s = _summary(out)
     assert [r["rule"] for r in s["tables"]["final"]] == ["DANP(noisy)", "BP"]
     assert "No space left on device" in s["interrupted"]
+
+
+def test_killing_the_trace_writer_process_stops_the_run_and_keeps_the_first_rule(tmp_path, monkeypatch, capsys):
+    on_step = noisesim.trace.TraceWriter.on_step
+
+    def killing(self, step, idx, est):
+        if step == 3 and "bp" in self.path:
+            if getattr(self, "_proc", None) is None:
+                pytest.skip("this trace writer has no writer process")
+            os.kill(self._proc.pid, signal.SIGKILL)
+        on_step(self, step, idx, est)
+    monkeypatch.setattr(noisesim.trace.TraceWriter, "on_step", killing)
+    out = tmp_path / "o"
+    assert main([*QUICK, "--out", str(out), "--trace", str(tmp_path / "t.h5")]) == 2
+    err = capsys.readouterr().err
+    assert "run stopped: the trace could not be written" in err and str(tmp_path / "t-bp.h5") in err
+    rows = {r["rule"]: r for r in _summary(out)["tables"]["final"]}
+    assert rows["DANP(noisy)"]["interrupted"] is False and rows["BP"]["interrupted"] is True
+
+
+_KILL = textwrap.dedent("""
+    import os, signal, sys
+    import rules.bp
+    from scenarios.cli import main
+    estimate, calls = rules.bp.Backprop.estimate, []
+
+    def est(self, net, x, t):
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.{sig})
+        return estimate(self, net, x, t)
+    rules.bp.Backprop.estimate = est
+    sys.exit(main({argv!r}))
+""")
+
+
+@pytest.mark.parametrize("sig, code", [("SIGTERM", 143), ("SIGKILL", -9)])
+def test_a_killed_run_keeps_the_rules_it_finished(sig, code, tmp_path):
+    out = tmp_path / "o"
+    p = subprocess.run([sys.executable, "-c", _KILL.format(sig=sig, argv=[*QUICK, "--out", str(out)])],
+                       capture_output=True, text=True, timeout=300, cwd=REPO, env={**os.environ, "PYTHONPATH": REPO})
+    assert p.returncode == code, p.stderr[-2000:]
+    s = _summary(out)
+    assert s["complete"] is False and s["tables"]["final"][0]["rule"] == "DANP(noisy)"
+    if sig == "SIGTERM":
+        assert s["interrupted"] == "terminated (SIGTERM)" and "run stopped: terminated (SIGTERM)" in p.stderr
+        assert [r["rule"] for r in s["tables"]["final"]] == ["DANP(noisy)", "BP"]
 
 
 _FSIZE = textwrap.dedent("""
