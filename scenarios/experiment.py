@@ -188,10 +188,11 @@ def _report(ctx, label, h):
 
 
 def train_runs(cfg, specs, data, *, sizes, epochs: int, batch_size: int, progress: bool = True,
-               net_kw=None, ctx=None) -> dict[str, list[History]]:
+               net_kw=None, ctx=None, group_suffix: str = "") -> dict[str, list[History]]:
     """Train every ``(label, make_rule)`` in ``specs`` on every seed, each on a fresh network
     (same seed, same initial weights across rules). Access is checked before anything trains.
-    Each run is reported to ``ctx`` as soon as it finishes (:func:`trained`)."""
+    Each run is reported to ``ctx`` as soon as it finishes (:func:`trained`), under its label
+    and ``group_suffix`` (which tells apart the same labels of several calls)."""
     dev = device(cfg)
     planned = []
     for lab, factory in specs:
@@ -203,8 +204,8 @@ def train_runs(cfg, specs, data, *, sizes, epochs: int, batch_size: int, progres
         for s in seeds(cfg):
             net = network(cfg, sizes, dev, s, **(net_kw or {}))
             runs.setdefault(lab, []).append(
-                trained(ctx, f"{lab} s{s}", net, factory(), data, group=lab, epochs=epochs, batch_size=batch_size,
-                        progress=progress, max_loss_ratio=cfg.get("max_loss_ratio", 1e3)))
+                trained(ctx, f"{lab} s{s}", net, factory(), data, group=lab + group_suffix, epochs=epochs,
+                        batch_size=batch_size, progress=progress, max_loss_ratio=cfg.get("max_loss_ratio", 1e3)))
     return runs
 
 
