@@ -480,3 +480,31 @@ def test_regression_data_with_one_dimensional_targets_trains():
                                activation="linear")
     h = scenarios.train(net, rules.make("bp", loss="mse", lr=1e-2), d, epochs=3, batch_size=16, progress=False)
     assert h.diverged is None and h.last("train_loss") < h.epochs[0]["train_loss"]
+
+
+@pytest.mark.parametrize("scenario", ["noisy-baseline", "fa-linear", "compare"])
+def test_a_scenario_interrupted_after_two_runs_writes_those_runs(scenario, tmp_path, monkeypatch, capsys):
+    import scenarios.experiment as experiment
+
+    real, calls = experiment.train, []
+
+    def train(*args, **kw):
+        if "label" in kw:            # the runs a scenario reports (not its learning-rate trials)
+            calls.append(kw["label"])
+            if len(calls) == 3:      # Ctrl-C at the third run's second step
+                def on_step(step, idx, est, before=kw.get("on_step")):
+                    if before is not None:
+                        before(step, idx, est)
+                    if step == 2:
+                        raise KeyboardInterrupt
+                kw["on_step"] = on_step
+        return real(*args, **kw)
+    monkeypatch.setattr(experiment, "train", train)
+    out = tmp_path / "o"
+    argv = ["run", scenario, "--quick", "--no-progress", "--out", str(out)]
+    assert main(argv + (["--set", "n_seeds=1"] if "n_seeds" in scenarios.SCENARIOS[scenario].defaults else [])) == 130
+    s = _summary(out)
+    assert s["complete"] is False and s["interrupted"] == "interrupted by the user (Ctrl-C)"
+    rows = s["tables"]["final"]
+    assert sum(r["seeds"] for r in rows) == 3 and sum(r["interrupted"] for r in rows) == 1
+    assert (out / "learning_curves.png").exists()
