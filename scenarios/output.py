@@ -55,7 +55,7 @@ def default_out_dir(scenario: str, root="runs") -> Path:
 def prepare_out_dir(path) -> Path:
     """Create ``path`` (a directory) before any work runs, so a bad ``--out`` costs nothing.
 
-    Raises ``ValueError`` when it exists as a file or is not writable.
+    Raises ``ValueError`` when it exists as a file or is not writable (tried by writing).
     """
     out = Path(path)
     if out.exists() and not out.is_dir():
@@ -66,6 +66,12 @@ def prepare_out_dir(path) -> Path:
         raise ValueError(f"--out {out}: cannot create the directory ({exc.strerror or exc})") from None
     if not os.access(out, os.W_OK):
         raise ValueError(f"--out {out} is not writable")
+    probe = out / f".noisesim-write-test-{os.getpid()}"
+    try:        # a read-only file system, /proc, a quota: found by writing, as root too
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ValueError(f"--out {out} is not writable ({exc.strerror or exc})") from None
     return out
 
 

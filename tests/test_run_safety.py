@@ -332,7 +332,7 @@ def test_an_unusable_trace_path_is_refused_before_training(bad, tmp_path, capsys
     assert not (tmp_path / "o" / "summary.json").exists()
 
 
-@pytest.mark.parametrize("bad", ["/proc/nope", "/proc/version", "file"])
+@pytest.mark.parametrize("bad", ["/proc/nope", "/proc/version", "/proc/self", "file"])
 def test_an_unusable_out_is_refused_before_training(bad, tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     path = bad if bad.startswith("/") else str(tmp_path / bad)
