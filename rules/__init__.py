@@ -29,7 +29,7 @@ import functools
 
 import noisesim.registry
 
-from .base import Estimate, Rule
+from .base import DivergenceGuard, Estimate, Rule
 from .bp import Backprop
 from .losses import Loss
 from .optim import SGD, Adam
@@ -107,7 +107,7 @@ def make(name: str, **options) -> Rule:
 for _name in RULES:
     noisesim.registry.register_rule(_name, functools.partial(make, _name))
 
-__all__ = ["Estimate", "Rule", "Backprop", "FeedbackAlignment", "WeightPerturbation",
+__all__ = ["DivergenceGuard", "Estimate", "Rule", "Backprop", "FeedbackAlignment", "WeightPerturbation",
            "NodePerturbation", "IterativeNodePerturbation", "ActivityNodePerturbation",
            "RegressionPerturbation", "PerturbationRule", "node_perturbation", "Loss", "SGD", "Adam",
            "alignment", "angle", "angles", "diagnostics", "exact_gradients", "RULES", "DESCRIPTIONS", "make",
