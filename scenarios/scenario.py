@@ -173,7 +173,50 @@ def configure(sc: Scenario, pairs=(), *, quick: bool = False) -> dict:
         cfg = apply_overrides(cfg, sc.paper.items())
     if quick:
         cfg = apply_overrides(cfg, sc.quick.items())
-    return apply_overrides(cfg, pairs)
+    cfg = apply_overrides(cfg, pairs)
+    for key, value in pairs:
+        if "." not in key:
+            check_type(key, value, [sc.defaults.get(key), sc.paper.get(key), sc.quick.get(key)])
+    return cfg
+
+
+# settings that take more than one kind of value (names, numbers, null)
+KINDS = {"lr": (str, int, float), "rules": (str, list), "blas_threads": (int, type(None)),
+         "max_loss_ratio": (int, float, type(None))}
+
+
+def _kinds(ref) -> tuple:
+    if isinstance(ref, bool):
+        return (bool,)
+    if isinstance(ref, float):
+        return (int, float)
+    for t in (int, str, list, dict):
+        if isinstance(ref, t):
+            return (t,)
+    return ()
+
+
+def check_type(key: str, value, refs) -> None:
+    """Refuse a ``--set`` value whose kind differs from the setting's default (a list where a
+    number belongs, a string where a list belongs…), naming the setting. Settings whose
+    default is ``null`` take any value (their scenario checks it)."""
+    refs = [r for r in refs if r is not None]
+    if not refs and key not in KINDS:
+        return
+    kinds = KINDS.get(key) or tuple({k for r in refs for k in _kinds(r)})
+    if not kinds:
+        return
+    ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
+    if ok and isinstance(value, list):
+        elems = {k for r in refs if isinstance(r, list) for x in r for k in _kinds(x)}
+        if elems and elems <= {int, float, str, bool}:
+            ok = all(isinstance(x, tuple(elems)) and not (isinstance(x, bool) and bool not in elems) for x in value)
+    if not ok:
+        names = sorted({"a number" if k in (int, float) else {bool: "true/false", str: "a string", list: "a list",
+                        dict: "a group of settings", type(None): "null"}[k] for k in kinds})
+        example = next((r for r in refs), None)
+        raise ValueError(f"{key}={value!r} is not valid: {key} takes {' or '.join(names)}"
+                         + (f" (default {example!r})" if example is not None else ""))
 
 
 def validate(cfg: dict) -> None:

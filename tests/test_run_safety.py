@@ -508,3 +508,39 @@ def test_a_scenario_interrupted_after_two_runs_writes_those_runs(scenario, tmp_p
     rows = s["tables"]["final"]
     assert sum(r["seeds"] for r in rows) == 3 and sum(r["interrupted"] for r in rows) == 1
     assert (out / "learning_curves.png").exists()
+
+
+class _Built(BaseException):
+    """Raised where a network would be built: the settings passed every check before training."""
+
+
+JUNK = ["1.5", "-1", "\"abc\"", "[]", "{}", "null", "true", "1e12", "[1, \"a\"]", "\"\""]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(scenarios.SCENARIOS))
+def test_junk_in_any_setting_of_any_scenario_is_a_clear_error_or_accepted_never_a_traceback(name, tmp_path,
+                                                                                            monkeypatch, capsys):
+    """Every setting of every scenario set to every kind of junk value: either one line
+    ``noisesim: error: …`` (exit 2) or accepted as far as building a network (stopped there,
+    so nothing trains)."""
+    def built(*args, **kwargs):
+        raise _Built()
+    monkeypatch.setattr(noisesim.network.Network, "__init__", built)
+    sc = scenarios.SCENARIOS[name]
+    refused = accepted = 0
+    for key in sorted(sc.defaults):
+        for value in JUNK:
+            try:
+                code = main(["run", name, "--quick", "--no-progress", "--out", str(tmp_path / "o"),
+                             "--set", f"{key}={value}"])
+            except _Built:
+                accepted += 1
+                continue
+            err = capsys.readouterr().err.strip().splitlines()
+            if code in (0, 1) and not err:      # accepted, and nothing to build (e.g. no knob to sweep)
+                accepted += 1
+                continue
+            assert code == 2 and len(err) == 1 and err[0].startswith("noisesim: error: "), (key, value, code, err)
+            refused += 1
+    assert refused > accepted

@@ -201,7 +201,9 @@ def _knobs(cfg) -> dict:
     knobs = cfg["knobs"]
     only = cfg.get("only")
     if only is not None:
-        only = [only] if isinstance(only, str) else list(only)
+        only = [only] if isinstance(only, str) else only
+        if not isinstance(only, list) or not all(isinstance(k, str) for k in only):
+            raise ValueError(f"only={cfg['only']!r} must be a knob name or a list of them; valid knobs: {sorted(knobs)}")
         bad = [k for k in only if k not in knobs]
         if bad:
             raise ValueError(f"only={only!r}: unknown knobs {bad}; valid knobs: {sorted(knobs)}")

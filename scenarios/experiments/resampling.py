@@ -70,6 +70,7 @@ from ..experiment import (common, device, label, learning_curves, learning_table
 from ..result import Result, fmt_spread, spread
 from ..scenario import register
 from ..experiment import quiet, trained
+from ..train import check_count
 from ._comparison import SEARCH, differences, load_data, mean, per_seed, rule_kw, search_trial, sizes
 
 RULES = ("danp", "dinp", "dnp", "bp", "anp", "inp", "np", "dbp")
@@ -172,7 +173,7 @@ def run(cfg: dict, ctx) -> Result:
     lrs = resolve_lrs(cfg, names, architecture=cfg["lr_architecture"], result=res, trial=trial)
 
     dev = device(cfg)
-    nb = int(cfg["align_batch"] or B)
+    nb = B if cfg["align_batch"] is None else check_count("align_batch", cfg["align_batch"], 1, 2 ** 31 - 1)
     xb, tb = data.x_train[:nb], data.targets(data.y_train[:nb])
     steps = cfg["epochs"] * -(-len(data.x_train) // B)
     points = sorted({int(round(v)) for v in np.linspace(0, steps, max(int(cfg["align_points"]), 1))})
