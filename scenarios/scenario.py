@@ -225,6 +225,13 @@ def validate(cfg: dict) -> None:
     import noisesim
     import noisesim.backend
 
+    for group in ("device_overrides", "rule_options", "lr_search"):
+        if group in cfg and not isinstance(cfg[group] or {}, dict):
+            raise ValueError(f"{group}={cfg[group]!r} must be a group of settings (key=value pairs)")
+    for name, opts in (cfg.get("rule_options") or {}).items():
+        if not isinstance(opts, dict):
+            raise ValueError(f"rule_options.{name}={opts!r} must be a group of settings, e.g. "
+                             f"rule_options.{name}.lr=0.001")
     noisesim.DeviceConfig.preset(cfg["device"], **(cfg.get("device_overrides") or {}))
     from .experiment import rule_names
 

@@ -365,13 +365,15 @@ def test_summary_and_results_record_version_backend_dtype_and_command(tmp_path):
     ("batch_size", "abc"), ("batch_size", "null"), ("sizes", "[64, 16777216, 10]"), ("sizes", "\"64\""),
     ("sizes", "[64, 0, 10]"), ("sizes", "{\"a\": 1}"), ("max_loss_ratio", "0.5"), ("rules", "\"\""),
     ("rules", "[]"), ("rules", "[1]"), ("rules", "{\"a\": 1}"), ("seed", "-1"), ("dtype", "\"float16\""),
+    ("dtype", "null"), ("device", "[1]"), ("device_overrides", "[1]"), ("rule_options", "3"),
+    ("rule_options.danp", "[1]"), ("rule_options.danp.lr", "\"abc\""), ("device_overrides.read_noise", "\"x\""),
 ])
 def test_bad_settings_are_refused_before_training_naming_the_field(key, value, tmp_path, capsys):
     out = tmp_path / "o"
     assert main([*QUICK, "--out", str(out), "--set", f"{key}={value}"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("noisesim: error: ") and "Traceback" not in err and len(err.splitlines()) == 1
-    assert key.rstrip("s") in err or "rule" in err or "sizes" in err
+    assert key.split(".")[0].rstrip("s") in err or f"{key.split('.')[-1]}=" in err
     assert not (out / "summary.json").exists()
 
 
