@@ -22,6 +22,7 @@ log = logging.getLogger("noisesim")
 
 
 MAX_EPOCHS = 1_000_000
+GOOD_LOSS_GROWTH = 2.0   # a stopped run's state is reported when its loss is at most this × the last epoch's
 
 
 @dataclass
@@ -113,8 +114,9 @@ def train(net, rule, data, epochs: int = 5, batch_size: int = 64, *, progress: b
     activity or update is not finite or whose loss exceeds ``max_loss_ratio`` × the untrained
     network's (``None``: that check off): ``History.diverged`` says at which step, in which
     layer, what blew up first and the likely setting; the network keeps its state, and the
-    last row of ``History.epochs`` is that state's numbers when they are finite and within
-    the limit (else the last epoch's, the last good state). ``on_step(step, x_idx, est)`` is
+    last row of ``History.epochs`` is that state's numbers when they are finite and its loss
+    at most ``GOOD_LOSS_GROWTH`` × the last epoch's (else the last epoch's row stays last:
+    the last good state; ``History.diverged`` says which). ``on_step(step, x_idx, est)`` is
     called after each applied step. ``trace=FILE`` records every step into an HDF5 trace
     (:class:`noisesim.trace.TraceWriter`, keyword options in ``trace_options``:
     ``compression``, ``float16``, ``meta``…), closed when training ends however it ends.
@@ -185,7 +187,7 @@ def train(net, rule, data, epochs: int = 5, batch_size: int = 64, *, progress: b
             bar.set_postfix(test_acc=f"{hist.last('test_acc'):.3f}", loss=f"{hist.last('train_loss'):.3f}")
     except DivergenceError as exc:
         hist.wall_s = time.perf_counter() - t0
-        hist.diverged = str(exc) + _last_good(hist, record, losses, hist.steps / max(steps_per_epoch, 1), guard)
+        hist.diverged = str(exc) + _last_good(hist, record, losses, hist.steps / max(steps_per_epoch, 1))
         log.warning("%s stopped: %s", hist.rule, hist.diverged)
     except BaseException as exc:
         status = "interrupted"
@@ -204,7 +206,7 @@ def train(net, rule, data, epochs: int = 5, batch_size: int = 64, *, progress: b
     return hist
 
 
-def _last_good(hist, record, losses, epoch, guard) -> str:
+def _last_good(hist, record, losses, epoch) -> str:
     """Record the kept state's numbers when they are good; say which state the numbers are of."""
     kept_after = hist.steps
     n_rows = len(hist.epochs)
@@ -215,8 +217,10 @@ def _last_good(hist, record, losses, epoch, guard) -> str:
     except (ValueError, FloatingPointError, ArithmeticError):   # the device refuses non-finite activity
         pass
     row = hist.epochs[-1] if len(hist.epochs) > n_rows else {"train_loss": float("nan"), "test_loss": float("nan")}
-    limit = None if guard.max_loss_ratio is None or guard.start_loss is None else guard.max_loss_ratio * guard.start_loss
-    good = all(np.isfinite(row[k]) for k in ("train_loss", "test_loss")) and (limit is None or row["train_loss"] <= limit)
+    # good: finite and not clearly worse than the last evaluated state (the blow-up had begun)
+    before = hist.epochs[n_rows - 1]["train_loss"]
+    good = all(np.isfinite(row[k]) for k in ("train_loss", "test_loss")) and \
+        (not np.isfinite(before) or row["train_loss"] <= GOOD_LOSS_GROWTH * before)
     if good:
         return f". The numbers reported are of the network after step {kept_after}, the last good state"
     del hist.epochs[n_rows:]
