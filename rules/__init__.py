@@ -29,7 +29,7 @@ import functools
 
 import noisesim.registry
 
-from .base import Estimate, Rule
+from .base import DivergenceGuard, Estimate, Rule
 from .bp import Backprop
 from .losses import Loss
 from .optim import SGD, Adam
@@ -85,7 +85,7 @@ def from_state(state: dict, net) -> Rule:
 
 def make(name: str, **options) -> Rule:
     """A rule by registry name with its options, e.g. ``make("danp", baseline="noisy")``."""
-    key = name.lower()
+    key = name.strip().lower() if isinstance(name, str) else None
     if key not in RULES:
         raise ValueError(f"unknown rule {name!r}; valid rules: {sorted(RULES)}")
     cls, fixed = RULES[key]
@@ -96,13 +96,18 @@ def make(name: str, **options) -> Rule:
         return cls(**{**options, **fixed})
     except TypeError as exc:
         raise ValueError(f"rule {name!r}: {exc}") from None
+    except ValueError as exc:   # the classes name their base rule ("anp: …"); say the one asked for
+        msg = str(exc)
+        if msg.startswith(f"{cls.name}: "):
+            msg = f"{key}: " + msg[len(cls.name) + 2:]
+        raise ValueError(msg) from None
 
 
 # noisesim finds rules by name here (trace replay), without importing this package itself
 for _name in RULES:
     noisesim.registry.register_rule(_name, functools.partial(make, _name))
 
-__all__ = ["Estimate", "Rule", "Backprop", "FeedbackAlignment", "WeightPerturbation",
+__all__ = ["DivergenceGuard", "Estimate", "Rule", "Backprop", "FeedbackAlignment", "WeightPerturbation",
            "NodePerturbation", "IterativeNodePerturbation", "ActivityNodePerturbation",
            "RegressionPerturbation", "PerturbationRule", "node_perturbation", "Loss", "SGD", "Adam",
            "alignment", "angle", "angles", "diagnostics", "exact_gradients", "RULES", "DESCRIPTIONS", "make",

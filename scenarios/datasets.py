@@ -76,6 +76,8 @@ class Dataset:
         for x, y, split in ((self.x_train, self.y_train, "train"), (self.x_test, self.y_test, "test")):
             if x.ndim != 2 or len(x) != len(y):
                 raise ValueError(f"{self.name}: {split} inputs {x.shape} do not match targets {y.shape}")
+        check_split(self.name, self.x_train, self.y_train, "train", self.task, self.n_classes)
+        check_split(self.name, self.x_test, self.y_test, "test", self.task, self.n_classes, empty_ok=True)
 
     def __repr__(self) -> str:
         kind = f"{self.n_classes} classes" if self.n_classes is not None else "regression"
@@ -114,6 +116,34 @@ class Dataset:
         if y.size and (y.min() < 0 or y.max() >= self.n_classes):
             raise ValueError(f"labels must lie in 0..{self.n_classes - 1}")
         return np.eye(self.n_classes, dtype=np.float32)[y.astype(np.int64)]
+
+
+def check_split(name, x, y, split: str, task: str, n_outputs, *, empty_ok: bool = False) -> None:
+    """Raise ``ValueError`` naming the problem unless ``x`` is a 2-D array of real numbers and
+    ``y`` fits ``task``: integer class labels in ``[0, n_outputs)`` (classification) or real
+    targets of width ``n_outputs`` (regression; ``None``: any width)."""
+    x, y = np.asarray(x), np.asarray(y)
+    if x.dtype.kind not in "fiu":
+        raise ValueError(f"{name}: {split} inputs must be real numbers, got dtype {x.dtype}")
+    if x.ndim != 2 or len(x) != len(y):
+        raise ValueError(f"{name}: {split} inputs {x.shape} do not match targets {y.shape}")
+    if len(x) == 0 and not empty_ok:
+        raise ValueError(f"{name}: the {split} split is empty")
+    if task == "classification":
+        if y.ndim != 1:
+            raise ValueError(f"{name}: {split} labels must be one class index per sample, shape ({len(x)},); "
+                             f"got shape {y.shape}")
+        if y.dtype.kind not in "iu":
+            raise ValueError(f"{name}: {split} labels must be integers (class indices), got dtype {y.dtype}")
+        if y.size and (int(y.min()) < 0 or int(y.max()) >= n_outputs):
+            bad = int(y.min()) if int(y.min()) < 0 else int(y.max())
+            raise ValueError(f"{name}: {split} label {bad} is outside [0, {n_outputs}) for {n_outputs} classes")
+    else:
+        if y.dtype.kind not in "fiu":
+            raise ValueError(f"{name}: {split} targets must be real numbers, got dtype {y.dtype}")
+        width = y.shape[1] if y.ndim == 2 else 1 if y.ndim == 1 else None
+        if width is None or (n_outputs is not None and width != n_outputs):
+            raise ValueError(f"{name}: {split} targets of shape {y.shape}; expected ({len(x)}, {n_outputs})")
 
 
 def _subsample(a: np.ndarray, n, what: str) -> np.ndarray:

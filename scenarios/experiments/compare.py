@@ -53,8 +53,8 @@ from ..experiment import (common, label, make_rule, network, options, resolve_lr
                           training_trial)
 from ..result import Result, fmt_spread, spread
 from ..scenario import register
-from ..experiment import quiet
-from ..train import train
+from ..experiment import quiet, trained
+
 
 PRESETS = ["ideal", "pcm", "reram", "ecram"]
 
@@ -133,8 +133,9 @@ def _run(cfg, ctx, names) -> Result:
             hs = []
             for k, s in enumerate(S):
                 net = network(cfg, sizes, dev, s)
-                h = train(net, make_rule(n, lrs[n], **options(cfg, n)), data, epochs=cfg["epochs"],
-                          batch_size=cfg["batch_size"], progress=ctx.progress, label=f"{p} {labels[n]} s{s}")
+                h = trained(ctx, f"{p} {labels[n]} s{s}", net, make_rule(n, lrs[n], **options(cfg, n)), data,
+                            group=f"{p} {labels[n]}", epochs=cfg["epochs"], batch_size=cfg["batch_size"],
+                            progress=ctx.progress, max_loss_ratio=cfg.get("max_loss_ratio", 1e3))
                 hs.append(h)
                 acc[a, b, k], loss[a, b, k], passes[a, b, k] = h.last("test_acc"), h.last("train_loss"), h.forward_passes
                 if h.diverged:

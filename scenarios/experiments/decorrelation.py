@@ -106,7 +106,7 @@ def run(cfg: dict, ctx) -> Result:
         lrs = resolve_lrs(cfg, arch_names, architecture=arch, result=res, trial=trial, suffix=f" ({arch})")
         specs = [spec(cfg, _label(n), n, lrs[n], baseline=cfg["baseline"]) for n in arch_names]
         runs = train_runs(cfg, specs, data, sizes=sz, epochs=cfg["epochs"], batch_size=cfg["batch_size"],
-                          progress=ctx.progress)
+                          progress=ctx.progress, ctx=ctx, group_suffix=f" ({arch})")
         runs_by_arch[arch], lrs_by_arch[arch] = runs, lrs
         table_paper = paper.PEAK_ACCURACY.get(arch, {})
         for n in arch_names:

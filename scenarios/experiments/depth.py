@@ -100,7 +100,7 @@ def run(cfg: dict, ctx) -> Result:
         lrs = resolve_lrs(cfg, names, architecture=arch, result=res, trial=trial, suffix=f" ({d} hidden)")
         specs = [spec(cfg, f"{make_rule(n).label} ({d} hidden)", n, lrs[n], baseline=cfg["baseline"]) for n in names]
         runs = train_runs(cfg, specs, data, sizes=sz, epochs=cfg["epochs"], batch_size=cfg["batch_size"],
-                          progress=ctx.progress)
+                          progress=ctx.progress, ctx=ctx)
         runs_all.update(runs)
         for n in names:
             lab = f"{make_rule(n).label} ({d} hidden)"

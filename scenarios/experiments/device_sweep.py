@@ -66,8 +66,8 @@ from ..experiment import (common, device, label, make_rule, network, options, re
                           training_trial)
 from ..result import Result, spread
 from ..scenario import register
-from ..experiment import quiet
-from ..train import evaluate, train
+from ..experiment import quiet, trained
+from ..train import evaluate
 
 KNOBS = {
     "read_noise": [0, 0.01, 0.03, 0.1],
@@ -201,7 +201,9 @@ def _knobs(cfg) -> dict:
     knobs = cfg["knobs"]
     only = cfg.get("only")
     if only is not None:
-        only = [only] if isinstance(only, str) else list(only)
+        only = [only] if isinstance(only, str) else only
+        if not isinstance(only, list) or not all(isinstance(k, str) for k in only):
+            raise ValueError(f"only={cfg['only']!r} must be a knob name or a list of them; valid knobs: {sorted(knobs)}")
         bad = [k for k in only if k not in knobs]
         if bad:
             raise ValueError(f"only={only!r}: unknown knobs {bad}; valid knobs: {sorted(knobs)}")
@@ -249,9 +251,9 @@ def _run(cfg, ctx, names) -> Result:
         for s in S:
             net = network(cfg, sizes, dev, s)
             counter = Vanishing()
-            h = train(net, make_rule(name, lrs[name], **options(cfg, name)), data, epochs=cfg["epochs"],
-                      batch_size=cfg["batch_size"], progress=ctx.progress, on_step=counter,
-                      label=f"{labels[name]} s{s}")
+            h = trained(ctx, f"{labels[name]} s{s}", net, make_rule(name, lrs[name], **options(cfg, name)), data,
+                        group=f"{labels[name]} {json.dumps(ov, sort_keys=True)}", epochs=cfg["epochs"], batch_size=cfg["batch_size"],
+                        progress=ctx.progress, on_step=counter, max_loss_ratio=cfg.get("max_loss_ratio", 1e3))
             out["acc"].append(float(h.last("test_acc")))
             out["vanish"].append(counter.fractions())
             out["diverged"].append(h.diverged)

@@ -106,7 +106,7 @@ def run(cfg: dict, ctx) -> Result:
             keys[n, b] = lab
             specs.append(spec(cfg, lab, n, lrs[n], baseline=b))
     runs = train_runs(cfg, specs, data, sizes=sz, epochs=cfg["epochs"], batch_size=cfg["batch_size"],
-                      progress=ctx.progress)
+                      progress=ctx.progress, ctx=ctx)
     early = _early(cfg)
     extra = {}
     for (n, b), lab in keys.items():

@@ -37,6 +37,7 @@ DEFAULTS = {
     "slope": 0.2,
     "scale": "offline",
     "blas_threads": 1,
+    "max_loss_ratio": 1e3,
 }
 
 
@@ -45,7 +46,7 @@ DEFAULTS = {
                                                              "batch_size": 1000, "epochs": 100, "blas_threads": None}, traces=True)
 def quickstart(cfg: dict, ctx) -> Result:
     histories = train_rules(cfg, progress=ctx.progress, trace=ctx.trace, trace_options=ctx.trace_options,
-                            scenario=ctx.scenario)
+                            scenario=ctx.scenario, ctx=ctx)
     res = Result(main="final")
     t = res.table("final", ["rule", "train_acc", "test_acc", "final_loss", "forward_passes", "wall_s", "diverged"])
     for label, h in histories.items():

@@ -158,7 +158,7 @@ def _run(cfg, ctx, names) -> Result:
         lab = label(make_rule(n, lrs[n], **options(cfg, n), loss="mse"))
         specs.append((lab, lambda n=n: make_rule(n, lrs[n], **options(cfg, n), loss="mse")))
     runs = train_runs(cfg, specs, data, sizes=sizes, epochs=cfg["epochs"], batch_size=cfg["batch_size"],
-                      progress=ctx.progress)
+                      progress=ctx.progress, ctx=ctx)
     labels = dict(zip(names, (lab for lab, _ in specs)))
     final = {n: [float(h.last("test_loss")) for h in runs[labels[n]]] for n in names}
     bp = final.get("bp")

@@ -161,7 +161,7 @@ def run(cfg: dict, ctx) -> Result:
     lrs = resolve_lrs(cfg, names, architecture=arch, result=res, trial=trial)
     specs = [(n.upper(), (lambda n=n: make_rule(n, lrs[n], **{**options(cfg, n), **kw[n]}))) for n in names]
     runs = train_runs(cfg, specs, data, sizes=cfg["sizes"], epochs=int(cfg["epochs"]),
-                      batch_size=int(cfg["batch_size"]), progress=ctx.progress)
+                      batch_size=int(cfg["batch_size"]), progress=ctx.progress, ctx=ctx)
     _angle_report(res, cfg, names, angles, pred, n_weights, run_seeds)
     learning_table(res, runs)
     learning_curves(res, runs, title=f"WP, NP and BP on {cfg['dataset']} ({'-'.join(map(str, cfg['sizes']))})")
