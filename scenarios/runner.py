@@ -8,6 +8,7 @@ import noisesim
 import rules as rules_pkg
 
 from .datasets import load
+from .experiment import eval_options
 from .train import train
 
 
@@ -65,5 +66,6 @@ def train_rules(cfg: dict, *, progress: bool = True, on_step_factory=None, trace
             path = trace_path(trace, label, len(planned))
             options = {**(trace_options or {}), "meta": meta}
         out[label] = train(net, rule, data, epochs=cfg["epochs"], batch_size=cfg["batch_size"],
-                           progress=progress, on_step=on_step, label=label, trace=path, trace_options=options)
+                           progress=progress, on_step=on_step, label=label, trace=path, trace_options=options,
+                           **eval_options(cfg))
     return out
