@@ -43,8 +43,11 @@ thread made 10–17× slower on this shared 2-core machine (measured), so BLAS r
 (``blas_threads``; ``null`` leaves it alone). Profiled (one seed, 79 s under the profiler):
 the rule's ridge solves and Gram matrices take half the time (mostly S ≥ 256, the n × n
 form), the 1025 stacked passes a third (noisesim's leaky ReLU alone 18 %), forming δa 9 %.
-The default run takes about 3.5 min on 2 cores (204 s, measured with load average ≈ 3 from
-other jobs); ``--quick`` about 1 s.
+With the fixed ridge the default run took about 3.5 min on 2 cores (204 s, load average ≈ 3
+from other jobs). The GCV ridge replaces each LU solve by an eigen-decomposition (2–4× the
+cost): the default run now takes about 8 min of CPU (481 s measured — 384 s user, 97 s
+system — under a load average of 8–12 from other jobs, which stretched it to 37 min of wall
+time); ``--quick`` about 1 s.
 """
 from __future__ import annotations
 
