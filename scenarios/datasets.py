@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import platformdirs
 
 from . import loaders
 from .loaders import ENV_VAR
@@ -35,7 +36,6 @@ from .loaders import ENV_VAR
 __all__ = ["Dataset", "DATASETS", "load", "cache_dir", "load_digits", "load_mnist1d",
            "load_teacher", "load_cifar10", "load_mnist", "load_sarcos", "load_tiny_imagenet"]
 
-_REPO = Path(__file__).resolve().parents[1]
 _TASKS = ("classification", "regression")
 
 
@@ -272,15 +272,14 @@ def generate_mnist1d(**params) -> dict:
 
 
 def cache_dir() -> Path:
-    """Folder for generated data: ``$NOISESIM_DATA``, else ``<repo>/data/cache``
-    when the source checkout's ``data/`` folder is writable, else ``~/.cache/noisesim``."""
+    """Folder for generated data (MNIST-1D, learning-rate searches): ``$NOISESIM_DATA`` when
+    set, else the platform's user cache folder — ``$XDG_CACHE_HOME/noisesim``, by default
+    ``~/.cache/noisesim``, on Linux (:func:`platformdirs.user_cache_dir`). Nothing is ever
+    written into the installed package or the source checkout."""
     env = os.environ.get(ENV_VAR)
     if env:
         return Path(env).expanduser()
-    data = _REPO / "data"
-    if data.is_dir() and os.access(data, os.W_OK) and (_REPO / "setup.cfg").is_file():
-        return data / "cache"
-    return Path.home() / ".cache" / "noisesim"
+    return Path(platformdirs.user_cache_dir("noisesim", appauthor=False))
 
 
 def _read_cache(path: Path, key: str):
@@ -302,8 +301,6 @@ def _write_cache(path: Path, key: str, arrays: dict) -> None:
     """Atomically write the cache; silently skip when the folder is not writable."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        if path.parent == _REPO / "data" / "cache" and not (path.parent / ".gitignore").exists():
-            (path.parent / ".gitignore").write_text("*\n")
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npz")
         try:
             with os.fdopen(fd, "wb") as f:

@@ -42,6 +42,16 @@ def common(**settings) -> dict:
     return base
 
 
+# how often, and on how many training samples, a training scenario measures its curves
+# (scenarios.train's eval_every / eval_train); training scenarios add these to their defaults
+EVALUATION = {"eval_every": 1, "eval_train": 2000}
+
+
+def eval_options(cfg) -> dict:
+    """``eval_every``/``eval_train`` of a training scenario's config, for :func:`scenarios.train`."""
+    return {k: cfg.get(k, v) for k, v in EVALUATION.items()}
+
+
 def seeds(cfg) -> list[int]:
     """``seed, seed+1, …`` — ``n_seeds`` of them (claims report mean and spread over these)."""
     n = cfg.get("n_seeds", 1)
@@ -157,7 +167,8 @@ def training_trial(cfg, data, sizes, *, batch_size: int, net_kw=None, rule_kw=No
     def trial(name, lr):
         net = network(cfg, sizes, dev, seeds(cfg)[0], **(net_kw or {}))
         rule = make_rule(name, lr, **{**options(cfg, name), **(rule_kw or {}).get(name, {})})
-        h = train(net, rule, data, epochs=int(search["epochs"]), batch_size=batch_size, progress=False)
+        h = train(net, rule, data, epochs=int(search["epochs"]), batch_size=batch_size, progress=False,
+                  eval_train=eval_options(cfg)["eval_train"])       # every epoch: the search reads each
         return h.column("train_loss"), h.diverged
     return trial
 
@@ -205,7 +216,8 @@ def train_runs(cfg, specs, data, *, sizes, epochs: int, batch_size: int, progres
             net = network(cfg, sizes, dev, s, **(net_kw or {}))
             runs.setdefault(lab, []).append(
                 trained(ctx, f"{lab} s{s}", net, factory(), data, group=lab + group_suffix, epochs=epochs,
-                        batch_size=batch_size, progress=progress, max_loss_ratio=cfg.get("max_loss_ratio", 1e3)))
+                        batch_size=batch_size, progress=progress, max_loss_ratio=cfg.get("max_loss_ratio", 1e3),
+                        **eval_options(cfg)))
     return runs
 
 
@@ -270,7 +282,10 @@ def learning_curves(result: Result, runs: dict, *, name: str = "learning_curves"
     labels = list(runs)
     metrics = ("train_loss", "test_loss", "train_acc", "test_acc", "step_loss")
     data = {m: _padded(runs, m) for m in metrics}
-    epochs = np.arange(data["test_loss"].shape[2])
+    # the epochs the runs measured (every ``eval_every``-th and the last; a run stopped early
+    # measured a prefix of the longest one's)
+    longest = max((h for hs in runs.values() for h in hs), key=lambda h: len(h.epochs))
+    epochs = longest.column("epoch").astype(int)
     for m, v in data.items():
         result.array(f"{name}_{m}", v, ("run", "seed", "epoch"),
                      {"run": labels, "epoch": epochs.tolist()})

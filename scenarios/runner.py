@@ -8,7 +8,7 @@ import noisesim
 import rules as rules_pkg
 
 from .datasets import load
-from .experiment import rule_names, trained
+from .experiment import eval_options, rule_names, trained
 
 
 def build_rule(name: str, cfg: dict):
@@ -68,5 +68,5 @@ def train_rules(cfg: dict, *, progress: bool = True, on_step_factory=None, trace
             options = {**(trace_options or {}), "meta": meta}
         out[label] = trained(ctx, label, net, rule, data, epochs=cfg["epochs"], batch_size=cfg["batch_size"],
                              progress=progress, on_step=on_step, trace=path, trace_options=options,
-                             max_loss_ratio=cfg.get("max_loss_ratio", 1e3))
+                             max_loss_ratio=cfg.get("max_loss_ratio", 1e3), **eval_options(cfg))
     return out

@@ -58,7 +58,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import paper
-from ..experiment import (common, learning_curves, learning_table, make_rule, resolve_lrs, rule_names,
+from ..experiment import (EVALUATION, common, learning_curves, learning_table, make_rule, resolve_lrs, rule_names,
                           train_runs)
 from ..result import Result, fmt_spread, spread
 from ..scenario import register
@@ -70,6 +70,7 @@ SINGLE = ("np", "dnp", "bp", "dbp")          # in one layer ANP and INP are NP
 PAIRS = (("np", "dnp"), ("anp", "danp"), ("inp", "dinp"), ("bp", "dbp"))
 
 DEFAULTS = common(
+    **EVALUATION,
     blas_threads=1, dataset="mnist1d", n_train=None, n_test=None, standardize=False,
     hidden=[256, 256, 256], single_layer=True, epochs=20, batch_size=100, baseline="clean",
     rules=list(RULES), lr="auto", margin=0.02,

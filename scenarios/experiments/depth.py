@@ -53,7 +53,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import paper
-from ..experiment import (common, learning_curves, learning_table, make_rule, resolve_lrs, rule_names, seeds,
+from ..experiment import (EVALUATION, common, learning_curves, learning_table, make_rule, resolve_lrs, rule_names, seeds,
                           train_runs)
 from ..result import Result, fmt_spread, spread
 from ..scenario import register
@@ -63,6 +63,7 @@ from ._comparison import (QUICK_SEARCH, SEARCH, differences, load_data, mean, pe
 RULES = ("dnp", "danp", "dinp", "np", "anp", "inp", "bp", "dbp")
 
 DEFAULTS = common(
+    **EVALUATION,
     blas_threads=1, dataset="mnist1d", n_train=None, n_test=None, standardize=False,
     width=128, depths=[3, 6, 9], epochs=10, batch_size=100, baseline="clean",
     rules=["dnp", "danp", "dinp"], lr="paper", margin=0.01,

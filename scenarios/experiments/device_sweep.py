@@ -62,7 +62,7 @@ import noisesim
 from noisesim.backend import to_numpy
 
 from ..datasets import load
-from ..experiment import (common, device, label, make_rule, network, options, resolve_lrs, rule_names, seeds,
+from ..experiment import (EVALUATION, common, eval_options, device, label, make_rule, network, options, resolve_lrs, rule_names, seeds,
                           training_trial)
 from ..result import Result, spread
 from ..scenario import register
@@ -94,6 +94,7 @@ FIXED = {"out_bound": 12.0, "out_bits": 8, "in_bound": 1.0, "w_max": 1.5, "dw_mi
          "drift_nu": 0.1, "drift_nu_std": 0.045, "t0": 20.0}
 
 DEFAULTS = common(
+    **EVALUATION,
     dataset="digits",
     sizes=[64, 64, 10],
     epochs=10,
@@ -253,7 +254,7 @@ def _run(cfg, ctx, names) -> Result:
             counter = Vanishing()
             h = trained(ctx, f"{labels[name]} s{s}", net, make_rule(name, lrs[name], **options(cfg, name)), data,
                         group=f"{labels[name]} {json.dumps(ov, sort_keys=True)}", epochs=cfg["epochs"], batch_size=cfg["batch_size"],
-                        progress=ctx.progress, on_step=counter, max_loss_ratio=cfg.get("max_loss_ratio", 1e3))
+                        progress=ctx.progress, on_step=counter, max_loss_ratio=cfg.get("max_loss_ratio", 1e3), **eval_options(cfg))
             out["acc"].append(float(h.last("test_acc")))
             out["vanish"].append(counter.fractions())
             out["diverged"].append(h.diverged)

@@ -13,7 +13,7 @@ with other work it made the run 6× slower (37 s against 6 s, measured).
 """
 from __future__ import annotations
 
-from ..experiment import learning_curves
+from ..experiment import EVALUATION, learning_curves
 from ..result import Result
 from ..runner import train_rules
 from ..scenario import register
@@ -38,6 +38,7 @@ DEFAULTS = {
     "scale": "offline",
     "blas_threads": 1,
     "max_loss_ratio": 1e3,
+    **EVALUATION,
 }
 
 

@@ -71,7 +71,7 @@ import numpy as np
 
 from .. import paper
 from ..datasets import load
-from ..experiment import (common, label, make_rule, options, resolve_lrs, rule_names, seeds, train_runs,
+from ..experiment import (EVALUATION, common, label, make_rule, options, resolve_lrs, rule_names, seeds, train_runs,
                           training_trial, learning_curves)
 from ..lr_search import SEARCH_DEFAULTS
 from ..result import Result, fmt_spread, spread
@@ -82,6 +82,7 @@ RULES = ("np", "dnp", "anp", "danp", "bp", "dbp")
 ARCHITECTURE = "SARCOS 21-32-32-7"
 
 DEFAULTS = common(
+    **EVALUATION,
     dataset="teacher",
     teacher={"hidden": [32], "noise": 0.1, "input_correlation": 0.6, "n_train": 20000, "n_test": 1000,
              "seed": 0},

@@ -65,7 +65,7 @@ import rules as rules_pkg
 from rules.base import Estimate
 
 from .. import paper
-from ..experiment import (common, device, label, learning_curves, learning_table, make_rule, network, options,
+from ..experiment import (EVALUATION, common, eval_options, device, label, learning_curves, learning_table, make_rule, network, options,
                           resolve_lrs, rule_names, seeds)
 from ..result import Result, fmt_spread, spread
 from ..scenario import register
@@ -78,6 +78,7 @@ RESAMPLED = ("danp", "dinp", "anp", "inp")           # run at every K of ``sampl
 PROBE_SEED = 7919                                    # offsets the alignment copy's noise streams
 
 DEFAULTS = common(
+    **EVALUATION,
     blas_threads=1, dataset="mnist1d", n_train=None, n_test=None, standardize=False,
     hidden=[128, 128, 128], epochs=2, batch_size=100, baseline="clean",
     rules=["danp", "dinp", "dnp", "bp"], samples=[1, 10, 30, 100], dnp_samples=[100],
@@ -208,7 +209,7 @@ def run(cfg: dict, ctx) -> Result:
             measure(0)
             h = trained(ctx, f"{lab} s{s}", net, bounded(make(n, K), sz, B, cfg["stack_budget"]), data, group=lab,
                         epochs=cfg["epochs"], batch_size=B, progress=ctx.progress,
-                        on_step=lambda step, idx, est, m=measure: m(step), max_loss_ratio=cfg.get("max_loss_ratio", 1e3))
+                        on_step=lambda step, idx, est, m=measure: m(step), max_loss_ratio=cfg.get("max_loss_ratio", 1e3), **eval_options(cfg))
             runs.setdefault(lab, []).append(h)
 
     with quiet():                                     # all NaN where no angle was measured

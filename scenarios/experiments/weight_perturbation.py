@@ -43,7 +43,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..datasets import load
-from ..experiment import (common, device, learning_curves, learning_table, make_rule, network, options,
+from ..experiment import (EVALUATION, common, device, learning_curves, learning_table, make_rule, network, options,
                           resolve_lrs, rule_names, seeds, train_runs, training_trial)
 from ..lr_search import SEARCH_DEFAULTS
 from ..paper import LEARNING_RATES, depth_architecture
@@ -54,6 +54,7 @@ from .alignment import RunningAngles, batch, evaluation_points, layer_names, sam
 RULES = ("wp", "np", "bp")
 
 DEFAULTS = common(
+    **EVALUATION,
     rules=list(RULES),
     dataset="digits",
     sizes=[64, 32, 10],
