@@ -57,13 +57,31 @@ LIBVER = ("v110", "v110")
 FRAME = struct.Struct("<cQ")      # kind, payload length
 REPLY = struct.Struct("<cQ")      # kind, complete steps
 PIPE_AHEAD_BYTES = 1 << 19        # this much waiting in the (1 MiB) pipe: the writer is behind
-RESERVE_MARGIN = 1 << 18          # bytes kept reserved beyond a step for HDF5's metadata …
-RESERVE_PER_DATASET = 1 << 12     # … plus this much per dataset (chunk-index blocks)
+RESERVE_MARGIN = 1 << 16          # bytes kept reserved beyond a step for HDF5's metadata …
+RESERVE_PER_DATASET = 1 << 10     # … plus this much per dataset (chunk-index blocks)
 RESERVE_AHEAD = 1 << 22           # reserve this far ahead when the disk allows (fewer calls)
 
 
 class OutOfSpace(OSError):
     """The bytes a step needs could not be reserved; nothing of that step was written."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def describe(exc: BaseException) -> str:
+    """An OS error in words: "No space left on device (ENOSPC)" — also for HDF5's messages,
+    which carry the errno inside their text."""
+    import re
+
+    code = getattr(exc, "errno", None)
+    if not isinstance(code, int):
+        m = re.search(r"errno = (\d+)", str(exc))
+        code = int(m.group(1)) if m else None
+    if not code:
+        return f"{type(exc).__name__}: {exc}"
+    name = errno.errorcode.get(code)
+    return f"{os.strerror(code)}{f' ({name})' if name else ''}"
 
 
 def reserve(fd: int, end: int) -> None:
@@ -127,10 +145,8 @@ class Sink:
             except OSError:
                 reserve(self._fd, need)
         except OSError as exc:
-            why = os.strerror(exc.errno) if exc.errno else str(exc)
-            code = errno.errorcode.get(exc.errno, "") if exc.errno else ""
-            raise OutOfSpace(exc.errno, f"{why}{f' ({code})' if code else ''}: cannot reserve the "
-                             f"{need - eoa} bytes step {self.n + 1} needs; the file keeps its first {self.n} steps")
+            raise OutOfSpace(exc.errno, f"{describe(exc)}: cannot reserve the {need - eoa} bytes step "
+                             f"{self.n + 1} needs; the file keeps its first {self.n} steps")
         self._reserved = os.fstat(self._fd).st_size
 
     # -- datasets ---------------------------------------------------------------------------------
@@ -322,19 +338,58 @@ class Sink:
         return f
 
     def abandon(self) -> None:
-        """Stop without another write into the file (after a write error of unknown extent)."""
+        """Stop without another write into the file (after a write error of unknown extent).
+
+        HDF5 would flush its cached metadata when the file is closed — after a failed write
+        that can leave a superblock promising bytes the file does not have. So the file's
+        descriptor is first pointed at a read-only ``/dev/null``: whatever HDF5 still tries to
+        write fails, and the file stays as its last flush left it (SWMR-ordered, readable)."""
         self._cs_attr = self._sets = self._sinks = None
+        try:
+            handle = self._f.id.get_vfd_handle()
+            nul = os.open(os.devnull, os.O_RDONLY)
+            try:
+                os.dup2(nul, handle)
+            finally:
+                os.close(nul)
+        except Exception:  # noqa: BLE001 - best effort; the caller ends the writing either way
+            pass
         try:
             os.close(self._fd)
         except OSError:
             pass
+        try:
+            h5py._errors.silence_errors()
+        except Exception:  # noqa: BLE001
+            pass
+        try:
+            self._f.close()
+        except Exception:  # noqa: BLE001 - HDF5's last writes fail, by design
+            pass
 
 
 def set_status(f: h5py.File, status: str, error: str | None = None) -> None:
-    """The root attributes ``status`` and, when given, ``error``."""
+    """The root attributes ``status`` and, when given, ``error``; then ``strings_crc32``."""
     f.attrs["status"] = status
     if error is not None:
         f.attrs["error"] = error[:4000]
+    f.attrs["strings_crc32"] = strings_crc32(f.attrs)
+
+
+# root attributes held as variable-length strings (in HDF5's global heap, which has no
+# checksum of its own): covered by ``strings_crc32``
+STRING_ATTRS = ("format", "noisesim_version", "created", "storage_dtype", "compression", "status", "error")
+
+
+def strings_crc32(attrs) -> int:
+    """crc32 of the string root attributes present, as ``name=value`` lines."""
+    parts = []
+    for k in STRING_ATTRS:
+        if k in attrs:
+            v = attrs[k]
+            v = v.decode("utf-8", "surrogateescape") if isinstance(v, bytes) else str(v)
+            parts.append(f"{k}={v}\n")
+    return zlib.crc32("".join(parts).encode("utf-8", "surrogatepass"))
 
 
 def _stored(data, final: bool) -> bytes:
@@ -443,7 +498,8 @@ def serve(path: str, fin, fout) -> int:
             raise
         sink.abandon()
         # ending here keeps HDF5 from flushing (or closing) the file once more on the way out
-        sys.stderr.write(f"{type(exc).__name__}: {exc}; the file keeps its first {sink.n} steps\n")
+        sys.stderr.write(f"{describe(exc)} while writing step {sink.n + 1}; the file keeps its first {sink.n} "
+                         "steps\n")
         sys.stderr.flush()
         os._exit(1)
 

@@ -82,11 +82,13 @@ class TraceError(ValueError):
 class TraceWriteError(TraceError):
     """Recording stopped: the file could not be written (a full disk, a file size limit, an I/O
     error, a writer process that died). ``path`` is the file, ``steps`` the whole steps it keeps
-    (readable and replayable), ``cause`` what went wrong, in words."""
+    (readable and replayable; ``None``: the file could not even be started and was removed),
+    ``cause`` what went wrong, in words."""
 
-    def __init__(self, path: str, cause: str, steps: int):
+    def __init__(self, path: str, cause: str, steps: int | None):
         self.path, self.cause, self.steps = path, cause, steps
-        super().__init__(f"{path}: recording stopped: {cause}; the trace keeps its first {steps} steps")
+        super().__init__(f"{path}: recording stopped: {cause}; " + (
+            "no trace was written" if steps is None else f"the trace keeps its first {steps} steps"))
 
 
 class TraceWarning(UserWarning):

@@ -27,6 +27,7 @@ import h5py
 import numpy as np
 
 from .. import _hdf5
+from ._sink import STRING_ATTRS, strings_crc32
 from .. import state as state_io
 from .format import (FORMAT_NAME, MAX_STEP_BYTES, META, STATUSES, STORAGE_DTYPES, SUPPORTED_VERSIONS,
                      TraceError, decode_json_attr, step_checksum, validate_config, validate_schema)
@@ -135,6 +136,11 @@ class TraceReader:
         else:
             self.status = "complete" if self.closed else "recording"
         self.error = _str_attr(a, "error", where) if "error" in a else None
+        if "strings_crc32" in a:     # traces of noisesim ≤ 0.3 have none
+            crc = _int_attr(a, "strings_crc32", where)
+            if crc != strings_crc32(a):
+                raise TraceError(f"{where}: the string attributes ({', '.join(k for k in STRING_ATTRS if k in a)}) "
+                                 "do not match their checksum strings_crc32; the file is corrupted or was edited")
         n = _int_attr(a, "complete_steps", where)
         if n < 0:
             raise TraceError(f"{where}: complete_steps={n} is negative")

@@ -139,6 +139,12 @@ class TraceWriter:
         except OSError as exc:
             raise TraceError(f"{self.path}: cannot create the trace ({exc})") from None
         try:
+            # room for the header and initial state first: a full disk stops the run here, cleanly
+            fd = os.open(self.path, os.O_WRONLY)
+            try:
+                _sink.reserve(fd, (1 << 16) + _state_bytes(initial) * 5 // 4)
+            finally:
+                os.close(fd)
             a = f.attrs
             a["format"] = FORMAT_NAME
             a["format_version"] = FORMAT_VERSION
@@ -148,21 +154,20 @@ class TraceWriter:
             a["config_crc32"] = zlib.crc32(config_json.encode())
             a["storage_dtype"] = self.storage_dtype.name
             a["lossy"] = int(self.float16)
-            a["compression"] = (compression or "none")
+            a["compression"] = compression or "none"
             a["complete_steps"] = 0
             a["closed"] = 0
             set_status(f, "recording")
             self._write_state(f, "initial_state", initial)
             f.flush()
         except BaseException as exc:
-            try:
+            with contextlib.suppress(Exception):
                 f.close()
-            finally:
-                with contextlib.suppress(OSError):
-                    os.remove(self.path)
+            with contextlib.suppress(OSError):
+                os.remove(self.path)
             if isinstance(exc, (OSError, RuntimeError)):
-                raise TraceWriteError(self.path, f"cannot write the trace's header and initial state ({exc})",
-                                      0) from None
+                raise TraceWriteError(self.path, f"cannot write the trace's header and initial state: "
+                                      f"{_sink.describe(exc)}", None) from None
             raise
         self._schema = None
         self._written = 0          # steps handed over (to the sink, or the process)
@@ -480,7 +485,7 @@ class TraceWriter:
                     sink.finish("failed", str(exc)).close()
                 raise self._error() from None
             except Exception as exc:      # HDF5's error: what it did to the file is unknown
-                self._failed = f"{type(exc).__name__}: {exc}"
+                self._failed = f"{_sink.describe(exc)} while writing step {self._sink.n + 1}"
                 self._confirmed = self._sink.n
                 self._sink.abandon()
                 self._sink = None
@@ -575,6 +580,15 @@ class TraceWriter:
             if exc_type is None:
                 raise
         return False
+
+
+def _state_bytes(state) -> int:
+    """Bytes of the arrays in a (nested) state."""
+    if isinstance(state, np.ndarray):
+        return state.nbytes
+    if isinstance(state, dict):
+        return sum(_state_bytes(v) for v in state.values())
+    return 0
 
 
 def _steps_kept(line: str) -> int | None:
