@@ -170,6 +170,7 @@ class Sink:
         for k, v in spec["attrs"].items():
             self._f.attrs[k] = v
         self._step_bytes = sum(int(np.prod(d.chunks)) * d.dtype.itemsize for d in self._sets)
+        self._reserving = bool(spec.get("reserve", True))
         # hand-built gzip chunks of the compressed one-step-per-chunk datasets (see _deflate)
         self._deflate_rows = bool(spec.get("deflate"))
         self._level = int(spec.get("level", 4))
@@ -225,7 +226,8 @@ class Sink:
         per-chunk filter mask says so, and readers decode such chunks like any other — so
         compression never holds training up."""
         s = self.n
-        self._reserve()
+        if self._reserving:
+            self._reserve()
         if s >= self._cap:
             self._grow()
         crc = 0

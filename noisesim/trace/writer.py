@@ -98,6 +98,7 @@ class TraceWriter:
     BACKLOG_STEPS = 1             # compression: store a step unfiltered while this many more wait
     HDF5_GZIP = False             # gzip through HDF5's own filter instead of the sink's deflate
     MIN_COMPRESS_BYTES = 4096     # per-step arrays smaller than this are never compressed
+    RESERVE_SPACE = True          # reserve each step's bytes before writing it (see _sink.reserve)
 
     def __init__(self, path, network, rule=None, *, meta: dict | None = None, compression: str | None = None,
                  compression_opts=None, float16: bool = False, background: bool = True):
@@ -271,6 +272,7 @@ class TraceWriter:
             "deflate": self.compression == "gzip" and not self.HDF5_GZIP,
             "level": 4 if self.compression_opts is None else int(self.compression_opts),
             "retry_steps": int(self.RETRY_STEPS), "backlog_steps": int(self.BACKLOG_STEPS),
+            "reserve": bool(self.RESERVE_SPACE),
         }
         # One buffer holds a whole step — frame header, then every dataset's row — so a step is
         # one write into the pipe; the rows are views into it. A frame larger than the pipe
