@@ -20,6 +20,7 @@ Where ``os.fork`` is missing step 2 is skipped.
 """
 from __future__ import annotations
 
+import faulthandler
 import os
 import select
 import signal
@@ -160,11 +161,12 @@ def probe(path: str, seconds: float | None = None) -> None:
         try:
             os.close(r)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
+            faulthandler.disable()        # a crash here is reported by the parent, in words
             walk(path)
         except BaseException as exc:  # noqa: BLE001 - everything is reported to the parent
             code = 3
             msg = (str(exc) if isinstance(exc, UnsafeFile) else
-                   f"{path}: cannot read the file's structure ({type(exc).__name__}: {exc})").encode("utf-8", "replace")
+                   f"{path}: the file is damaged: HDF5 cannot read its structure ({type(exc).__name__}: {exc})").encode("utf-8", "replace")
         try:
             os.write(w, msg[:16000])
         finally:

@@ -366,3 +366,35 @@ def test_paths_that_are_not_regular_files_are_refused_before_opening(original, t
                      (tmp_path / "text.h5", "not a readable HDF5 file")]:
         kind, msg = bounded(summary, p, seconds=10)
         assert kind == "error" and words in msg, (p, kind, msg)
+
+
+# -- the bounded structure walk itself --------------------------------------------------------------
+def test_a_structure_walk_that_never_ends_is_stopped_and_reported(original, monkeypatch):
+    """What HDF5 does on metadata that sends it round in circles, stood in for by a walk that
+    sleeps: the reader gives up after the time limit, with an error, and its child is gone."""
+    monkeypatch.setattr(noisesim._hdf5, "walk", lambda path: time.sleep(3600))
+    monkeypatch.setattr(noisesim._hdf5, "PROBE_SECONDS", 1.0)
+    t0 = time.monotonic()
+    with pytest.raises(TraceError, match=r"did not end within 1 s; the file is damaged"):
+        noisesim.trace.open_trace(original[0])
+    assert time.monotonic() - t0 < 20
+
+
+def test_a_structure_walk_that_crashes_is_reported(original, monkeypatch):
+    monkeypatch.setattr(noisesim._hdf5, "walk", lambda path: os.kill(os.getpid(), signal.SIGSEGV))
+    with pytest.raises(TraceError, match=r"HDF5 crashed \(signal 11, SIGSEGV\)"):
+        noisesim.trace.open_trace(original[0])
+
+
+def test_saved_states_are_read_through_the_same_checks(original, tmp_path):
+    net = noisesim.Network.mlp(SIZES, device=noisesim.DeviceConfig.preset("ideal"), seed=3, backend="numpy")
+    p = tmp_path / "s.h5"
+    noisesim.state.save(p, {"network": net.state()})
+    link = tmp_path / "l.h5"
+    link.symlink_to(p)
+    with pytest.raises(noisesim.state.StateError, match="symbolic link"):
+        noisesim.state.load(link)
+    with h5py.File(p, "r+") as f:
+        f["network/alias"] = h5py.SoftLink("/network/tiles")
+    with pytest.raises(noisesim.state.StateError, match="soft link"):
+        noisesim.state.load(p)
