@@ -168,7 +168,7 @@ def test_damaged_files_end_in_a_clear_error_or_read_the_same(original, tmp_path)
 @pytest.mark.slow
 def test_damaged_files_larger_family(original, tmp_path):
     size = os.path.getsize(original[0])
-    _run_family(original, tmp_path, _cases(size, n_flip=1200, n_zero=400, n_trunc=150, seed=1), replay_every=5)
+    _run_family(original, tmp_path, _cases(size, n_flip=350, n_zero=120, n_trunc=40, seed=1), replay_every=5)
 
 
 def test_zeroed_block_in_a_larger_trace_ends_quickly(tmp_path):
