@@ -222,3 +222,25 @@ def test_write_error_is_a_trace_error_naming_file_and_cause():
     assert isinstance(exc, noisesim.trace.TraceError) and isinstance(exc, ValueError)
     assert str(exc) == "/x/t.h5: recording stopped: No space left on device (ENOSPC); the trace keeps its first 7 steps"
     assert (exc.path, exc.cause, exc.steps) == ("/x/t.h5", "No space left on device (ENOSPC)", 7)
+
+
+@pytest.mark.parametrize("background", [True, False], ids=["writer-process", "in-process"])
+def test_no_room_for_the_final_state_keeps_every_step(tmp_path, digits, monkeypatch, background):
+    """The disk fills between the last step and the final state: every step stays, the trace
+    says why it has no final state, and close raises the one error."""
+    import errno
+
+    def reserve_in(f, nbytes):
+        if nbytes > 1 << 16:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    net, rule = _net_rule()
+    tw = TraceWriter(tmp_path / "f.h5", net, rule, background=background)
+    scenarios.train(net, rule, digits, epochs=1, batch_size=300, progress=False, on_step=tw.on_step)
+    monkeypatch.setattr(TraceWriter, "_reserve_in", staticmethod(reserve_in))
+    with pytest.raises(TraceWriteError, match=r"f.h5: recording stopped: no room for the final state: No space left on "
+                                              r"device \(ENOSPC\); the trace keeps its first 5 steps"):
+        tw.close()
+    d = info(tmp_path / "f.h5")
+    assert d["status"] == "failed" and d["complete_steps"] == d["verified_steps"] == 5 and not d["has_final_state"]
+    assert replay(tmp_path / "f.h5").steps == 5

@@ -558,19 +558,40 @@ class TraceWriter:
             except Exception as exc:
                 raise TraceWriteError(self.path, f"cannot close the trace ({type(exc).__name__}: {exc})",
                                       sink.n) from None
+        steps = self._confirmed
         try:
+            final = None
             if network is not None and status == "complete":  # else the network may be mid-step
                 rule = self._rule
-                self._write_state(f, "final_state", {"network": network.state(), "rule": rule.state()
-                                                     if rule is not None and hasattr(rule, "state") else None})
+                final = {"network": network.state(), "rule": rule.state()
+                         if rule is not None and hasattr(rule, "state") else None}
+            # room first (as for every step): a full disk must not meet HDF5 half-way through
+            try:
+                self._reserve_in(f, (1 << 16) + (_state_bytes(final) * 5 // 4 if final else 0))
+            except OSError as exc:
+                final, why = None, f"no room for the final state: {_sink.describe(exc)}"
+                self._reserve_in(f, 1 << 16)      # the status attributes, at least
+                set_status(f, "failed", why)
+                error = error or TraceWriteError(self.path, why, steps)
+            if final is not None:
+                self._write_state(f, "final_state", final)
             f.attrs["closed"] = 1
-            set_status(f, status)
-        except (OSError, RuntimeError) as exc:
-            error = error or TraceWriteError(self.path, f"cannot store the final state ({exc})", self._confirmed)
+            if error is None:
+                set_status(f, status)
+        except (OSError, RuntimeError) as exc:   # not even the status fits: the file stays as the sink left it
+            error = error or TraceWriteError(self.path, f"cannot close the trace: {_sink.describe(exc)}", steps)
         finally:
             f.close()
         if error is not None:
             raise error
+
+    @staticmethod
+    def _reserve_in(f, nbytes: int) -> None:
+        fd = os.open(f.filename, os.O_WRONLY)
+        try:
+            _sink.reserve(fd, int(f.id.get_filesize()) + nbytes)
+        finally:
+            os.close(fd)
 
     def __enter__(self):
         return self
