@@ -582,6 +582,10 @@ class TraceWriter:
             error = error or TraceWriteError(self.path, f"cannot close the trace: {_sink.describe(exc)}", steps)
         finally:
             f.close()
+        with contextlib.suppress(OSError, RuntimeError):
+            # HDF5 trims the file to its end of allocation when it closes a file it found longer
+            # than that — the reserved room this close did not use
+            h5py.File(self.path, "r+", libver=LIBVER).close()
         if error is not None:
             raise error
 
