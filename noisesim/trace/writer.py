@@ -391,6 +391,8 @@ class TraceWriter:
             # the sink's last line says what went wrong and how many steps the file keeps
             last = err.splitlines()[-1] if err else ""
             steps = _steps_kept(last)
+            if steps is None:        # killed: what the file holds (it may be more than confirmed)
+                steps = _steps_in(self.path)
             if steps is not None:
                 self._confirmed = steps
             if code == 1 and last:
@@ -616,6 +618,18 @@ def _state_bytes(state) -> int:
     if isinstance(state, dict):
         return sum(_state_bytes(v) for v in state.values())
     return 0
+
+
+def _steps_in(path: str) -> int | None:
+    """``complete_steps`` of the trace at ``path`` as it stands (``None`` if it cannot be read)."""
+    from .. import _hdf5
+
+    try:
+        with _hdf5.open_file(path, seconds=10) as f:
+            n = f.attrs.get("complete_steps")
+            return int(n) if isinstance(n, (int, np.integer)) and n >= 0 else None
+    except Exception:  # noqa: BLE001 - the count is a courtesy; the error is reported either way
+        return None
 
 
 def _steps_kept(line: str) -> int | None:
