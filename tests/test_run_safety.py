@@ -197,6 +197,20 @@ def test_ctrl_c_before_any_run_finished_still_leaves_a_summary_saying_so(tmp_pat
     assert "run stopped: interrupted by the user" in capsys.readouterr().err
 
 
+def _ctrl_c_at(rule, call: int, monkeypatch):
+    """``rule`` whose ``call``-th estimate is interrupted as by Ctrl-C."""
+    calls = {"n": 0}
+    estimate = rule.estimate
+
+    def est(net, x, t):
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise KeyboardInterrupt
+        return estimate(net, x, t)
+    monkeypatch.setattr(rule, "estimate", est)
+    return rule
+
+
 def test_an_interrupted_trace_is_closed_as_interrupted(tmp_path, small, monkeypatch):
     closed = []
 
@@ -205,16 +219,7 @@ def test_an_interrupted_trace_is_closed_as_interrupted(tmp_path, small, monkeypa
         real_close(self)
     real_close = noisesim.trace.TraceWriter.close
     monkeypatch.setattr(noisesim.trace.TraceWriter, "close", close)
-    rule = rules.make("bp")
-    calls = {"n": 0}
-    estimate = rule.estimate
-
-    def est(net, x, t):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return estimate(net, x, t)
-    monkeypatch.setattr(rule, "estimate", est)
+    rule = _ctrl_c_at(rules.make("bp"), 3, monkeypatch)
     with pytest.raises(KeyboardInterrupt) as e:
         scenarios.train(_net(), rule, small, epochs=1, batch_size=32, progress=False, trace=tmp_path / "t.h5")
     assert closed == ["interrupted"]
@@ -225,16 +230,7 @@ def test_an_interrupted_trace_is_closed_as_interrupted(tmp_path, small, monkeypa
 
 
 def test_ctrl_c_leaves_a_trace_that_says_interrupted_and_keeps_its_steps(tmp_path, small, monkeypatch):
-    rule = rules.make("danp", baseline="noisy")
-    calls = {"n": 0}
-    estimate = rule.estimate
-
-    def est(net, x, t):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt
-        return estimate(net, x, t)
-    monkeypatch.setattr(rule, "estimate", est)
+    rule = _ctrl_c_at(rules.make("danp", baseline="noisy"), 4, monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         scenarios.train(_net(), rule, small, epochs=1, batch_size=32, progress=False, trace=tmp_path / "t.h5")
     with noisesim.trace.open_trace(tmp_path / "t.h5") as tr:
