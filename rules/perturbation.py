@@ -36,17 +36,101 @@ from .base import Rule
 BASELINES = ("clean", "noisy", "noisy-known")
 
 
+# Bytes the stacked passes of one estimate may hold at once (passes, their observables and
+# the arrays formed from them). K samples that do not fit are run in parts of as many whole
+# samples as fit, with the same noise and the same sums (see ``Contraction``); more memory
+# means fewer, larger parts (larger GEMMs). Per rule: ``memory_budget=`` (bytes).
+MEMORY_BUDGET = 1 << 30
+
+
+def shares_input(xs) -> bool:
+    """Whether every sample of ``xs (K, B, n)`` holds the same input: a first axis of 1, or a
+    broadcast view (stride 0 along the samples, as a stack's layer-0 input)."""
+    return xs.shape[0] == 1 or xs.strides[0] == 0
+
+
+class Contraction:
+    """``Σ_{k,b} G_kb x_kbᵀ / (K·B)`` per layer, accumulated one sample at a time.
+
+    Samples are added in order, each with its own GEMM (``G_kᵀ x_k``), so the sums do not
+    depend on how the K samples were split into parts: an estimate run in parts and
+    ``updates_from_record`` of its whole record give the same bits. When every sample shares
+    its input (:func:`shares_input`) the ``G_k`` are summed first and contracted against that
+    input once.
+    """
+
+    def __init__(self, n_layers: int):
+        self.u = [None] * n_layers
+        self.g = [None] * n_layers
+        self.x = [None] * n_layers
+
+    def add(self, l: int, G, xs) -> None:
+        """Add the samples ``G (k, B, n_out)`` with inputs ``xs (k|1, B, n_in)`` to layer ``l``."""
+        if shares_input(xs):
+            self.x[l] = xs[0]
+            for k in range(G.shape[0]):
+                if self.g[l] is None:
+                    self.g[l] = G[k].copy()
+                else:
+                    self.g[l] += G[k]
+            return
+        for k in range(G.shape[0]):
+            t = G[k].T @ xs[k]
+            if self.u[l] is None:
+                self.u[l] = t
+            else:
+                self.u[l] += t
+
+    def result(self, count: int) -> list:
+        """The per-layer sums divided by ``count`` (``K·B``)."""
+        out = []
+        for u, g, x in zip(self.u, self.g, self.x):
+            if g is not None:
+                v = g.T @ x
+                u = v if u is None else u + v
+            out.append(u / count)
+        return out
+
+
 def contract(G, xs):
     """``Σ_{k,b} G_kb x_kbᵀ / (K·B)`` for ``G (K, B, n_out)`` and ``xs (K|1, B, n_in)``.
 
-    A first axis of 1 in ``xs`` means all K perturbations share the reference input.
+    A first axis of 1 in ``xs`` (or a broadcast one) means all K perturbations share the
+    reference input.
     """
-    K, B = G.shape[0], G.shape[1]
-    if xs.shape[0] == 1:
-        u = G.sum(axis=0).T @ xs[0]
-    else:
-        u = G.reshape(K * B, -1).T @ xs.reshape(K * B, -1)
-    return u / (K * B)
+    acc = Contraction(1)
+    acc.add(0, G, xs)
+    return acc.result(G.shape[0] * G.shape[1])[0]
+
+
+def stacked(net, x, passes: int, clean=None):
+    """``net.stack(x, passes, clean=…)``, or — on a device without :meth:`stack` — an object
+    whose ``run(a, b, inject=…, omega=…)`` runs passes ``a … b−1`` with ``forward_stacked``."""
+    if hasattr(net, "stack"):
+        return net.stack(x, passes, clean=clean)
+    return _Unstacked(net, x, passes, clean)
+
+
+class _Unstacked:
+    def __init__(self, net, x, passes, clean):
+        self.net, self.x, self.P, self.clean = net, x, passes, clean
+
+    def run(self, start, stop, *, inject=None, omega=None):
+        clean = None if self.clean is None else list(self.clean)[start:stop]
+        if omega is not None:
+            return self.net.forward_weight_perturbed(self.x, omega, clean=clean)
+        return self.net.forward_stacked(self.x, stop - start, clean=clean, inject=inject)
+
+
+def parts(K: int, chunk: int):
+    """Sample ranges ``(k0, k1)`` of at most ``chunk`` samples covering ``0 … K−1``."""
+    chunk = max(1, int(chunk))
+    return [(k, min(k + chunk, K)) for k in range(0, K, chunk)]
+
+
+def concat(xp, pieces):
+    """``pieces`` joined along the first axis (the one piece itself when there is one)."""
+    return pieces[0] if len(pieces) == 1 else xp.concatenate(pieces, axis=0)
 
 
 def known_layout(baseline: str, K: int):
@@ -86,13 +170,21 @@ class PerturbationRule(Rule):
     baselines: tuple = ("clean", "noisy")
     injects = False
 
-    def __init__(self, *, baseline: str = "noisy", samples: int = 1, **kw):
+    def __init__(self, *, baseline: str = "noisy", samples: int = 1, memory_budget: float | None = None,
+                 record: bool | None = None, **kw):
         super().__init__(**kw)
         if baseline not in self.baselines:
             raise ValueError(f"{self.name}: baseline={baseline!r} is not known; allowed: {list(self.baselines)}")
         if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or samples < 1:
             raise ValueError(f"{self.name}: samples={samples!r} is out of range; allowed: an integer ≥ 1")
+        if memory_budget is not None and not (isinstance(memory_budget, (int, float)) and memory_budget > 0):
+            raise ValueError(f"{self.name}: memory_budget={memory_budget!r} is out of range; allowed: bytes > 0 "
+                             "or None (the default, rules.perturbation.MEMORY_BUDGET)")
+        if record not in (None, True, False):
+            raise ValueError(f"{self.name}: record={record!r} is not known; allowed: None (automatic), True, False")
         self.baseline, self.samples = baseline, int(samples)
+        # resources, not results: neither changes an update, so neither is in config()
+        self.memory_budget, self.keep_record = memory_budget, record
 
     def _options(self) -> dict:
         return {"baseline": self.baseline, "samples": self.samples}
@@ -100,6 +192,36 @@ class PerturbationRule(Rule):
     def required_access(self) -> tuple:
         need = ["observe"] + (["clean"] if self.baseline == "clean" else [])
         return tuple(need + (["inject"] if self.injects else []))
+
+    # -- K samples within a memory budget ----------------------------------------------------
+    def _pass_floats(self, net) -> int:
+        """Numbers one pass of one batch row holds while a part is processed: the layer
+        inputs x* (layer 0's is shared), pre- and post-activations, and about two more per unit
+        for the differences and products formed from them."""
+        units = sum(net.sizes[1:])
+        return sum(net.sizes[1:-1]) + 4 * units
+
+    def _record_floats(self, net) -> int:
+        """Numbers one sample's full record holds per batch row (δL, δa or ε, x*)."""
+        return 1 + sum(net.sizes[1:]) + sum(net.sizes[1:-1])
+
+    def _plan(self, net, B: int, per: int, extra_bytes: int = 0):
+        """``(samples per part, keep the full record)`` for K samples of ``per`` passes each.
+
+        The full record (what traces store) is kept when all K samples fit into one part with
+        it (``record=None``), always (``record=True``: its memory grows with K) or never
+        (``record=False``); without it the estimate records its summed update instead
+        (``updates``), which replays exactly but cannot be fed to other estimators.
+        """
+        K = self.samples
+        budget = float(self.memory_budget if self.memory_budget is not None else MEMORY_BUDGET)
+        item = np.dtype(net.dtype).itemsize
+        run = item * B * per * self._pass_floats(net) + extra_bytes
+        rec = item * B * self._record_floats(net)
+        with_record = max(1, int(budget // (run + rec)))
+        keep = self.keep_record if self.keep_record is not None else with_record >= K
+        chunk = with_record if keep else max(1, int(budget // run))
+        return min(chunk, K), keep
 
 
 class InjectingRule(PerturbationRule):
