@@ -459,6 +459,24 @@ def all_finite(x) -> bool:
     return bool(_max_magnitude_bits(x.view(ints), ints.type(np.iinfo(ints).max)) < inf)
 
 
+def max_abs(x) -> float:
+    """``max |x|`` over every element in one pass without a copy (NaN or Inf: ``inf``).
+
+    On the CPU the integer-bits pass of :func:`all_finite` (NaN's bits order above Inf's).
+    """
+    xp = get_array_module(x)
+    if x.size == 0:
+        return 0.0
+    if _path(x) == "cupy" or x.dtype.kind != "f" or x.dtype.itemsize not in (4, 8):
+        m = float(xp.abs(x).max())
+        return m if math.isfinite(m) else math.inf
+    x = np.ascontiguousarray(x).reshape(-1)
+    ints = np.dtype(f"int{8 * x.itemsize}")
+    m = _max_magnitude_bits(x.view(ints), ints.type(np.iinfo(ints).max))
+    v = float(np.array(m, ints).view(x.dtype))
+    return v if math.isfinite(v) else math.inf
+
+
 def dac_absmax(x, bits, bound, out=None, *, chunk=None):
     """Input scaling and DAC in one pass: ``(x̂, s, Σ_j x̂²)`` with ``s = max_j |x_ij|``.
 

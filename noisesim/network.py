@@ -276,13 +276,20 @@ class Network:
         tile.apply(self._check_delta("weight update", l, delta, (tile.n_out, tile.n_in)))
 
     def apply_decorrelation_update(self, l: int, delta) -> None:
-        """``R_l ← R_l + delta`` (digital)."""
+        """``R_l ← R_l + delta`` (digital).
+
+        One pass checks the new matrix for NaN/Inf (a non-finite ``delta`` shows there too,
+        and is then named); on failure ``R_l`` is unchanged.
+        """
         if self._R[l] is None:
             raise RuntimeError("decorrelation is off; call enable_decorrelation() first")
         R = self._R[l]
-        delta = self._check_delta("decorrelation update", l, delta, R.shape)
+        delta = self.backend.asarray(delta)
+        if delta.shape != R.shape:
+            raise ValueError(f"decorrelation update for layer {l} has shape {tuple(delta.shape)}, expected {R.shape}")
         new = R + delta
         if not _kernels.all_finite(new):
+            self._check_delta("decorrelation update", l, delta, R.shape)    # names a bad update
             raise DivergenceError(f"decorrelation matrix of layer {l} overflowed; state kept")
         self._R[l] = new
 

@@ -33,17 +33,18 @@ from __future__ import annotations
 from noisesim.backend import get_array_module
 
 from .base import Estimate, host_float
-from .perturbation import Contraction, PerturbationRule, concat, parts, stacked
+from .perturbation import Contraction, PerturbationRule, concat, parts, record_inputs, stacked
 
 
-def _add_activity(acc, dL, da, xs, n_units: int) -> None:
-    """Add the ANP terms of the samples ``dL (k, B)``, ``da[l] (k, B, n_l)``, ``xs[l]`` to ``acc``."""
+def _add_activity(acc, dL, da, xs, n_units: int, shared=None) -> None:
+    """Add the ANP terms of the samples ``dL (k, B)``, ``da[l] (k, B, n_l)``, ``xs[l]`` to ``acc``
+    (``shared[l]``: see :meth:`Contraction.add`)."""
     xp = get_array_module(dL)
     norm2 = sum((d * d).sum(axis=-1) for d in da)
     safe = xp.where(norm2 > 0, norm2, 1)
     c = xp.where(norm2 > 0, n_units * dL / safe, 0).astype(dL.dtype, copy=False)
     for l, (d, x) in enumerate(zip(da, xs)):
-        acc.add(l, c[..., None] * d, x)
+        acc.add(l, c[..., None] * d, x, None if shared is None else shared[l])
 
 
 def activity_updates(dL, da, xs, n_units: int) -> list:
@@ -104,6 +105,8 @@ class ActivityNodePerturbation(PerturbationRule):
         acc = Contraction(net.n_layers)
         rec = {"dL": [], "da": [[] for _ in range(net.n_layers)], "inputs": [[] for _ in range(net.n_layers)]}
         ref = None
+        # clean: every sample compares with the one reference; noisy: only the network input is shared
+        shared = [clean or l == 0 for l in range(net.n_layers)]
         for k0, k1 in parts(K, chunk):
             p = st.run(0 if k0 == 0 else head + per * k0, head + per * k1)
             L = self.loss.per_sample(p.out, t)
@@ -121,7 +124,7 @@ class ActivityNodePerturbation(PerturbationRule):
                 dL = L[0::2] - L[1::2]
                 da = [a[0::2] - a[1::2] for a in p.pre]
                 xs = [xi[1::2] for xi in p.inputs]
-            _add_activity(acc, dL, da, xs, n_units)
+            _add_activity(acc, dL, da, xs, n_units, shared)
             if keep:
                 rec["dL"].append(dL)
                 for l in range(net.n_layers):
@@ -131,8 +134,7 @@ class ActivityNodePerturbation(PerturbationRule):
         updates = acc.result(K * B)
         if keep:
             record = {"dL": concat(xp, rec["dL"]), "da": [concat(xp, d) for d in rec["da"]],
-                      "inputs": [xi[0][:1] if len(xi) and xi[0].shape[0] and _shared(xi[0]) else concat(xp, xi)
-                                 for xi in rec["inputs"]]}
+                      "inputs": [record_inputs(xp, xi, sh) for xi, sh in zip(rec["inputs"], shared)]}
         else:
             record = {"updates": updates}
         Lr, xr, out = ref
@@ -149,8 +151,3 @@ class ActivityNodePerturbation(PerturbationRule):
         n_units = sum(d.shape[-1] for d in record["da"])
         return activity_updates(record["dL"], record["da"], record["inputs"], n_units)
 
-
-def _shared(xs) -> bool:
-    from .perturbation import shares_input
-
-    return shares_input(xs)

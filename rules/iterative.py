@@ -30,16 +30,16 @@ from noisesim.backend import get_array_module
 
 from .base import Estimate, host_float
 from .node import draw_samples
-from .perturbation import Contraction, InjectingRule, concat, parts, shares_input, stacked
+from .perturbation import Contraction, InjectingRule, concat, parts, record_inputs, stacked
 
 
-def _add_iterative(acc, dL, eps, xs) -> None:
+def _add_iterative(acc, dL, eps, xs, shared=None) -> None:
     xp = get_array_module(dL)
     for l, (v, x) in enumerate(zip(eps, xs)):
         n2 = (v * v).sum(axis=-1)                                # (K, B)
         safe = xp.where(n2 > 0, n2, 1)
         c = xp.where(n2 > 0, v.shape[-1] * dL[:, l] / safe, 0).astype(v.dtype, copy=False)
-        acc.add(l, c[..., None] * v, x)
+        acc.add(l, c[..., None] * v, x, None if shared is None else shared[l])
 
 
 def iterative_updates(dL, eps, xs) -> list:
@@ -94,6 +94,7 @@ class IterativeNodePerturbation(InjectingRule):
         acc = Contraction(L_)
         rec = {"dL": [], "eps": [[] for _ in range(L_)], "inputs": [[] for _ in range(L_)]}
         ref = None
+        shared = [clean or l == 0 for l in range(L_)]
         for k0, k1 in parts(K, chunk):
             k = k1 - k0
             eps = draw_samples(rng, k, shapes, self.sigma)[0]
@@ -120,7 +121,7 @@ class IterativeNodePerturbation(InjectingRule):
             else:
                 dL = Lk[:, 1:] - Lk[:, :1]
                 xs = [xi[off:].reshape(k, per, B, -1)[:, 0] for xi in p.inputs]
-            _add_iterative(acc, dL, eps, xs)
+            _add_iterative(acc, dL, eps, xs, shared)
             if keep:
                 rec["dL"].append(dL)
                 for l in range(L_):
@@ -130,7 +131,7 @@ class IterativeNodePerturbation(InjectingRule):
         updates = acc.result(K * B)
         if keep:
             record = {"dL": concat(xp, rec["dL"]), "eps": [concat(xp, e) for e in rec["eps"]],
-                      "inputs": [xi[0][:1] if shares_input(xi[0]) else concat(xp, xi) for xi in rec["inputs"]]}
+                      "inputs": [record_inputs(xp, xi, sh) for xi, sh in zip(rec["inputs"], shared)]}
         else:
             record = {"updates": updates}
         Lr, xr, out = ref

@@ -30,18 +30,19 @@ draws the same numbers.
 from __future__ import annotations
 
 from .base import Estimate, host_float
-from .perturbation import BASELINES, Contraction, InjectingRule, concat, parts, shares_input, stacked
+from .perturbation import BASELINES, Contraction, InjectingRule, concat, parts, record_inputs, stacked
 
 
-def _add_node(acc, dL, eps, xs, sigma: float, eps2=None) -> None:
+def _add_node(acc, dL, eps, xs, sigma: float, eps2=None, shared=None) -> None:
+    sh = (lambda l: None) if shared is None else (lambda l: shared[l])
     if eps2 is None:
         c = dL / (sigma * sigma)
         for l, (e, x) in enumerate(zip(eps, xs)):
-            acc.add(l, c[..., None] * e, x)
+            acc.add(l, c[..., None] * e, x, sh(l))
         return
     c = dL / (2 * sigma * sigma)
     for l, (e1, e2, x) in enumerate(zip(eps, eps2, xs)):
-        acc.add(l, c[..., None] * (e1 - e2), x)
+        acc.add(l, c[..., None] * (e1 - e2), x, sh(l))
 
 
 def node_updates(dL, eps, xs, sigma: float, eps2=None) -> list:
@@ -107,6 +108,7 @@ class NodePerturbation(InjectingRule):
         rec = {"dL": [], "eps": [[] for _ in range(L_)], "eps2": [[] for _ in range(L_)],
                "inputs": [[] for _ in range(L_)]}
         ref = None
+        shared = [clean or l == 0 for l in range(L_)]
         for k0, k1 in parts(K, chunk):
             k = k1 - k0
             drawn = draw_samples(rng, k, shapes, self.sigma, 2 if known2 else 1)
@@ -135,7 +137,7 @@ class NodePerturbation(InjectingRule):
             else:
                 dL = L[0::2] - L[1::2]
                 xs = [xi[1::2] for xi in p.inputs]
-            _add_node(acc, dL, eps, xs, self.sigma, eps2)
+            _add_node(acc, dL, eps, xs, self.sigma, eps2, shared)
             if keep:
                 rec["dL"].append(dL)
                 for l in range(L_):
@@ -147,7 +149,7 @@ class NodePerturbation(InjectingRule):
         updates = acc.result(K * B)
         if keep:
             record = {"dL": concat(xp, rec["dL"]), "eps": [concat(xp, e) for e in rec["eps"]],
-                      "inputs": [xi[0][:1] if shares_input(xi[0]) else concat(xp, xi) for xi in rec["inputs"]]}
+                      "inputs": [record_inputs(xp, xi, sh) for xi, sh in zip(rec["inputs"], shared)]}
             if known2:
                 record["eps2"] = [concat(xp, e) for e in rec["eps2"]]
         else:

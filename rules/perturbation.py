@@ -43,10 +43,11 @@ BASELINES = ("clean", "noisy", "noisy-known")
 MEMORY_BUDGET = 1 << 30
 
 
-def shares_input(xs) -> bool:
-    """Whether every sample of ``xs (K, B, n)`` holds the same input: a first axis of 1, or a
-    broadcast view (stride 0 along the samples, as a stack's layer-0 input)."""
-    return xs.shape[0] == 1 or xs.strides[0] == 0
+def shares_input(xs, K: int | None = None) -> bool:
+    """Whether the ``K`` samples of ``xs (K|1, B, n)`` share one input: a broadcast view
+    (stride 0 along the samples, as a stack's layer-0 input), or a first axis of 1 for
+    ``K > 1`` samples (a recorded shared reference; for one sample both readings agree)."""
+    return (xs.shape[0] > 1 and xs.strides[0] == 0) or (xs.shape[0] == 1 and (K is None or K > 1))
 
 
 class Contraction:
@@ -64,9 +65,16 @@ class Contraction:
         self.g = [None] * n_layers
         self.x = [None] * n_layers
 
-    def add(self, l: int, G, xs) -> None:
-        """Add the samples ``G (k, B, n_out)`` with inputs ``xs (k|1, B, n_in)`` to layer ``l``."""
-        if shares_input(xs):
+    def add(self, l: int, G, xs, shared: bool | None = None) -> None:
+        """Add the samples ``G (k, B, n_out)`` with inputs ``xs (k|1, B, n_in)`` to layer ``l``.
+
+        ``shared``: whether every sample of the *whole* estimate shares this layer's input
+        (default: :func:`shares_input` of ``xs`` for ``k`` samples). A layer is contracted
+        one way for all its samples, so parts of one estimate must say it alike.
+        """
+        if shared is None:
+            shared = shares_input(xs, G.shape[0])
+        if shared:
             self.x[l] = xs[0]
             for k in range(G.shape[0]):
                 if self.g[l] is None:
@@ -101,6 +109,11 @@ def contract(G, xs):
     acc = Contraction(1)
     acc.add(0, G, xs)
     return acc.result(G.shape[0] * G.shape[1])[0]
+
+
+def record_inputs(xp, pieces: list, shared: bool):
+    """A layer's recorded inputs from the parts of an estimate: ``(1, B, n)`` when shared."""
+    return pieces[0][:1] if shared else concat(xp, pieces)
 
 
 def stacked(net, x, passes: int, clean=None):

@@ -74,15 +74,16 @@ def test_shared_reference_changes_nothing_for_inp_with_a_clean_baseline():
 
 def test_device_pass_counts_and_the_shared_clean_reference():
     """Clean: NP, ANP K+1, INP L·K+1 (the clean reference is identical in every sample, so one
-    serves all; the rule re-runs it and counts K(L+1)); noisy: NP, ANP 2K, INP K(L+1)."""
+    serves all: the rule runs it once and counts it once); noisy: NP, ANP 2K, INP K(L+1)."""
     L, K = 4, 7
     assert [device_passes(n, "clean", K, L) for n in RULES] == [8, 8, 29]
     assert [device_passes(n, "noisy", K, L) for n in RULES] == [14, 14, 35]
-    assert rules.make("inp", baseline="clean", samples=K).forward_passes(L) == 35
+    assert rules.make("inp", baseline="clean", samples=K).forward_passes(L) == 29
     net, x, t = _setup(dtype="float32")
-    rec = rules.make("inp", baseline="clean", samples=3).estimate(net, x, t).record
-    for xi in rec["inputs"]:
-        assert np.array_equal(xi[0], xi[1]) and np.array_equal(xi[0], xi[2])
+    est = rules.make("inp", baseline="clean", samples=3).estimate(net, x, t)
+    assert est.forward_passes == 3 * L + 1
+    for xi, ref in zip(est.record["inputs"], est.inputs):
+        assert xi.shape[0] == 1 and np.array_equal(xi[0], ref)          # one reference for all samples
 
 
 # -- the TF32 diagnostic ---------------------------------------------------------------------------
