@@ -293,6 +293,16 @@ class Network:
             raise DivergenceError(f"decorrelation matrix of layer {l} overflowed; state kept")
         self._R[l] = new
 
+    def set_decorrelation(self, l: int, R) -> None:
+        """``R_l ← R`` (digital; a checked, finite matrix of ``R_l``'s shape and dtype, which
+        the network keeps: not copied)."""
+        if self._R[l] is None:
+            raise RuntimeError("decorrelation is off; call enable_decorrelation() first")
+        R = self.backend.asarray(R)
+        if R.shape != self._R[l].shape:
+            raise ValueError(f"decorrelation matrix for layer {l} has shape {tuple(R.shape)}, expected {self._R[l].shape}")
+        self._R[l] = R
+
     # -- state ------------------------------------------------------------------------------------
     def get_state(self) -> dict:
         """Host copies of every weight and decorrelation matrix (exact; for traces/checkpoints)."""

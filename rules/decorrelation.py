@@ -53,6 +53,13 @@ def decorrelation_delta(xs, R, alpha: float):
     return M
 
 
+def _bound(xs) -> str:
+    """``2/λ_max = …`` of this batch, for messages (NaN or Inf inputs have none)."""
+    if not _kernels.all_finite(xs):
+        return "an unknown bound (the layer's inputs are not finite)"
+    return f"2/λ_max = {stability_limit(xs):.3g}"
+
+
 def stability_limit(xs) -> float:
     """``2 / λ_max`` of the off-diagonal second moment: the largest stable α for this batch."""
     lam = np.abs(np.linalg.eigvalsh(to_numpy(offdiag_moment(xs)).astype(np.float64))).max()
@@ -68,6 +75,32 @@ def check_decorrelation(R, xs, alpha: float, layer: int, limit: float = 1e3) -> 
     if not np.isfinite(big) or big > limit:
         raise DivergenceError(
             f"decorrelation of layer {layer} diverged (max |R| = {big:.3g}) with alpha={alpha:g}; "
-            f"this batch is stable only for alpha < 2/λ_max = {stability_limit(xs):.3g}. "
+            f"this batch is stable only for alpha < {_bound(xs)}. "
             "Lower alpha; the network keeps its last good state"
         )
+
+
+def update_decorrelation(net, inputs, alpha: float, limit: float = 1e3) -> None:
+    """``R_l ← R_l + ΔR_l`` on every layer (``ΔR_l`` of :func:`decorrelation_delta` for the
+    decorrelated inputs ``inputs[l]``), all layers or none.
+
+    The new matrix is formed in ΔR's own buffer, and one pass over it (``max |R|``, which is
+    ``inf`` for NaN or Inf) is both the finiteness check and the divergence check of
+    :func:`check_decorrelation`: no n×n array beyond ΔR, no separate pass for either check.
+    Raises :class:`DivergenceError` (naming α and its stable bound) before anything changes.
+    """
+    new = []
+    for l in range(net.n_layers):
+        R = net.decorrelation(l)
+        M = decorrelation_delta(inputs[l], R, alpha)
+        M += R
+        big = _kernels.max_abs(M)
+        if not np.isfinite(big) or big > limit:
+            raise DivergenceError(
+                f"decorrelation of layer {l} diverged (max |R| = {big:.3g}) with alpha={alpha:g}; "
+                f"this batch is stable only for alpha < {_bound(inputs[l])}. "
+                "Lower alpha; the network keeps its last good state"
+            )
+        new.append(M)
+    for l, M in enumerate(new):
+        net.set_decorrelation(l, M)

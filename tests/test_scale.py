@@ -199,3 +199,37 @@ def test_peak_memory_of_an_estimate_under_a_budget_does_not_grow_with_k():
     small, big, free = peak(2, 4e6), peak(24, 4e6), peak(24, 1e12)
     assert big < 1.5 * small, (small, big)
     assert free > 4 * big, (big, free)
+
+
+# -- the decorrelation update -----------------------------------------------------------------------------
+@pytest.mark.parametrize("B", [8, 40])                     # B < n (factored) and B ≥ n (moment first)
+def test_the_folded_decorrelation_update_equals_check_then_add(B):
+    """``update_decorrelation`` (ΔR formed in place, R + ΔR in ΔR's buffer, one max|R| pass for
+    both checks) gives the bits of ``decorrelation_delta`` + ``check_decorrelation`` + ``R + ΔR``;
+    a diverging update raises naming the stable bound and changes no layer."""
+    from noisesim.errors import DivergenceError
+    from rules.decorrelation import check_decorrelation, decorrelation_delta, update_decorrelation
+
+    r = np.random.default_rng(4)
+    nets = [_setup(sizes=(12, 20, 20, 5))[0] for _ in range(2)]
+    Rs = [(np.eye(n) + 0.05 * r.standard_normal((n, n))).astype(np.float32) for n in nets[0].sizes[:-1]]
+    for net in nets:
+        for l, R in enumerate(Rs):
+            net.set_decorrelation(l, R.copy())
+    xs = [r.standard_normal((B, n)).astype(np.float32) for n in nets[0].sizes[:-1]]
+    a, b = nets
+    d = [decorrelation_delta(xs[l], a.decorrelation(l), 1e-2) for l in range(a.n_layers)]
+    for l in range(a.n_layers):
+        check_decorrelation(a.decorrelation(l) + d[l], xs[l], 1e-2, l)
+        a.apply_decorrelation_update(l, d[l])
+    update_decorrelation(b, xs, 1e-2)
+    for l in range(a.n_layers):
+        np.testing.assert_array_equal(a.decorrelation(l), b.decorrelation(l))
+    before = [b.decorrelation(l).copy() for l in range(b.n_layers)]
+    xs[1] = xs[1] * 1e4                                    # layer 1 diverges at this α
+    with pytest.raises(DivergenceError, match="layer 1 diverged.*alpha < 2/λ_max"):
+        update_decorrelation(b, xs, 1e-2)
+    for l in range(b.n_layers):
+        np.testing.assert_array_equal(b.decorrelation(l), before[l])
+    with pytest.raises(DivergenceError, match="layer 0 diverged"):
+        update_decorrelation(b, [np.full_like(xs[0], np.nan)] + xs[1:], 1e-2)
