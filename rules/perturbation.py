@@ -15,6 +15,11 @@ the options they share and the pass layouts:
       ``2σ²`` (Cho et al. 2011): NP's best case with a noisy baseline.
 ``samples``
     K perturbations averaged per update (the paper's resampling); passes scale with K.
+    The passes of one estimate are one stack (:meth:`noisesim.network.Network.stack`: layer
+    0's GEMM once for all of them), run in parts of as many samples as fit the rule's
+    ``memory_budget`` (bytes, default :data:`MEMORY_BUDGET`); the parts draw the noise of
+    the whole stack and the sums are formed sample by sample (:class:`Contraction`), so the
+    estimate is the same, bit for bit, whatever the budget.
 
 What the clean baseline means for the rules that *inject* (NP, INP, WP): on a device
 whose intrinsic node noise is always on, the ``clean`` switch gates that noise for a whole
@@ -144,27 +149,6 @@ def parts(K: int, chunk: int):
 def concat(xp, pieces):
     """``pieces`` joined along the first axis (the one piece itself when there is one)."""
     return pieces[0] if len(pieces) == 1 else xp.concatenate(pieces, axis=0)
-
-
-def known_layout(baseline: str, K: int):
-    """Pass layout of an injecting rule: ``(P, clean flags, first, second, ref)``.
-
-    ``first[k]`` is the pass carrying perturbation ``ε⁽¹⁾_k``, ``second[k]`` the reference
-    pass of sample k (carrying ``ε⁽²⁾_k`` for ``"noisy-known"``), ``ref`` the pass whose
-    loss and inputs the estimate reports.
-    """
-    if baseline == "clean":
-        return K + 1, [True] * (K + 1), list(range(1, K + 1)), [0] * K, 0
-    first, second = list(range(0, 2 * K, 2)), list(range(1, 2 * K, 2))
-    return 2 * K, None, first, second, 1
-
-
-def injection(xp, dtype, P: int, B: int, n: int, rows: dict):
-    """A ``(P, B, n)`` injection holding ``rows[p]`` in pass ``p`` and zeros elsewhere."""
-    out = xp.zeros((P, B, n), dtype=dtype)
-    for p, v in rows.items():
-        out[p] = v
-    return out
 
 
 def check_sigma(name: str, sigma) -> float:
