@@ -107,18 +107,20 @@ class ActivityNodePerturbation(PerturbationRule):
         ref = None
         # clean: every sample compares with the one reference; noisy: only the network input is shared
         shared = [clean or l == 0 for l in range(net.n_layers)]
+        own = (lambda a: a.copy()) if chunk < K else (lambda a: a)    # parts must not keep views of a part
         for k0, k1 in parts(K, chunk):
             p = st.run(0 if k0 == 0 else head + per * k0, head + per * k1)
             L = self.loss.per_sample(p.out, t)
             if k0 == 0:      # the reporting pass: the clean reference, or the first pair's second pass
                 r = 0 if clean else 1
-                ref = (L[r], [xi[r] for xi in p.inputs], p.out[r])
+                ref = (own(L[r]), [own(xi[r]) for xi in p.inputs], own(p.out[r]))   # not views: parts free their passes
             if clean:
                 s = head if k0 == 0 else 0
                 dL = L[s:] - ref[0]
                 if k0 == 0:
-                    a0 = [a[0] for a in p.pre]
-                    xs = [xi[:1] for xi in p.inputs]
+                    a0 = [own(a[0]) for a in p.pre]
+                    xs_ref = [own(xi[:1]) for xi in p.inputs]
+                xs = xs_ref
                 da = [a[s:] - r0 for a, r0 in zip(p.pre, a0)]
             else:
                 dL = L[0::2] - L[1::2]
@@ -130,7 +132,7 @@ class ActivityNodePerturbation(PerturbationRule):
                 for l in range(net.n_layers):
                     rec["da"][l].append(da[l])
                     rec["inputs"][l].append(xs[l])
-            del p, da
+            del p, L, dL, da, xs          # before the next part: these hold its passes
         updates = acc.result(K * B)
         if keep:
             record = {"dL": concat(xp, rec["dL"]), "da": [concat(xp, d) for d in rec["da"]],

@@ -95,6 +95,7 @@ class IterativeNodePerturbation(InjectingRule):
         rec = {"dL": [], "eps": [[] for _ in range(L_)], "inputs": [[] for _ in range(L_)]}
         ref = None
         shared = [clean or l == 0 for l in range(L_)]
+        own = (lambda a: a.copy()) if chunk < K else (lambda a: a)    # parts must not keep views of a part
         for k0, k1 in parts(K, chunk):
             k = k1 - k0
             eps = draw_samples(rng, k, shapes, self.sigma)[0]
@@ -111,9 +112,9 @@ class IterativeNodePerturbation(InjectingRule):
             del inject
             Ls = self.loss.per_sample(p.out, t)
             if k0 == 0:
-                ref = (Ls[0], [xi[0] for xi in p.inputs], p.out[0])
+                ref = (own(Ls[0]), [own(xi[0]) for xi in p.inputs], own(p.out[0]))   # not views: parts free their passes
                 if clean:
-                    xs_ref = [xi[:1] for xi in p.inputs]
+                    xs_ref = [own(xi[:1]) for xi in p.inputs]
             Lk = Ls[off:].reshape(k, per, B)
             if clean:
                 dL = Lk - ref[0]                                     # (k, L, B)
@@ -127,7 +128,7 @@ class IterativeNodePerturbation(InjectingRule):
                 for l in range(L_):
                     rec["eps"][l].append(eps[l])
                     rec["inputs"][l].append(xs[l])
-            del p
+            del p, Ls, Lk, dL, xs, eps
         updates = acc.result(K * B)
         if keep:
             record = {"dL": concat(xp, rec["dL"]), "eps": [concat(xp, e) for e in rec["eps"]],

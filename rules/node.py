@@ -109,6 +109,7 @@ class NodePerturbation(InjectingRule):
                "inputs": [[] for _ in range(L_)]}
         ref = None
         shared = [clean or l == 0 for l in range(L_)]
+        own = (lambda a: a.copy()) if chunk < K else (lambda a: a)    # parts must not keep views of a part
         for k0, k1 in parts(K, chunk):
             k = k1 - k0
             drawn = draw_samples(rng, k, shapes, self.sigma, 2 if known2 else 1)
@@ -128,9 +129,9 @@ class NodePerturbation(InjectingRule):
             L = self.loss.per_sample(p.out, t)
             if k0 == 0:
                 r = 0 if clean else 1
-                ref = (L[r], [xi[r] for xi in p.inputs], p.out[r])
+                ref = (own(L[r]), [own(xi[r]) for xi in p.inputs], own(p.out[r]))   # not views: parts free their passes
                 if clean:
-                    xs_ref = [xi[:1] for xi in p.inputs]
+                    xs_ref = [own(xi[:1]) for xi in p.inputs]
             if clean:
                 dL = L[off:] - ref[0]
                 xs = xs_ref
@@ -145,7 +146,7 @@ class NodePerturbation(InjectingRule):
                     if known2:
                         rec["eps2"][l].append(eps2[l])
                     rec["inputs"][l].append(xs[l])
-            del p
+            del p, L, dL, xs, eps, eps2, drawn
         updates = acc.result(K * B)
         if keep:
             record = {"dL": concat(xp, rec["dL"]), "eps": [concat(xp, e) for e in rec["eps"]],

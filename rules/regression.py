@@ -118,13 +118,14 @@ class RegressionPerturbation(PerturbationRule):
         t = net.backend.asarray(t)
         st = stacked(net, x, S + 1, clean=clean)
         dLs, das = [], [[] for _ in range(net.n_layers)]
+        own = (lambda a: a.copy()) if chunk < S else (lambda a: a)    # parts must not keep views of a part
         for k0, k1 in parts(S, chunk):
             # the reference pass, then the copies, in parts (only δL and δa are kept)
             p = st.run(0 if k0 == 0 else 1 + k0, 1 + k1)
             L = self.loss.per_sample(p.out, t)
             s = 1 if k0 == 0 else 0
             if k0 == 0:
-                ref = (L[0], [a[0] for a in p.pre], [xi[0] for xi in p.inputs], p.out[0])
+                ref = (own(L[0]), [own(a[0]) for a in p.pre], [own(xi[0]) for xi in p.inputs], own(p.out[0]))
             dLs.append(L[s:] - ref[0])
             for l, a in enumerate(p.pre):
                 das[l].append(a[s:] - ref[1][l])

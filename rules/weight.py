@@ -95,6 +95,7 @@ class WeightPerturbation(InjectingRule):
         sums = [None] * net.n_layers
         rec = {"dL": [], "omega": [[] for _ in shapes], "omega2": [[] for _ in shapes]}
         ref = None
+        own = (lambda a: a.copy()) if chunk < K else (lambda a: a)    # parts must not keep views of a part
         for k0, k1 in parts(K, chunk):
             k = k1 - k0
             drawn = draw_samples(rng, k, shapes, self.sigma, 2 if known2 else 1)
@@ -114,7 +115,7 @@ class WeightPerturbation(InjectingRule):
             L = self.loss.per_sample(p.out, t)
             if k0 == 0:
                 r = 0 if clean else 1
-                ref = (L[r], [xi[r] for xi in p.inputs], p.out[r])
+                ref = (own(L[r]), [own(xi[r]) for xi in p.inputs], own(p.out[r]))   # not views: parts free their passes
             dL = L[off:] - ref[0] if clean else L[0::2] - L[1::2]
             _add_weight(sums, dL, omega, omega2)
             if keep:
@@ -123,7 +124,7 @@ class WeightPerturbation(InjectingRule):
                     rec["omega"][l].append(omega[l])
                     if known2:
                         rec["omega2"][l].append(omega2[l])
-            del p
+            del p, L, dL, omega, omega2, drawn
         updates = _scaled(sums, K, self.sigma, known2)
         if keep:
             record = {"dL": concat(xp, rec["dL"]), "omega": [concat(xp, o) for o in rec["omega"]]}
