@@ -36,15 +36,21 @@ from .base import Estimate, host_float
 from .perturbation import Contraction, PerturbationRule, concat, parts, record_inputs, stacked
 
 
-def _add_activity(acc, dL, da, xs, n_units: int, shared=None) -> None:
+def _add_activity(acc, dL, da, xs, n_units: int, shared=None, scratch: bool = False) -> None:
     """Add the ANP terms of the samples ``dL (k, B)``, ``da[l] (k, B, n_l)``, ``xs[l]`` to ``acc``
-    (``shared[l]``: see :meth:`Contraction.add`)."""
+    (``shared[l]``: see :meth:`Contraction.add`; ``scratch``: ``da`` is not needed afterwards
+    and may be overwritten)."""
     xp = get_array_module(dL)
     norm2 = sum((d * d).sum(axis=-1) for d in da)
     safe = xp.where(norm2 > 0, norm2, 1)
     c = xp.where(norm2 > 0, n_units * dL / safe, 0).astype(dL.dtype, copy=False)
     for l, (d, x) in enumerate(zip(da, xs)):
-        acc.add(l, c[..., None] * d, x, None if shared is None else shared[l])
+        if scratch:
+            d *= c[..., None]
+            G = d
+        else:
+            G = c[..., None] * d
+        acc.add(l, G, x, None if shared is None else shared[l])
 
 
 def activity_updates(dL, da, xs, n_units: int) -> list:
@@ -126,7 +132,7 @@ class ActivityNodePerturbation(PerturbationRule):
                 dL = L[0::2] - L[1::2]
                 da = [a[0::2] - a[1::2] for a in p.pre]
                 xs = [xi[1::2] for xi in p.inputs]
-            _add_activity(acc, dL, da, xs, n_units, shared)
+            _add_activity(acc, dL, da, xs, n_units, shared, scratch=not keep)
             if keep:
                 rec["dL"].append(dL)
                 for l in range(net.n_layers):
