@@ -15,7 +15,9 @@ measured in one run (contenders interleaved):
             (:class:`TorchDANP`: both passes stacked with ``torch.cat``, node noise from
             ``torch.randn_like``, the decorrelation update factored as noisesim's), on the
             network above and on 784 → 256 → 256 → 256 → 10 at batch 100. Skipped when torch is
-            not installed (``pip install torch``).
+            not installed (``pip install torch``). Both use as many threads as NumPy's BLAS;
+            ``OPENBLAS_NUM_THREADS=1`` compares them on one core each, free of two thread
+            pools spinning against each other.
 
     python benchmarks/bench_resampling.py [--figures memory,k,gemm,torch] [--repeats 5]
 
@@ -62,15 +64,18 @@ def timed(fn):
     return time.perf_counter() - t0
 
 
-def interleave(contenders: dict, repeats: int, block: int = 1) -> dict:
-    """Median seconds per call of each contender, called in turn ``block`` times each."""
+def interleave(contenders: dict, repeats: int, block: int = 1, skip: int = 0) -> dict:
+    """Median seconds per call of each contender, called in turn ``block`` times each; the first
+    ``skip`` calls of each block are not counted (another thread pool may still be spinning)."""
     times = {k: [] for k in contenders}
     for fn in contenders.values():
         fn()                                           # warm-up
     for _ in range(repeats):
         for k, fn in contenders.items():
-            for _ in range(block):
-                times[k].append(timed(fn))
+            for i in range(block):
+                s = timed(fn)
+                if i >= skip:
+                    times[k].append(s)
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -205,13 +210,17 @@ def fig_gemm(repeats):
 
 
 def fig_torch(repeats):
-    print("\n[torch] noisesim DANP step ÷ plain PyTorch DANP step (interleaved in blocks of 3)")
+    print("\n[torch] noisesim DANP step ÷ plain PyTorch DANP step (interleaved)")
     try:
         import torch
     except ImportError:
         print("torch is not installed: skipped (pip install torch)")
         return None
-    torch.set_num_threads(os.cpu_count() or 1)
+    # as many threads as NumPy's BLAS (OPENBLAS_NUM_THREADS=1 runs both on one core: no two
+    # thread pools competing, the cleanest comparison on a busy machine)
+    threads = int(os.environ.get("OPENBLAS_NUM_THREADS", os.cpu_count() or 1))
+    torch.set_num_threads(threads)
+    print(f"threads: {threads} (torch and NumPy's BLAS); blocks of 4 calls, the first of each not counted")
     res = {}
     for sizes, B in ((SIZES, BATCH), (SMALL, SMALL_BATCH)):
         x, t = problem(sizes, B)
@@ -219,7 +228,7 @@ def fig_torch(repeats):
         ref = torch_danp(sizes, B)
         xt, tt = torch.from_numpy(x), torch.from_numpy(t)
         med = interleave({"noisesim": lambda: rule.step(net, x, t), "torch": lambda: ref.step(xt, tt)},
-                         repeats, block=3)
+                         repeats, block=4, skip=1)
         res[str(sizes)] = med["noisesim"] / med["torch"]
         print(f"{sizes} batch {B}: noisesim {med['noisesim'] * 1e3:.1f} ms, torch {med['torch'] * 1e3:.1f} ms: "
               f"{med['noisesim'] / med['torch']:.2f}× (below 1: noisesim faster)  [torch {torch.__version__}]")
