@@ -23,7 +23,7 @@ from .backend import Backend, Streams, get_backend, to_numpy
 from .config import DeviceConfig
 from .errors import AccessError, DivergenceError
 from .tile import Tile
-from . import _kernels, drift
+from . import _kernels, drift, threads
 
 
 @dataclass
@@ -180,6 +180,7 @@ class Network:
         p = self.forward_stacked(x, 1, purpose=purpose)
         return p[0]
 
+    @threads.sized
     def forward_stacked(self, x, passes: int, *, clean: Sequence[bool] | None = None,
                         inject: Sequence | None = None, purpose: str = "train") -> Pass:
         """``passes`` forward passes of one batch, one GEMM per layer for all of them.
@@ -465,8 +466,13 @@ class Stack:
         ``inject[l]``: the known perturbation of these passes, ``(stop − start, B, n_l)`` or
         ``(P, B, n_l)`` for the whole stack (needs ``inject``); ``omega[l]``: a known weight
         perturbation, ``(stop − start | P, n_out, n_in)`` (see
-        :meth:`Network.forward_weight_perturbed`).
+        :meth:`Network.forward_weight_perturbed`). BLAS threads are chosen for the batch size
+        (:func:`noisesim.threads.for_layers`) while it runs.
         """
+        with threads.for_layers(self.net.sizes, self.B):
+            return self._run(start, stop, inject, omega)
+
+    def _run(self, start, stop, inject, omega) -> Pass:
         net, xp, B = self.net, self.net.xp, self.B
         start, stop = int(start), int(stop)
         if not 0 <= start < stop <= self.P:

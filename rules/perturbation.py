@@ -151,6 +151,14 @@ def concat(xp, pieces):
     return pieces[0] if len(pieces) == 1 else xp.concatenate(pieces, axis=0)
 
 
+def intrinsic_sigma_error(name: str, sigma) -> str:
+    """Why an observing rule (ANP, regression) takes no ``sigma``, and how to set σ instead."""
+    return (f"{name} takes no sigma: its perturbation is the device's intrinsic node noise, which "
+            f"the rule neither sets nor reads. Set it on the device — "
+            f"DeviceConfig.preset('ideal', node_noise={sigma!r}) — or get the device and the rule "
+            f"in one line with rules.with_sigma({name!r}, {sigma!r})")
+
+
 def check_sigma(name: str, sigma) -> float:
     if not (isinstance(sigma, (int, float)) and np.isfinite(sigma) and sigma > 0):
         raise ValueError(f"{name}: sigma={sigma!r} is out of range; allowed range: (0, ∞)")
@@ -162,6 +170,27 @@ class PerturbationRule(Rule):
 
     Subclasses set ``baselines`` (the ones they support), ``injects`` (whether they need
     ``inject`` access) and implement ``estimate``/``updates_from_record``/``forward_passes``.
+
+    Parameters
+    ----------
+    baseline : {"clean", "noisy"} (injecting rules also "noisy-known")
+        The reference pass: noise-gated (needs ``clean``), an ordinary noisy pass, or a
+        second pass with its own known perturbation (see the module docstring).
+    samples : int
+        K perturbations averaged per update (the paper's resampling; passes scale with K).
+    memory_budget : float, optional
+        Bytes the stacked passes of one estimate may hold at once (default
+        :data:`MEMORY_BUDGET`, 1 GiB). K samples beyond it run in parts with the same noise
+        and the same update, bit for bit; more memory means fewer, larger GEMMs. A resource,
+        not a result: it is not part of :meth:`config`.
+    record : bool, optional
+        What ``Estimate.record`` holds: ``None`` (default) the full record when all K samples
+        fit into one part, else the summed update (``updates``); ``True`` always the full
+        record (its memory grows with K); ``False`` always the summed update. Not part of
+        :meth:`config` either.
+    **kw
+        The options of :class:`rules.base.Rule` (``lr``, ``optimizer``, ``loss``…).
+
     """
 
     baselines: tuple = ("clean", "noisy")
@@ -169,6 +198,8 @@ class PerturbationRule(Rule):
 
     def __init__(self, *, baseline: str = "noisy", samples: int = 1, memory_budget: float | None = None,
                  record: bool | None = None, **kw):
+        if "sigma" in kw and not self.injects:
+            raise TypeError(intrinsic_sigma_error(self.name, kw["sigma"]))
         super().__init__(**kw)
         if baseline not in self.baselines:
             raise ValueError(f"{self.name}: baseline={baseline!r} is not known; allowed: {list(self.baselines)}")
@@ -223,7 +254,13 @@ class PerturbationRule(Rule):
 
 class InjectingRule(PerturbationRule):
     """A perturbation rule that injects known Gaussian perturbations of std ``sigma``
-    (needs ``inject`` access; paper: σ = 1e-3, σ² = 1e-6)."""
+    (needs ``inject`` access; paper: σ = 1e-3, σ² = 1e-6).
+
+    Parameters
+    ----------
+    sigma : float
+        Std of the injected perturbation ε (> 0). The device's own node noise is set on the
+        device; :func:`rules.with_sigma` sets both to one σ."""
 
     needs = ("observe", "inject")
     injects = True
