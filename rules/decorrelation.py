@@ -87,7 +87,8 @@ def update_decorrelation(net, inputs, alpha: float, limit: float = 1e3) -> None:
     The new matrix is formed in ΔR's own buffer, and one pass over it (``max |R|``, which is
     ``inf`` for NaN or Inf) is both the finiteness check and the divergence check of
     :func:`check_decorrelation`: no n×n array beyond ΔR, no separate pass for either check.
-    Raises :class:`DivergenceError` (naming α and its stable bound) before anything changes.
+    Raises :class:`DivergenceError` (naming α and its stable bound; its ``layer`` attribute
+    is the layer) before anything changes.
     """
     new = []
     for l in range(net.n_layers):
@@ -96,11 +97,13 @@ def update_decorrelation(net, inputs, alpha: float, limit: float = 1e3) -> None:
         M += R
         big = _kernels.max_abs(M)
         if not np.isfinite(big) or big > limit:
-            raise DivergenceError(
+            err = DivergenceError(
                 f"decorrelation of layer {l} diverged (max |R| = {big:.3g}) with alpha={alpha:g}; "
                 f"this batch is stable only for alpha < {_bound(inputs[l])}. "
                 "Lower alpha; the network keeps its last good state"
             )
+            err.layer = l                     # for a caller that names the layer its own way
+            raise err
         new.append(M)
     for l, M in enumerate(new):
         net.set_decorrelation(l, M)

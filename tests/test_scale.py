@@ -227,8 +227,9 @@ def test_the_folded_decorrelation_update_equals_check_then_add(B):
         np.testing.assert_array_equal(a.decorrelation(l), b.decorrelation(l))
     before = [b.decorrelation(l).copy() for l in range(b.n_layers)]
     xs[1] = xs[1] * 1e4                                    # layer 1 diverges at this α
-    with pytest.raises(DivergenceError, match="layer 1 diverged.*alpha < 2/λ_max"):
+    with pytest.raises(DivergenceError, match="layer 1 diverged.*alpha < 2/λ_max") as e:
         update_decorrelation(b, xs, 1e-2)
+    assert e.value.layer == 1
     for l in range(b.n_layers):
         np.testing.assert_array_equal(b.decorrelation(l), before[l])
     with pytest.raises(DivergenceError, match="layer 0 diverged"):
