@@ -272,16 +272,11 @@ def _why(exc) -> str:
 
 def _close(writer, status: str) -> None:
     """Close the trace; after an interruption mark it so and let the original error through."""
-    import inspect
-
     if status == "complete":
         writer.close()
         return
     try:
-        if "status" in inspect.signature(writer.close).parameters:
-            writer.close(status=status)
-        else:   # a writer without an interrupted state: close it as it is
-            writer.close()
+        writer.close(status=status)
     except Exception as exc:   # the run's own error is the one to report
         log.warning("closing the trace %s: %s", writer.path, exc)
 

@@ -224,6 +224,25 @@ def test_an_interrupted_trace_is_closed_as_interrupted(tmp_path, small, monkeypa
     assert closed == ["interrupted", "complete"]
 
 
+def test_ctrl_c_leaves_a_trace_that_says_interrupted_and_keeps_its_steps(tmp_path, small, monkeypatch):
+    rule = rules.make("danp", baseline="noisy")
+    calls = {"n": 0}
+    estimate = rule.estimate
+
+    def est(net, x, t):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return estimate(net, x, t)
+    monkeypatch.setattr(rule, "estimate", est)
+    with pytest.raises(KeyboardInterrupt):
+        scenarios.train(_net(), rule, small, epochs=1, batch_size=32, progress=False, trace=tmp_path / "t.h5")
+    with noisesim.trace.open_trace(tmp_path / "t.h5") as tr:
+        assert tr.status == "interrupted" and len(tr) == 3
+    info = noisesim.trace.info(tmp_path / "t.h5")
+    assert info["status"] == "interrupted" and not info["complete"]
+
+
 def test_a_trace_write_error_stops_the_run_with_one_message_and_the_results_are_written(tmp_path, monkeypatch,
                                                                                          capsys):
     out = tmp_path / "o"
