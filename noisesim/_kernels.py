@@ -229,13 +229,15 @@ def _epilogue_ser(a, out, zr, rs, zn, ns, inj, post, gain, has_r, has_n, has_inj
 
 @numba.njit(cache=True, inline="always", error_model="numpy")
 def _keyed_row(a, out, i, rkey, rs, nkey, ns, inj, post, g, has_r, has_n, has_inj, has_post, acc,
-               mode, half, s, b, w, zr, zn, bits, tail):
+               mode, half, s, b, w, zr, zn, bits, tail, row0):
     # the epilogue with its Gaussian noise drawn in place (see noisesim._rng_numba); w, zr,
-    # zn and bits are row scratch (zr, zn stay zero when their noise is off)
+    # zn and bits are row scratch (zr, zn stay zero when their noise is off). Row i draws the
+    # normals of row ``row0 + i`` of its key: a stack of passes read in several calls with
+    # the same keys gets the noise one call would have drawn
     if has_r:
-        _fill_row(zr, bits, tail, rkey, i)
+        _fill_row(zr, bits, tail, rkey, row0 + i)
     if has_n:
-        _fill_row(zn, bits, tail, nkey, i)
+        _fill_row(zn, bits, tail, nkey, row0 + i)
     one, zero_ = a.dtype.type(1.0), a.dtype.type(0.0)
     _tail_row(a, out, i, w, zr, rs[i] if has_r else zero_, zn, ns[i] if has_n else zero_, inj, has_inj, g,
               post[i] if has_post else one, acc, mode, half, s, b)
@@ -249,22 +251,22 @@ def _keyed_scratch(n, dtype):
 
 @numba.njit(cache=True, parallel=True, error_model="numpy")
 def _keyed_par(a, out, rkey, rs, nkey, ns, inj, post, gain, has_r, has_n, has_inj, has_post, acc,
-               mode, half, step, bound):
+               mode, half, step, bound, row0=0):
     s, b, g = a.dtype.type(step), a.dtype.type(bound), a.dtype.type(gain)
     for i in numba.prange(a.shape[0]):
         w, zr, zn, bits, tail = _keyed_scratch(a.shape[1], a.dtype)
         _keyed_row(a, out, i, rkey, rs, nkey, ns, inj, post, g, has_r, has_n, has_inj, has_post, acc,
-                   mode, half, s, b, w, zr, zn, bits, tail)
+                   mode, half, s, b, w, zr, zn, bits, tail, row0)
 
 
 @numba.njit(cache=True, error_model="numpy")
 def _keyed_ser(a, out, rkey, rs, nkey, ns, inj, post, gain, has_r, has_n, has_inj, has_post, acc,
-               mode, half, step, bound):
+               mode, half, step, bound, row0=0):
     s, b, g = a.dtype.type(step), a.dtype.type(bound), a.dtype.type(gain)
     w, zr, zn, bits, tail = _keyed_scratch(a.shape[1], a.dtype)
     for i in range(a.shape[0]):
         _keyed_row(a, out, i, rkey, rs, nkey, ns, inj, post, g, has_r, has_n, has_inj, has_post, acc,
-                   mode, half, s, b, w, zr, zn, bits, tail)
+                   mode, half, s, b, w, zr, zn, bits, tail, row0)
 
 
 @numba.njit(cache=True, inline="always", error_model="numpy")
@@ -371,11 +373,11 @@ def _epilogue_cupy(a, out, zr, rs, zn, ns, inj, post, gain, has_r, has_n, has_in
 
 
 def _keyed_cupy(a, out, rkey, rs, nkey, ns, inj, post, gain, has_r, has_n, has_inj, has_post, acc,
-                mode, half, step, bound):
+                mode, half, step, bound, row0=0):
     from . import _kernels_cuda
 
     _kernels_cuda.keyed_epilogue(a, out, rkey, rs, nkey, ns, inj, post, gain, has_r, has_n, has_inj, has_post,
-                                 acc, mode, half, step, bound)
+                                 acc, mode, half, step, bound, row0)
 
 
 def _pulsed_cupy(gp, gm, d, r, z, dws, bp, bm, tprog, w, w_scale, now, dw_min, asym, c2c):
@@ -457,6 +459,24 @@ def all_finite(x) -> bool:
     return bool(_max_magnitude_bits(x.view(ints), ints.type(np.iinfo(ints).max)) < inf)
 
 
+def max_abs(x) -> float:
+    """``max |x|`` over every element in one pass without a copy (NaN or Inf: ``inf``).
+
+    On the CPU the integer-bits pass of :func:`all_finite` (NaN's bits order above Inf's).
+    """
+    xp = get_array_module(x)
+    if x.size == 0:
+        return 0.0
+    if _path(x) == "cupy" or x.dtype.kind != "f" or x.dtype.itemsize not in (4, 8):
+        m = float(xp.abs(x).max())
+        return m if math.isfinite(m) else math.inf
+    x = np.ascontiguousarray(x).reshape(-1)
+    ints = np.dtype(f"int{8 * x.itemsize}")
+    m = _max_magnitude_bits(x.view(ints), ints.type(np.iinfo(ints).max))
+    v = float(np.array(m, ints).view(x.dtype))
+    return v if math.isfinite(v) else math.inf
+
+
 def dac_absmax(x, bits, bound, out=None, *, chunk=None):
     """Input scaling and DAC in one pass: ``(x̂, s, Σ_j x̂²)`` with ``s = max_j |x_ij|``.
 
@@ -486,7 +506,8 @@ def dac_absmax(x, bits, bound, out=None, *, chunk=None):
 
 
 def read_epilogue(a, *, read_z=None, read_std=None, node_z=None, node_std=None, inject=None,
-                  bits=None, bound=None, gain=1.0, post=None, out=None, read_rng=None, node_rng=None):
+                  bits=None, bound=None, gain=1.0, post=None, out=None, read_rng=None, node_rng=None,
+                  row0: int = 0):
     """``out (+)= ADC(gain · (a + read_std·z_r + node_std·z_n + inject)) · post``.
 
     ``read_std``, ``node_std`` and ``post`` are per-row arrays of shape ``(M,)``; ``inject``
@@ -497,7 +518,10 @@ def read_epilogue(a, *, read_z=None, read_std=None, node_z=None, node_std=None, 
     ``"unfused"``). ``gain`` (a scalar) maps
     the analog output onto the ADC's full scale and ``post`` maps the code back to
     pre-activation units. ``out=None`` works in place on ``a``; otherwise the result is
-    *added* to ``out`` (the digital partial sum over tiles). Returns the result array.
+    *added* to ``out`` (the digital partial sum over tiles). ``row0``: with keyed noise, row
+    ``i`` of ``a`` draws the normals of row ``row0 + i`` of the call's key, so the rows of one
+    stack read in several calls with the same keys get the noise of a single call. Returns the
+    result array.
     """
     if a.ndim != 2:
         raise ValueError(f"read_epilogue expects a 2-D array, got shape {a.shape}")
@@ -523,7 +547,7 @@ def read_epilogue(a, *, read_z=None, read_std=None, node_z=None, node_std=None, 
             read_rng.key() if has_r else np.uint64(0), read_std if has_r else e1,
             node_rng.key() if has_n else np.uint64(0), node_std if has_n else e1,
             inject if has_inj else e2, post if has_post else e1, float(gain),
-            has_r, has_n, has_inj, has_post, acc, mode, half, step, b,
+            has_r, has_n, has_inj, has_post, acc, mode, half, step, b, int(row0),
         )
         return out if acc else a
     _DISPATCH["epilogue"][path](

@@ -165,7 +165,7 @@ template <typename T>
 __device__ __forceinline__ void ns_keyed(const T* a, T* out, long long M, long long N,
                                          ns_u64 rkey, const T* rs, ns_u64 nkey, const T* ns,
                                          const T* inj, const T* post, T g, int flags, int mode,
-                                         T half, T s, T b)
+                                         T half, T s, T b, long long row0)
 {
     long long h = (N + 1) / 2;
     long long m = (long long)blockIdx.x * blockDim.x + threadIdx.x;
@@ -175,13 +175,13 @@ __device__ __forceinline__ void ns_keyed(const T* a, T* out, long long M, long l
         float zr0 = 0.0f, zr1 = 0.0f, zn0 = 0.0f, zn1 = 0.0f;
         T r = (T)0, q = (T)0, p = (T)1;
         if (flags & @HAS_R@) {
-            ns_u64 x = ns_hash(ns_row_state(rkey, (ns_u64)i), (ns_u64)m);
+            ns_u64 x = ns_hash(ns_row_state(rkey, (ns_u64)(row0 + i)), (ns_u64)m);
             zr0 = ns_normal(ns_lo(x));
             if (second) zr1 = ns_normal(ns_hi(x));
             r = rs[i];
         }
         if (flags & @HAS_N@) {
-            ns_u64 x = ns_hash(ns_row_state(nkey, (ns_u64)i), (ns_u64)m);
+            ns_u64 x = ns_hash(ns_row_state(nkey, (ns_u64)(row0 + i)), (ns_u64)m);
             zn0 = ns_normal(ns_lo(x));
             if (second) zn1 = ns_normal(ns_hi(x));
             q = ns[i];
@@ -196,17 +196,17 @@ __device__ __forceinline__ void ns_keyed(const T* a, T* out, long long M, long l
 extern "C" __global__ void noisesim_keyed_f32(const float* a, float* out, long long M, long long N,
                                               ns_u64 rkey, const float* rs, ns_u64 nkey, const float* ns,
                                               const float* inj, const float* post, float g, int flags,
-                                              int mode, float half, float s, float b)
+                                              int mode, float half, float s, float b, long long row0)
 {
-    ns_keyed<float>(a, out, M, N, rkey, rs, nkey, ns, inj, post, g, flags, mode, half, s, b);
+    ns_keyed<float>(a, out, M, N, rkey, rs, nkey, ns, inj, post, g, flags, mode, half, s, b, row0);
 }
 
 extern "C" __global__ void noisesim_keyed_f64(const double* a, double* out, long long M, long long N,
                                               ns_u64 rkey, const double* rs, ns_u64 nkey, const double* ns,
                                               const double* inj, const double* post, double g, int flags,
-                                              int mode, double half, double s, double b)
+                                              int mode, double half, double s, double b, long long row0)
 {
-    ns_keyed<double>(a, out, M, N, rkey, rs, nkey, ns, inj, post, g, flags, mode, half, s, b);
+    ns_keyed<double>(a, out, M, N, rkey, rs, nkey, ns, inj, post, g, flags, mode, half, s, b, row0);
 }
 
 // out (M, N) float32 <- the normals of row i for `key` (noisesim._rng_numba.fill_normal)
@@ -317,7 +317,7 @@ def _grid(M: int, N: int):
 
 
 def keyed_epilogue(a, out, rkey, rs, nkey, ns, inj, post, gain, has_r, has_n, has_inj, has_post, acc,
-                   mode, half, step, bound):
+                   mode, half, step, bound, row0=0):
     """The keyed read epilogue on CuPy arrays, the arguments of the Numba ``_keyed_ser``.
 
     ``a`` and ``out`` are C-contiguous ``(M, N)`` arrays (``out is a`` in place); the per-row
@@ -347,7 +347,7 @@ def keyed_epilogue(a, out, rkey, rs, nkey, ns, inj, post, gain, has_r, has_n, ha
     grid, block = _grid(M, N)
     fn(grid, block, (a, out, np.int64(M), np.int64(N), np.uint64(rkey), arg(rs, has_r), np.uint64(nkey),
                      arg(ns, has_n), arg(inj, has_inj), arg(post, has_post), t(gain), np.int32(flags),
-                     np.int32(mode), t(half), t(step), t(bound)))
+                     np.int32(mode), t(half), t(step), t(bound), np.int64(row0)))
 
 
 def fill_normal(out, key) -> None:

@@ -312,6 +312,36 @@ class Generator:
         return self._g.integers(low, high, size=shape)
 
 
+class KeyTape:
+    """The keys one stream gives a read, drawn on the first call and replayed on later ones.
+
+    A stack of passes read in several calls (to bound memory) draws each read's noise from
+    keys: the first call takes them from the stream (:meth:`Generator.key`) and records them,
+    later calls — after :meth:`rewind` — get the same keys back, and with the rows' offset in
+    the stack (``row0`` of the keyed epilogue) every row gets the noise one call would have
+    drawn. Array draws (``normal``, the unfused CuPy epilogue) go to the stream itself and are
+    not replayed.
+    """
+
+    __slots__ = ("gen", "keys", "pos")
+
+    def __init__(self, gen: "Generator"):
+        self.gen, self.keys, self.pos = gen, [], 0
+
+    def rewind(self) -> None:
+        self.pos = 0
+
+    def key(self) -> np.uint64:
+        if self.pos == len(self.keys):
+            self.keys.append(self.gen.key())
+        k = self.keys[self.pos]
+        self.pos += 1
+        return k
+
+    def normal(self, *args, **kw):
+        return self.gen.normal(*args, **kw)
+
+
 def _pcg_state(gen) -> dict:
     st = gen.bit_generator.state
     return {"bit_generator": st["bit_generator"], "state": int(st["state"]["state"]), "inc": int(st["state"]["inc"]),

@@ -194,50 +194,25 @@ class Network:
             layer left alone) added to the pre-activations before the ADC (needs ``inject``).
         purpose : {"train", "eval"}
             Which family of noise streams to draw from, so evaluation never shifts training.
+
+        The network input is the same in every pass, so layer 0's DAC and GEMM run once for
+        all passes; each pass still draws its own read, node and output noise.
+        ``inputs[0]`` of the result is a read-only view of that one input (``(P, B, n)``,
+        stride 0 along the passes). :meth:`stack` runs the same passes in parts.
         """
-        x = self._check_input(x)
-        P, B = int(passes), x.shape[0]
-        if P < 1:
-            raise ValueError(f"passes={passes!r} must be at least 1")
-        known = None
-        if inject is not None:
-            self.require("an injected perturbation", ["inject"])
-            if len(inject) != self.n_layers:
-                raise ValueError(f"inject has {len(inject)} entries for {self.n_layers} layers")
+        return self.stack(x, passes, clean=clean, purpose=purpose).run(0, int(passes), inject=inject)
 
-            def known(l, xs):
-                if inject[l] is None:
-                    return None
-                return self.backend.asarray(inject[l]).reshape(P * B, self.tiles[l].n_out)
-        return self._run_stacked(x, P, clean, known, purpose)
+    def stack(self, x, passes: int, *, clean: Sequence[bool] | None = None, purpose: str = "train") -> "Stack":
+        """A stack of ``passes`` forward passes of one batch ``x``, to be run in parts.
 
-    def _run_stacked(self, x, P: int, clean, known, purpose: str) -> Pass:
-        """The stacked forward shared by every public pass: ``known(l, x*)`` returns the known
-        term injected into layer ``l``'s pre-activations (or ``None``)."""
-        B, xp = x.shape[0], self.xp
-        gate = None
-        if clean is not None and any(clean):
-            self.require("a clean (noise-gated) pass", ["clean"])
-            if len(clean) != P:
-                raise ValueError(f"clean has {len(clean)} entries for {P} passes")
-            # per row of the stacked batch: 0 in a clean pass (each tile's read gates its own noise)
-            gate = xp.repeat(xp.asarray([0 if c else 1 for c in clean], dtype=self.dtype), B)
-        inputs, pre, post = [], [], []
-        for l, tile in enumerate(self.tiles):
-            R = self._R[l]
-            if l == 0:  # the network input is the same in every pass: decorrelate it once
-                x0 = x @ R.T if R is not None else x
-                xs = xp.tile(x0, (P, 1)) if P > 1 else x0
-            else:
-                xs = h @ R.T if R is not None else h
-            inj = known(l, xs) if known is not None else None
-            a = tile.read(xs, gate=gate, inject=inj, purpose=purpose,
-                          check_finite=l == 0 and self._first_read_checks_input())
-            h = self.act(l, a)
-            inputs.append(xs.reshape(P, B, -1))
-            pre.append(a.reshape(P, B, -1))
-            post.append(h.reshape(P, B, -1))
-        return Pass(inputs, pre, post, passes=P, stacked=True)
+        ``stack(x, P).run(a, b)`` returns passes ``a … b−1`` of the stack with exactly the noise
+        they have in ``forward_stacked(x, P)`` (and the same numbers when every part is run
+        once, in order: each layer's noise keys are drawn by the first part and replayed by the
+        others; on CuPy with ``NOISESIM_CUPY_EPILOGUE=unfused`` the parts draw their own noise).
+        Layer 0's GEMM runs once for all parts. Memory then grows with the part, not with
+        ``P``: what :mod:`rules` uses to average K samples within a memory budget.
+        """
+        return Stack(self, x, passes, clean, purpose)
 
     # -- device time (conductance drift) -------------------------------------------------------
     @property
@@ -302,15 +277,32 @@ class Network:
         tile.apply(self._check_delta("weight update", l, delta, (tile.n_out, tile.n_in)))
 
     def apply_decorrelation_update(self, l: int, delta) -> None:
-        """``R_l ← R_l + delta`` (digital)."""
+        """``R_l ← R_l + delta`` (digital).
+
+        One pass checks the new matrix for NaN/Inf (a non-finite ``delta`` shows there too,
+        and is then named); on failure ``R_l`` is unchanged.
+        """
         if self._R[l] is None:
             raise RuntimeError("decorrelation is off; call enable_decorrelation() first")
         R = self._R[l]
-        delta = self._check_delta("decorrelation update", l, delta, R.shape)
+        delta = self.backend.asarray(delta)
+        if delta.shape != R.shape:
+            raise ValueError(f"decorrelation update for layer {l} has shape {tuple(delta.shape)}, expected {R.shape}")
         new = R + delta
         if not _kernels.all_finite(new):
+            self._check_delta("decorrelation update", l, delta, R.shape)    # names a bad update
             raise DivergenceError(f"decorrelation matrix of layer {l} overflowed; state kept")
         self._R[l] = new
+
+    def set_decorrelation(self, l: int, R) -> None:
+        """``R_l ← R`` (digital; a checked, finite matrix of ``R_l``'s shape and dtype, which
+        the network keeps: not copied)."""
+        if self._R[l] is None:
+            raise RuntimeError("decorrelation is off; call enable_decorrelation() first")
+        R = self.backend.asarray(R)
+        if R.shape != self._R[l].shape:
+            raise ValueError(f"decorrelation matrix for layer {l} has shape {tuple(R.shape)}, expected {self._R[l].shape}")
+        self._R[l] = R
 
     # -- state ------------------------------------------------------------------------------------
     def get_state(self) -> dict:
@@ -426,23 +418,117 @@ class Network:
         pass. The crossbar computes ``(W + Ω) x* = W x* + Ω x*``, so ``Ω x*`` enters each tile
         read as a known injected term before the ADC, with read and intrinsic noise on top —
         the conductances are never reprogrammed. ``clean`` gates intrinsic noise per pass.
+        :meth:`Stack.run` with ``omega=`` runs the same passes in parts.
         """
         self.require("a known weight perturbation", ["inject"])
         if len(omega) != self.n_layers:
             raise ValueError(f"omega has {len(omega)} entries for {self.n_layers} layers")
         P = next((int(o.shape[0]) for o in omega if o is not None), 1)
-        x = self._check_input(x)
-        B, xp = x.shape[0], self.xp
+        return self.stack(x, P, clean=clean, purpose=purpose).run(0, P, omega=omega)
 
-        def known(l, xs):
-            if omega[l] is None:
-                return None
-            tile = self.tiles[l]
-            om = self.backend.asarray(omega[l])
-            if om.shape != (P, tile.n_out, tile.n_in):
-                raise ValueError(f"omega[{l}] has shape {tuple(om.shape)}, expected {(P, tile.n_out, tile.n_in)}")
-            return (xs.reshape(P, B, -1) @ xp.swapaxes(om, 1, 2)).reshape(P * B, tile.n_out)
-        return self._run_stacked(x, P, clean, known, purpose)
+
+class Stack:
+    """``P`` forward passes of one batch, run in parts (:meth:`Network.stack`).
+
+    Holds what the parts share: the checked input, layer 0's decorrelated input and its
+    prepared read (DAC and GEMM, once for every pass), the clean flags and, per layer, the
+    noise keys the first part draws and later parts replay.
+    """
+
+    def __init__(self, net: Network, x, passes: int, clean, purpose: str):
+        self.net = net
+        x = net._check_input(x)
+        self.P, self.B = int(passes), x.shape[0]
+        if self.P < 1:
+            raise ValueError(f"passes={passes!r} must be at least 1")
+        self.purpose = purpose
+        self.flags = None
+        if clean is not None and any(clean):
+            net.require("a clean (noise-gated) pass", ["clean"])
+            if len(clean) != self.P:
+                raise ValueError(f"clean has {len(clean)} entries for {self.P} passes")
+            self.flags = [0 if c else 1 for c in clean]
+        R = net._R[0]
+        # the network input is the same in every pass: decorrelated, converted and multiplied once
+        self.x0 = x @ R.T if R is not None else x
+        self.first = net.tiles[0].prepare(self.x0, check_finite=net._first_read_checks_input())
+        self.keys = [dict() for _ in net.tiles]
+
+    def _gate(self, start: int, stop: int):
+        if self.flags is None or all(self.flags[start:stop]):
+            return None
+        xp = self.net.xp
+        return xp.repeat(xp.asarray(self.flags[start:stop], dtype=self.net.dtype), self.B)
+
+    def run(self, start: int, stop: int, *, inject: Sequence | None = None, omega: Sequence | None = None) -> Pass:
+        """Passes ``start … stop−1`` as a stacked :class:`Pass` (``passes = stop − start``).
+
+        ``inject[l]``: the known perturbation of these passes, ``(stop − start, B, n_l)`` or
+        ``(P, B, n_l)`` for the whole stack (needs ``inject``); ``omega[l]``: a known weight
+        perturbation, ``(stop − start | P, n_out, n_in)`` (see
+        :meth:`Network.forward_weight_perturbed`). BLAS threads are chosen for the batch size
+        (:func:`noisesim.threads.for_layers`) while it runs.
+        """
+        with threads.for_layers(self.net.sizes, self.B):
+            return self._run(start, stop, inject, omega)
+
+    def _run(self, start, stop, inject, omega) -> Pass:
+        net, xp, B = self.net, self.net.xp, self.B
+        start, stop = int(start), int(stop)
+        if not 0 <= start < stop <= self.P:
+            raise ValueError(f"passes {start}…{stop - 1} are not in a stack of {self.P}")
+        n = stop - start
+
+        def part(a, what, l):
+            a = net.backend.asarray(a)
+            if a.shape[0] == self.P and n != self.P:
+                a = a[start:stop]
+            if a.shape[0] != n:
+                raise ValueError(f"{what}[{l}] has {a.shape[0]} passes for {n} (passes {start}…{stop - 1})")
+            return a
+
+        known = None
+        if inject is not None:
+            net.require("an injected perturbation", ["inject"])
+            if len(inject) != net.n_layers:
+                raise ValueError(f"inject has {len(inject)} entries for {net.n_layers} layers")
+
+            def known(l, xs):
+                if inject[l] is None:
+                    return None
+                return part(inject[l], "inject", l).reshape(n * B, net.tiles[l].n_out)
+        elif omega is not None:
+            net.require("a known weight perturbation", ["inject"])
+            if len(omega) != net.n_layers:
+                raise ValueError(f"omega has {len(omega)} entries for {net.n_layers} layers")
+
+            def known(l, xs):
+                if omega[l] is None:
+                    return None
+                tile = net.tiles[l]
+                om = part(omega[l], "omega", l)
+                if om.shape[1:] != (tile.n_out, tile.n_in):
+                    raise ValueError(f"omega[{l}] has shape {tuple(om.shape)}, expected {(n, tile.n_out, tile.n_in)}")
+                return (xs.reshape(-1, B, tile.n_in) @ xp.swapaxes(om, 1, 2)).reshape(n * B, tile.n_out)
+
+        gate = self._gate(start, stop)
+        inputs, pre, post = [], [], []
+        for l, tile in enumerate(net.tiles):
+            if l == 0:
+                shared = xp.broadcast_to(self.x0, (n, *self.x0.shape))
+                xs, src = shared, self.first
+            else:
+                R = net._R[l]
+                xs = h @ R.T if R is not None else h
+                src = xs
+            inj = known(l, xs) if known is not None else None
+            a = tile.read(src, gate=gate, inject=inj, purpose=self.purpose, repeat=n if l == 0 else 1,
+                          row0=start * B, keys=self.keys[l], consume=l == 0 and self.P == 1)
+            h = net.act(l, a)
+            inputs.append(xs.reshape(n, B, -1))
+            pre.append(a.reshape(n, B, -1))
+            post.append(h.reshape(n, B, -1))
+        return Pass(inputs, pre, post, passes=n, stacked=True)
 
 
 def _check_state_header(state) -> dict:

@@ -41,7 +41,7 @@ import numpy as np
 import dataclasses
 
 from . import _kernels, conductance, drift, update
-from .backend import Backend, Streams, to_numpy
+from .backend import Backend, KeyTape, Streams, to_numpy
 from .config import DeviceConfig
 
 
@@ -329,11 +329,9 @@ class Tile:
             buf = self._dac_buf = self.xp.empty_like(like)
         return buf
 
-    def _analog(self, x, mat, chunk, *, read_rng, node_rng=None, node_std=None, gate=None,
-                inject=None, dac: bool = True, check_finite: bool = False):
-        """``x @ mat`` through DAC → analog MVM + noise → ADC, tiled along ``mat``'s rows."""
+    def _mvm(self, x, mat, chunk, *, dac: bool = True, check_finite: bool = False) -> "Prepared":
+        """The digital and analog front of a read: DAC, then ``x̂ @ mat`` per row tile."""
         c, xp = self.config, self.xp
-        wscale = self.w_max if self.mapped else 1.0
         s = sumsq = None
         if c.io_scaling == "abs_max":
             x, s, sumsq = _kernels.dac_absmax(x, c.in_bits if dac else None, c.in_bound if dac else None,
@@ -344,50 +342,75 @@ class Tile:
             raise ValueError("input contains NaN or Inf")
         elif dac and c.in_bound is not None:
             x = _kernels.convert(x, c.in_bits, c.in_bound)
+        K = mat.shape[0]
+        bounds = [(0, K)] if chunk is None or chunk >= K else [(k, min(k + chunk, K)) for k in range(0, K, chunk)]
+        parts, sq = [], []
+        for k, (lo, hi) in enumerate(bounds):
+            xk = x if len(bounds) == 1 else x[:, lo:hi]
+            parts.append(xk @ mat[lo:hi] if len(bounds) > 1 else xk @ mat)
+            if c.read_noise > 0:
+                sq.append(sumsq[:, k] if sumsq is not None else xp.einsum("ij,ij->i", xk, xk))
+        return Prepared(parts, s, sq, x.shape[0])
+
+    def _analog(self, prep: "Prepared", *, read_rng, node_rng=None, node_std=None, gate=None, inject=None,
+                repeat: int = 1, row0: int = 0, keep: bool = False):
+        """The analog tail of a read of ``prep`` (:meth:`_mvm`): noise, injection and ADC, per row
+        tile, the tiles' codes summed digitally. ``repeat`` passes share ``prep``'s rows (row
+        ``r·M + i`` of the result is pass ``r`` of input row ``i``), each with its own noise;
+        ``row0`` is the first row's index in the stack whose noise the keyed epilogue draws."""
+        c, xp = self.config, self.xp
+        wscale = self.w_max if self.mapped else 1.0
+        R = int(repeat)
+        rep = (lambda v: v) if R == 1 else (lambda v: xp.tile(v, R))
+        s = None if prep.s is None else rep(prep.s)
         gain, post = 1.0, None
         if s is not None:
             gain = 1.0 / wscale
             post = (s * (wscale * self._alpha)).astype(self.dtype, copy=False)
         elif self._alpha != 1.0:
-            post = xp.full(x.shape[0], self._alpha, dtype=self.dtype)
+            post = xp.full(prep.rows * R, self._alpha, dtype=self.dtype)
         # the output noise (units of x̂ @ mat, gated off on a clean pass) joins the read noise
         # below: both are independent Gaussians on every output of this read, so one draw
         # from the read stream with variance r² + o² has their sum's exact distribution
         out_var = None
         if c.out_noise > 0:
             o2 = (c.out_noise * wscale) ** 2
-            out_var = o2 * gate if gate is not None else xp.full(x.shape[0], o2, dtype=self.dtype)
+            out_var = o2 * gate if gate is not None else xp.full(prep.rows * R, o2, dtype=self.dtype)
         # per-row std of the intrinsic node noise in the same units
         nstd = None
         if node_std is not None:
             if node_rng is None:
                 raise ValueError("node_std was given without a node_rng stream to draw the node noise from")
-            nstd = xp.zeros(x.shape[0], self.dtype) + (node_std / s if s is not None else node_std)
+            nstd = xp.zeros(prep.rows * R, self.dtype) + (node_std / s if s is not None else node_std)
             nstd = nstd.astype(self.dtype, copy=False)
         if inject is not None and s is not None:
             inject = inject / s[:, None]
-        K = mat.shape[0]
-        bounds = [(0, K)] if chunk is None or chunk >= K else [(k, min(k + chunk, K)) for k in range(0, K, chunk)]
         out = None
-        for k, (lo, hi) in enumerate(bounds):
-            xk = x if len(bounds) == 1 else x[:, lo:hi]
-            a = xk @ mat[lo:hi] if len(bounds) > 1 else xk @ mat
+        for k, part in enumerate(prep.parts):
+            # passes sharing an input share its GEMM: its rows copied once per pass (the
+            # epilogue works in place), far cheaper than the GEMM they stand for
+            a = xp.tile(part, (R, 1)) if R > 1 else (part.copy() if keep else part)
             var = out_var
             if c.read_noise > 0:
-                sq = sumsq[:, k] if sumsq is not None else xp.einsum("ij,ij->i", xk, xk)
-                var = (c.read_noise * wscale) ** 2 * sq + (var if var is not None else 0)
+                var = (c.read_noise * wscale) ** 2 * rep(prep.sumsq[k]) + (var if var is not None else 0)
             read_std = xp.sqrt(var).astype(self.dtype, copy=False) if var is not None else None
             # the noise itself is drawn inside the kernel module, from these named streams
-            res = _kernels.read_epilogue(
+            out = _kernels.read_epilogue(
                 a, read_std=read_std, read_rng=read_rng if read_std is not None else None,
                 node_std=nstd, node_rng=node_rng if nstd is not None else None,
                 inject=inject if k == 0 else None, bits=c.out_bits, bound=c.out_bound,
-                gain=gain, post=post, out=out,
+                gain=gain, post=post, out=out, row0=row0,
             )
-            out = res
         return out
 
-    def read(self, x, *, gate=None, inject=None, purpose: str = "train", check_finite: bool = False):
+    def prepare(self, x, *, check_finite: bool = False) -> "Prepared":
+        """The part of a read of ``x`` that does not depend on the noise — the DAC and the GEMM
+        of each row tile — for :meth:`read` to finish once per pass (``repeat``) without
+        repeating it: passes that share an input share its GEMM."""
+        return self._mvm(x, self._w.T, self.config.tile_rows, check_finite=check_finite)
+
+    def read(self, x, *, gate=None, inject=None, purpose: str = "train", check_finite: bool = False,
+             repeat: int = 1, row0: int = 0, keys: dict | None = None, consume: bool = False):
         """Observed pre-activations for inputs ``x`` of shape ``(M, n_in)``.
 
         The read draws its own noise from the tile's streams ``read`` and ``node`` (prefixed
@@ -399,17 +422,44 @@ class Tile:
         first row-tile's output when tiled).
         ``check_finite``: raise ``ValueError`` on NaN or Inf in ``x`` before any noise is drawn
         (under ``io_scaling="abs_max"`` from the DAC's ``max|x|``, at no extra pass).
+
+        Stacks of passes (what :class:`noisesim.network.Stack` uses): ``x`` may be a
+        :meth:`prepare`-d read, finished here ``repeat`` times — ``repeat`` passes of the same
+        input, ``(repeat·M, n_out)`` rows, one GEMM for all of them, each pass with its own
+        noise (``gate`` and ``inject`` then have ``repeat·M`` rows). ``row0`` and ``keys`` (a
+        dict this read fills with a :class:`~noisesim.backend.KeyTape` per stream on its first
+        call and replays on later ones) let one stack be read in several calls with the noise
+        a single call would draw: row ``i`` of this call is row ``row0 + i`` of the stack.
+        ``consume``: the prepared read is not used again, so its GEMM output may be overwritten.
         """
+        prep = x if isinstance(x, Prepared) else None
+        rows = (prep.rows if prep is not None else x.shape[0]) * int(repeat)
         prefix = "" if purpose == "train" else f"{purpose}/"
+
+        def stream(name):
+            gen = self.streams.get(prefix + name)
+            if keys is None:
+                return gen
+            tape = keys.get(name)
+            if tape is None:
+                tape = keys[name] = KeyTape(gen)
+            tape.rewind()
+            return tape
+
         node_std = node_rng = None
         if self.config.node_noise > 0:
-            node_std = self.xp.full(x.shape[0], self.config.node_noise, dtype=self.dtype)
+            node_std = self.xp.full(rows, self.config.node_noise, dtype=self.dtype)
             if gate is not None:
                 node_std *= gate
-            node_rng = self.streams.get(prefix + "node")
-        return self._analog(x, self._w.T, self.config.tile_rows, read_rng=self.streams.get(prefix + "read"),
-                            node_rng=node_rng, node_std=node_std, gate=gate, inject=inject,
-                            check_finite=check_finite)
+            node_rng = stream("node")
+        read_rng = stream("read")
+        if prep is None:
+            prep = self.prepare(x, check_finite=check_finite)
+            keep = False
+        else:
+            keep = not consume
+        return self._analog(prep, read_rng=read_rng, node_rng=node_rng, node_std=node_std, gate=gate,
+                            inject=inject, repeat=repeat, row0=row0, keep=keep)
 
     def read_transposed(self, d):
         """A transposed read ``d W`` (``Wᵀ d`` per row) with read and output noise and the ADC,
@@ -418,5 +468,16 @@ class Tile:
         Tiled along the output dimension by ``tile_cols``; the DAC applies only under
         ``io_scaling="abs_max"`` (raw gradients are far below a forward DAC's range).
         """
-        return self._analog(d, self._w, self.config.tile_cols, read_rng=self.streams.get("backward"),
-                            dac=self.config.io_scaling == "abs_max")
+        prep = self._mvm(d, self._w, self.config.tile_cols, dac=self.config.io_scaling == "abs_max")
+        return self._analog(prep, read_rng=self.streams.get("backward"))
+
+
+class Prepared:
+    """A read's noise-free front (:meth:`Tile.prepare`): per row tile the GEMM output
+    ``parts[k]`` (``(M, n_out)``), the rows' DAC scale ``s`` (``None`` without input scaling)
+    and the ``Σ x̂²`` of each row tile (for the read noise)."""
+
+    __slots__ = ("parts", "s", "sumsq", "rows")
+
+    def __init__(self, parts, s, sumsq, rows):
+        self.parts, self.s, self.sumsq, self.rows = parts, s, sumsq, int(rows)

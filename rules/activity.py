@@ -37,14 +37,38 @@ checks the formula against ANP's average on a small network and this floor. (The
 upstream layers' noise in δa_l.)
 
 Record keys: ``dL (K, B)``; ``da`` — per layer ``(K, B, n_l)``; ``inputs`` — per layer
-``(K|1, B, n_{l−1})`` (1 when the K samples share a clean reference pass).
+``(K|1, B, n_{l−1})`` (1 when the K samples share their input: a clean reference pass, and
+the network input of layer 0). When K samples do not fit the memory budget in one part
+and ``record`` is not ``True``, the record holds the summed update instead: ``updates`` —
+per layer ``ΔW_l``.
+
+Cost: the passes are run as one stack (layer 0's GEMM once for all of them) in parts of as
+many samples as fit ``memory_budget``; every part draws the noise the whole stack would and
+the sums are formed sample by sample, so the estimate does not depend on the parts.
 """
 from __future__ import annotations
 
 from noisesim.backend import get_array_module
 
 from .base import Estimate, host_float
-from .perturbation import PerturbationRule, contract
+from .perturbation import Contraction, PerturbationRule, concat, parts, record_inputs, stacked
+
+
+def _add_activity(acc, dL, da, xs, n_units: int, shared=None, scratch: bool = False) -> None:
+    """Add the ANP terms of the samples ``dL (k, B)``, ``da[l] (k, B, n_l)``, ``xs[l]`` to ``acc``
+    (``shared[l]``: see :meth:`Contraction.add`; ``scratch``: ``da`` is not needed afterwards
+    and may be overwritten)."""
+    xp = get_array_module(dL)
+    norm2 = sum((d * d).sum(axis=-1) for d in da)
+    safe = xp.where(norm2 > 0, norm2, 1)
+    c = xp.where(norm2 > 0, n_units * dL / safe, 0).astype(dL.dtype, copy=False)
+    for l, (d, x) in enumerate(zip(da, xs)):
+        if scratch:
+            d *= c[..., None]
+            G = d
+        else:
+            G = c[..., None] * d
+        acc.add(l, G, x, None if shared is None else shared[l])
 
 
 def activity_updates(dL, da, xs, n_units: int) -> list:
@@ -61,11 +85,9 @@ def activity_updates(dL, da, xs, n_units: int) -> list:
     n_units : int
         N, the number of perturbed units.
     """
-    xp = get_array_module(dL)
-    norm2 = sum((d * d).sum(axis=-1) for d in da)
-    safe = xp.where(norm2 > 0, norm2, 1)
-    c = xp.where(norm2 > 0, n_units * dL / safe, 0).astype(dL.dtype, copy=False)
-    return [contract(c[..., None] * d, x) for d, x in zip(da, xs)]
+    acc = Contraction(len(da))
+    _add_activity(acc, dL, da, xs, n_units)
+    return acc.result(dL.shape[0] * dL.shape[1])
 
 
 class ActivityNodePerturbation(PerturbationRule):
@@ -77,6 +99,12 @@ class ActivityNodePerturbation(PerturbationRule):
         Reference pass: noise-gated (needs ``clean``) or a second noisy pass.
     samples : int
         Perturbations K averaged per update.
+    memory_budget : float, optional
+        Bytes the stacked passes may hold at once (default
+        ``rules.perturbation.MEMORY_BUDGET``, 1 GiB); K samples beyond it run in parts with
+        the same noise and the same update.
+    record : bool, optional
+        Keep the full record (see :meth:`PerturbationRule._plan`).
 
     Example
     -------
@@ -90,30 +118,62 @@ class ActivityNodePerturbation(PerturbationRule):
         return self.samples + 1 if self.baseline == "clean" else 2 * self.samples
 
     def estimate(self, net, x, t) -> Estimate:
-        K = self.samples
+        K, B, xp = self.samples, len(x), net.xp
+        clean = self.baseline == "clean"
+        head, per = (1, 1) if clean else (0, 2)
+        P = head + per * K
+        chunk, keep = self._plan(net, B, per)
         t = net.backend.asarray(t)
-        if self.baseline == "clean":
-            p = net.forward_stacked(x, K + 1, clean=[True] + [False] * K)
-            L = self.loss.per_sample(p.out, t)               # (K+1, B)
-            dL = L[1:] - L[0]
-            da = [a[1:] - a[0] for a in p.pre]
-            xs = [xi[:1] for xi in p.inputs]
-            ref = 0
+        st = stacked(net, x, P, clean=[True] + [False] * K if clean else None)
+        n_units = sum(net.sizes[1:])
+        acc = Contraction(net.n_layers)
+        rec = {"dL": [], "da": [[] for _ in range(net.n_layers)], "inputs": [[] for _ in range(net.n_layers)]}
+        ref = None
+        # clean: every sample compares with the one reference; noisy: only the network input is shared
+        shared = [clean or l == 0 for l in range(net.n_layers)]
+        own = (lambda a: a.copy()) if chunk < K else (lambda a: a)    # parts must not keep views of a part
+        for k0, k1 in parts(K, chunk):
+            p = st.run(0 if k0 == 0 else head + per * k0, head + per * k1)
+            L = self.loss.per_sample(p.out, t)
+            if k0 == 0:      # the reporting pass: the clean reference, or the first pair's second pass
+                r = 0 if clean else 1
+                ref = (own(L[r]), [own(xi[r]) for xi in p.inputs], own(p.out[r]))   # not views: parts free their passes
+            if clean:
+                s = head if k0 == 0 else 0
+                dL = L[s:] - ref[0]
+                if k0 == 0:
+                    a0 = [own(a[0]) for a in p.pre]
+                    xs_ref = [own(xi[:1]) for xi in p.inputs]
+                xs = xs_ref
+                da = [a[s:] - r0 for a, r0 in zip(p.pre, a0)]
+            else:
+                dL = L[0::2] - L[1::2]
+                da = [a[0::2] - a[1::2] for a in p.pre]
+                xs = [xi[1::2] for xi in p.inputs]
+            _add_activity(acc, dL, da, xs, n_units, shared, scratch=not keep)
+            if keep:
+                rec["dL"].append(dL)
+                for l in range(net.n_layers):
+                    rec["da"][l].append(da[l])
+                    rec["inputs"][l].append(xs[l])
+            del p, L, dL, da, xs          # before the next part: these hold its passes
+        updates = acc.result(K * B)
+        if keep:
+            record = {"dL": concat(xp, rec["dL"]), "da": [concat(xp, d) for d in rec["da"]],
+                      "inputs": [record_inputs(xp, xi, sh) for xi, sh in zip(rec["inputs"], shared)]}
         else:
-            p = net.forward_stacked(x, 2 * K)
-            L = self.loss.per_sample(p.out, t)               # (2K, B): pairs (2k, 2k+1)
-            dL = L[0::2] - L[1::2]
-            da = [a[0::2] - a[1::2] for a in p.pre]
-            xs = [xi[1::2] for xi in p.inputs]
-            ref = 1
-        record = {"dL": dL, "da": da, "inputs": xs}
-        return Estimate(self.updates_from_record(record), host_float(L[ref].mean()), p.passes,
-                        [xi[ref] for xi in p.inputs], p.out[ref], L[ref], record)
+            record = {"updates": updates}
+        Lr, xr, out = ref
+        return Estimate(updates, host_float(Lr.mean()), P, xr, out, Lr, record)
 
     def updates_from_record(self, record: dict) -> list:
-        """ANP updates from ``dL (K, B)``, ``da[l] (K, B, n_l)``, ``inputs[l] (K|1, B, n)``.
+        """ANP updates from ``dL (K, B)``, ``da[l] (K, B, n_l)``, ``inputs[l] (K|1, B, n)``
+        (or the summed ``updates`` of an estimate that kept no full record).
 
         N is the total number of perturbed units, read off the recorded shapes.
         """
+        if "updates" in record:
+            return [u.copy() for u in record["updates"]]
         n_units = sum(d.shape[-1] for d in record["da"])
         return activity_updates(record["dL"], record["da"], record["inputs"], n_units)
+

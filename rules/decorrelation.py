@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from noisesim import _kernels
 from noisesim.backend import get_array_module, to_numpy
 from noisesim.errors import DivergenceError
 
@@ -20,10 +21,15 @@ from noisesim.errors import DivergenceError
 def offdiag_moment(xs):
     """``⟨x xᵀ⟩ − diag⟨x²⟩`` over the batch (rows of ``xs``)."""
     xp = get_array_module(xs)
-    C = (xs.T @ xs) / xs.shape[0]
+    C = xs.T @ xs
+    C /= xs.shape[0]
     idx = xp.arange(C.shape[0])
     C[idx, idx] = 0
     return C
+
+
+# rows of R handled at once where ΔR needs ``diag(d) R``: a bounded temporary, never n×n
+_ROWS = 256
 
 
 def decorrelation_delta(xs, R, alpha: float):
@@ -31,13 +37,27 @@ def decorrelation_delta(xs, R, alpha: float):
 
     With fewer samples than inputs (``B < n``) it is computed as
     ``−α/B (x*ᵀ(x* R) − diag(Σ_b x*²) R)``: two ``B·n²`` products instead of ``B·n² + n³``.
+    Either way the only n×n arrays are the products the arithmetic needs (the moment, when
+    ``B ≥ n``, and ΔR itself): scaling and the diagonal term work in place.
     """
     B, n = xs.shape
     if B >= n:
-        return (-alpha) * (offdiag_moment(xs) @ R)
+        M = offdiag_moment(xs) @ R
+        M *= -alpha
+        return M
     M = xs.T @ (xs @ R)
-    M -= (xs * xs).sum(axis=0)[:, None] * R
-    return (-alpha / B) * M
+    d = (xs * xs).sum(axis=0)
+    for i in range(0, n, _ROWS):
+        M[i:i + _ROWS] -= d[i:i + _ROWS, None] * R[i:i + _ROWS]
+    M *= -alpha / B
+    return M
+
+
+def _bound(xs) -> str:
+    """``2/λ_max = …`` of this batch, for messages (NaN or Inf inputs have none)."""
+    if not _kernels.all_finite(xs):
+        return "an unknown bound (the layer's inputs are not finite)"
+    return f"2/λ_max = {stability_limit(xs):.3g}"
 
 
 def stability_limit(xs) -> float:
@@ -47,12 +67,43 @@ def stability_limit(xs) -> float:
 
 
 def check_decorrelation(R, xs, alpha: float, layer: int, limit: float = 1e3) -> None:
-    """Raise :class:`DivergenceError` when ``R`` has blown up, naming α and its stable bound."""
-    xp = get_array_module(R)
-    big = float(xp.abs(R).max())
+    """Raise :class:`DivergenceError` when ``R`` has blown up, naming α and its stable bound.
+
+    One pass over ``R`` (``max |R|``, NaN and Inf included), no copy of it.
+    """
+    big = _kernels.max_abs(R)
     if not np.isfinite(big) or big > limit:
         raise DivergenceError(
             f"decorrelation of layer {layer} diverged (max |R| = {big:.3g}) with alpha={alpha:g}; "
-            f"this batch is stable only for alpha < 2/λ_max = {stability_limit(xs):.3g}. "
+            f"this batch is stable only for alpha < {_bound(xs)}. "
             "Lower alpha; the network keeps its last good state"
         )
+
+
+def update_decorrelation(net, inputs, alpha: float, limit: float = 1e3) -> None:
+    """``R_l ← R_l + ΔR_l`` on every layer (``ΔR_l`` of :func:`decorrelation_delta` for the
+    decorrelated inputs ``inputs[l]``), all layers or none.
+
+    The new matrix is formed in ΔR's own buffer, and one pass over it (``max |R|``, which is
+    ``inf`` for NaN or Inf) is both the finiteness check and the divergence check of
+    :func:`check_decorrelation`: no n×n array beyond ΔR, no separate pass for either check.
+    Raises :class:`DivergenceError` (naming α and its stable bound; its ``layer`` attribute
+    is the layer) before anything changes.
+    """
+    new = []
+    for l in range(net.n_layers):
+        R = net.decorrelation(l)
+        M = decorrelation_delta(inputs[l], R, alpha)
+        M += R
+        big = _kernels.max_abs(M)
+        if not np.isfinite(big) or big > limit:
+            err = DivergenceError(
+                f"decorrelation of layer {l} diverged (max |R| = {big:.3g}) with alpha={alpha:g}; "
+                f"this batch is stable only for alpha < {_bound(inputs[l])}. "
+                "Lower alpha; the network keeps its last good state"
+            )
+            err.layer = l                     # for a caller that names the layer its own way
+            raise err
+        new.append(M)
+    for l, M in enumerate(new):
+        net.set_decorrelation(l, M)

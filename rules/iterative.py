@@ -15,27 +15,38 @@ Baselines (see :mod:`rules.perturbation`): ``"clean"`` gates intrinsic noise in 
 passes (needs ``clean`` + ``inject``) — the paper's INP; ``"noisy"`` gates nothing, so
 intrinsic noise of every layer, in both passes, adds variance to ``δL_l``.
 
+Passes: with ``"clean"`` the reference pass is noise-gated and the same for every sample,
+so it runs once: ``K·L + 1`` passes; with ``"noisy"`` every sample has its own noisy
+reference: ``K (L+1)``.
+
 Record keys: ``dL (K, L, B)``; ``eps`` — per layer ``(K, B, n_l)``, the ``v_l`` injected
-in pass l; ``inputs`` — per layer ``(K|1, B, n_{l−1})`` of the reference passes.
+in pass l (drawn sample by sample); ``inputs`` — per layer ``(K|1, B, n_{l−1})`` of the
+reference passes (1 where shared: the clean reference, layer 0); or ``updates`` (see
+:mod:`rules.activity`).
 """
 from __future__ import annotations
 
 from noisesim.backend import get_array_module
 
 from .base import Estimate, host_float
-from .perturbation import InjectingRule, contract, injection
+from .node import draw_samples
+from .perturbation import Contraction, InjectingRule, concat, parts, record_inputs, stacked
 
 
-def iterative_updates(dL, eps, xs) -> list:
-    """INP update directions ``⟨N_l δL_l v_l/‖v_l‖² x*ᵀ⟩`` per layer."""
+def _add_iterative(acc, dL, eps, xs, shared=None) -> None:
     xp = get_array_module(dL)
-    out = []
     for l, (v, x) in enumerate(zip(eps, xs)):
         n2 = (v * v).sum(axis=-1)                                # (K, B)
         safe = xp.where(n2 > 0, n2, 1)
         c = xp.where(n2 > 0, v.shape[-1] * dL[:, l] / safe, 0).astype(v.dtype, copy=False)
-        out.append(contract(c[..., None] * v, x))
-    return out
+        acc.add(l, c[..., None] * v, x, None if shared is None else shared[l])
+
+
+def iterative_updates(dL, eps, xs) -> list:
+    """INP update directions ``⟨N_l δL_l v_l/‖v_l‖² x*ᵀ⟩`` per layer."""
+    acc = Contraction(len(eps))
+    _add_iterative(acc, dL, eps, xs)
+    return acc.result(dL.shape[0] * dL.shape[2])
 
 
 class IterativeNodePerturbation(InjectingRule):
@@ -45,9 +56,12 @@ class IterativeNodePerturbation(InjectingRule):
     ----------
     baseline : {"clean", "noisy"}
     samples : int
-        Perturbations K per layer averaged per update; ``K (L+1)`` passes.
+        Perturbations K per layer averaged per update; ``K·L + 1`` passes with a clean
+        baseline (one clean reference serves every sample), ``K (L+1)`` with a noisy one.
     sigma : float
         Std of the injected perturbation.
+    memory_budget, record
+        As for :class:`rules.activity.ActivityNodePerturbation`.
 
     Example
     -------
@@ -57,26 +71,76 @@ class IterativeNodePerturbation(InjectingRule):
     name = "inp"
 
     def forward_passes(self, n_layers: int | None = None) -> int:
-        """``K (L+1)``; ``None`` when the depth is not given."""
-        return None if n_layers is None else self.samples * (n_layers + 1)
+        """``K·L + 1`` (clean baseline) or ``K (L+1)`` (noisy); ``None`` when the depth is not given."""
+        if n_layers is None:
+            return None
+        return self.samples * n_layers + 1 if self.baseline == "clean" else self.samples * (n_layers + 1)
+
+    def _record_floats(self, net) -> int:
+        return net.n_layers + sum(net.sizes[1:]) + sum(net.sizes[1:-1])
 
     def estimate(self, net, x, t) -> Estimate:
-        K, L, B = self.samples, net.n_layers, len(x)
-        G = L + 1                                                # passes per sample: ref + one per layer
-        P = K * G
+        K, L_, B, xp, dt = self.samples, net.n_layers, len(x), net.xp, net.dtype
+        clean = self.baseline == "clean"
+        # clean: one noise-gated reference, then per sample one pass per layer; noisy: per
+        # sample its own noisy reference and one pass per layer
+        head, per = (1, L_) if clean else (0, L_ + 1)
+        P = head + per * K
+        chunk, keep = self._plan(net, B, per)
         rng = net.random("inject")
-        eps = [rng.normal((K, B, n), self.sigma) for n in net.sizes[1:]]
-        inject = [injection(net.xp, net.dtype, P, B, n, {k * G + 1 + l: eps[l][k] for k in range(K)})
-                  for l, n in enumerate(net.sizes[1:])]
-        clean = [True] * P if self.baseline == "clean" else None
-        p = net.forward_stacked(x, P, clean=clean, inject=inject)
-        Ls = self.loss.per_sample(p.out, net.backend.asarray(t)).reshape(K, G, B)
-        dL = Ls[:, 1:] - Ls[:, :1]                               # (K, L, B)
-        xs = [xi.reshape(K, G, B, -1)[:, 0] for xi in p.inputs]  # reference inputs (K, B, n)
-        record = {"dL": dL, "eps": eps, "inputs": xs}
-        return Estimate(self.updates_from_record(record), host_float(Ls[0, 0].mean()), P,
-                        [xi[0] for xi in p.inputs], p.out[0], Ls[0, 0], record)
+        t = net.backend.asarray(t)
+        st = stacked(net, x, P, clean=[True] * P if clean else None)
+        shapes = [(B, n) for n in net.sizes[1:]]
+        acc = Contraction(L_)
+        rec = {"dL": [], "eps": [[] for _ in range(L_)], "inputs": [[] for _ in range(L_)]}
+        ref = None
+        shared = [clean or l == 0 for l in range(L_)]
+        own = (lambda a: a.copy()) if chunk < K else (lambda a: a)    # parts must not keep views of a part
+        for k0, k1 in parts(K, chunk):
+            k = k1 - k0
+            eps = draw_samples(rng, k, shapes, self.sigma)[0]
+            lo = 0 if k0 == 0 else head + per * k0
+            n = head + per * k1 - lo
+            off = head if k0 == 0 else 0
+            g = 0 if clean else 1                   # the perturbed passes of a sample start here
+            inject = []
+            for l, (b, m) in enumerate(shapes):
+                z = xp.zeros((n, b, m), dtype=dt)
+                z[off + g + l::per][:k] = eps[l]
+                inject.append(z)
+            p = st.run(lo, lo + n, inject=inject)
+            del inject
+            Ls = self.loss.per_sample(p.out, t)
+            if k0 == 0:
+                ref = (own(Ls[0]), [own(xi[0]) for xi in p.inputs], own(p.out[0]))   # not views: parts free their passes
+                if clean:
+                    xs_ref = [own(xi[:1]) for xi in p.inputs]
+            Lk = Ls[off:].reshape(k, per, B)
+            if clean:
+                dL = Lk - ref[0]                                     # (k, L, B)
+                xs = xs_ref
+            else:
+                dL = Lk[:, 1:] - Lk[:, :1]
+                xs = [xi[off:].reshape(k, per, B, -1)[:, 0] for xi in p.inputs]
+            _add_iterative(acc, dL, eps, xs, shared)
+            if keep:
+                rec["dL"].append(dL)
+                for l in range(L_):
+                    rec["eps"][l].append(eps[l])
+                    rec["inputs"][l].append(xs[l])
+            del p, Ls, Lk, dL, xs, eps
+        updates = acc.result(K * B)
+        if keep:
+            record = {"dL": concat(xp, rec["dL"]), "eps": [concat(xp, e) for e in rec["eps"]],
+                      "inputs": [record_inputs(xp, xi, sh) for xi, sh in zip(rec["inputs"], shared)]}
+        else:
+            record = {"updates": updates}
+        Lr, xr, out = ref
+        return Estimate(updates, host_float(Lr.mean()), P, xr, out, Lr, record)
 
     def updates_from_record(self, record: dict) -> list:
-        """INP updates from ``dL (K, L, B)``, ``eps[l] (K, B, n_l)``, ``inputs[l]``."""
+        """INP updates from ``dL (K, L, B)``, ``eps[l] (K, B, n_l)``, ``inputs[l]`` (or the
+        summed ``updates`` of an estimate that kept no full record)."""
+        if "updates" in record:
+            return [u.copy() for u in record["updates"]]
         return iterative_updates(record["dL"], record["eps"], record["inputs"])

@@ -17,6 +17,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numba
+import numpy as np
+
 OPTIMIZERS = ("adam", "sgd")
 
 
@@ -78,6 +81,18 @@ class Adam:
         lr_t = self.lr * math.sqrt(1 - b2**t) / (1 - b1**t)
         out = []
         for i, g in enumerate(grads):
+            if _fused(g, m[i], v[i]):
+                # one pass over g, m, v (the element-wise expressions below, in the same order
+                # and precision, so the same bits): an Adam step reads 3 arrays and writes 3
+                first = m[i] is None
+                if first:
+                    m[i], v[i] = np.empty_like(g), np.empty_like(g)
+                d = np.empty_like(g)
+                c = g.dtype.type
+                _adam_numba(g.reshape(-1), m[i].reshape(-1), v[i].reshape(-1), d.reshape(-1), first,
+                            c(b1), c(1 - b1), c(b2), c(1 - b2), c(-lr_t), c(self.eps))
+                out.append(d)
+                continue
             if m[i] is None:
                 m[i] = (1 - b1) * g
                 v[i] = (1 - b2) * (g * g)
@@ -89,6 +104,31 @@ class Adam:
             sq = v[i] ** 0.5
             out.append((-lr_t) * m[i] / (sq + self.eps))
         return out
+
+
+def _fused(g, m, v) -> bool:
+    """Whether the one-pass Numba Adam step serves these arrays (C-contiguous NumPy floats)."""
+    arrs = (g,) if m is None else (g, m, v)
+    return all(type(a) is np.ndarray and a.flags.c_contiguous and a.dtype == g.dtype for a in arrs) \
+        and g.dtype in (np.float32, np.float64)
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _adam_numba(g, m, v, d, first, b1, c1, b2, c2, neg_lr, eps):
+    # NumPy's expressions element by element, each rounded to the arrays' precision
+    for j in range(g.shape[0]):
+        gj = g[j]
+        if first:
+            mj = c1 * gj
+            vj = c2 * (gj * gj)
+        else:
+            mj = m[j] * b1
+            mj = mj + c1 * gj
+            vj = v[j] * b2
+            vj = vj + c2 * (gj * gj)
+        m[j] = mj
+        v[j] = vj
+        d[j] = (neg_lr * mj) / (np.sqrt(vj) + eps)
 
 
 def make_optimizer(name: str, lr: float, momentum: float = 0.0):

@@ -15,6 +15,11 @@ the options they share and the pass layouts:
       ``2σ²`` (Cho et al. 2011): NP's best case with a noisy baseline.
 ``samples``
     K perturbations averaged per update (the paper's resampling); passes scale with K.
+    The passes of one estimate are one stack (:meth:`noisesim.network.Network.stack`: layer
+    0's GEMM once for all of them), run in parts of as many samples as fit the rule's
+    ``memory_budget`` (bytes, default :data:`MEMORY_BUDGET`); the parts draw the noise of
+    the whole stack and the sums are formed sample by sample (:class:`Contraction`), so the
+    estimate is the same, bit for bit, whatever the budget.
 
 What the clean baseline means for the rules that *inject* (NP, INP, WP): on a device
 whose intrinsic node noise is always on, the ``clean`` switch gates that noise for a whole
@@ -36,38 +41,114 @@ from .base import Rule
 BASELINES = ("clean", "noisy", "noisy-known")
 
 
+# Bytes the stacked passes of one estimate may hold at once (passes, their observables and
+# the arrays formed from them). K samples that do not fit are run in parts of as many whole
+# samples as fit, with the same noise and the same sums (see ``Contraction``); more memory
+# means fewer, larger parts (larger GEMMs). Per rule: ``memory_budget=`` (bytes).
+MEMORY_BUDGET = 1 << 30
+
+
+def shares_input(xs, K: int | None = None) -> bool:
+    """Whether the ``K`` samples of ``xs (K|1, B, n)`` share one input: a broadcast view
+    (stride 0 along the samples, as a stack's layer-0 input), or a first axis of 1 for
+    ``K > 1`` samples (a recorded shared reference; for one sample both readings agree)."""
+    return (xs.shape[0] > 1 and xs.strides[0] == 0) or (xs.shape[0] == 1 and (K is None or K > 1))
+
+
+class Contraction:
+    """``Σ_{k,b} G_kb x_kbᵀ / (K·B)`` per layer, accumulated one sample at a time.
+
+    Samples are added in order, each with its own GEMM (``G_kᵀ x_k``), so the sums do not
+    depend on how the K samples were split into parts: an estimate run in parts and
+    ``updates_from_record`` of its whole record give the same bits. When every sample shares
+    its input (:func:`shares_input`) the ``G_k`` are summed first and contracted against that
+    input once.
+    """
+
+    def __init__(self, n_layers: int):
+        self.u = [None] * n_layers
+        self.g = [None] * n_layers
+        self.x = [None] * n_layers
+
+    def add(self, l: int, G, xs, shared: bool | None = None) -> None:
+        """Add the samples ``G (k, B, n_out)`` with inputs ``xs (k|1, B, n_in)`` to layer ``l``.
+
+        ``shared``: whether every sample of the *whole* estimate shares this layer's input
+        (default: :func:`shares_input` of ``xs`` for ``k`` samples). A layer is contracted
+        one way for all its samples, so parts of one estimate must say it alike.
+        """
+        if shared is None:
+            shared = shares_input(xs, G.shape[0])
+        if shared:
+            self.x[l] = xs[0]
+            for k in range(G.shape[0]):
+                if self.g[l] is None:
+                    self.g[l] = G[k].copy()
+                else:
+                    self.g[l] += G[k]
+            return
+        for k in range(G.shape[0]):
+            t = G[k].T @ xs[k]
+            if self.u[l] is None:
+                self.u[l] = t
+            else:
+                self.u[l] += t
+
+    def result(self, count: int) -> list:
+        """The per-layer sums divided by ``count`` (``K·B``)."""
+        out = []
+        for u, g, x in zip(self.u, self.g, self.x):
+            if g is not None:
+                v = g.T @ x
+                u = v if u is None else u + v
+            out.append(u / count)
+        return out
+
+
 def contract(G, xs):
     """``Σ_{k,b} G_kb x_kbᵀ / (K·B)`` for ``G (K, B, n_out)`` and ``xs (K|1, B, n_in)``.
 
-    A first axis of 1 in ``xs`` means all K perturbations share the reference input.
+    A first axis of 1 in ``xs`` (or a broadcast one) means all K perturbations share the
+    reference input.
     """
-    K, B = G.shape[0], G.shape[1]
-    if xs.shape[0] == 1:
-        u = G.sum(axis=0).T @ xs[0]
-    else:
-        u = G.reshape(K * B, -1).T @ xs.reshape(K * B, -1)
-    return u / (K * B)
+    acc = Contraction(1)
+    acc.add(0, G, xs)
+    return acc.result(G.shape[0] * G.shape[1])[0]
 
 
-def known_layout(baseline: str, K: int):
-    """Pass layout of an injecting rule: ``(P, clean flags, first, second, ref)``.
-
-    ``first[k]`` is the pass carrying perturbation ``ε⁽¹⁾_k``, ``second[k]`` the reference
-    pass of sample k (carrying ``ε⁽²⁾_k`` for ``"noisy-known"``), ``ref`` the pass whose
-    loss and inputs the estimate reports.
-    """
-    if baseline == "clean":
-        return K + 1, [True] * (K + 1), list(range(1, K + 1)), [0] * K, 0
-    first, second = list(range(0, 2 * K, 2)), list(range(1, 2 * K, 2))
-    return 2 * K, None, first, second, 1
+def record_inputs(xp, pieces: list, shared: bool):
+    """A layer's recorded inputs from the parts of an estimate: ``(1, B, n)`` when shared."""
+    return pieces[0][:1] if shared else concat(xp, pieces)
 
 
-def injection(xp, dtype, P: int, B: int, n: int, rows: dict):
-    """A ``(P, B, n)`` injection holding ``rows[p]`` in pass ``p`` and zeros elsewhere."""
-    out = xp.zeros((P, B, n), dtype=dtype)
-    for p, v in rows.items():
-        out[p] = v
-    return out
+def stacked(net, x, passes: int, clean=None):
+    """``net.stack(x, passes, clean=…)``, or — on a device without :meth:`stack` — an object
+    whose ``run(a, b, inject=…, omega=…)`` runs passes ``a … b−1`` with ``forward_stacked``."""
+    if hasattr(net, "stack"):
+        return net.stack(x, passes, clean=clean)
+    return _Unstacked(net, x, passes, clean)
+
+
+class _Unstacked:
+    def __init__(self, net, x, passes, clean):
+        self.net, self.x, self.P, self.clean = net, x, passes, clean
+
+    def run(self, start, stop, *, inject=None, omega=None):
+        clean = None if self.clean is None else list(self.clean)[start:stop]
+        if omega is not None:
+            return self.net.forward_weight_perturbed(self.x, omega, clean=clean)
+        return self.net.forward_stacked(self.x, stop - start, clean=clean, inject=inject)
+
+
+def parts(K: int, chunk: int):
+    """Sample ranges ``(k0, k1)`` of at most ``chunk`` samples covering ``0 … K−1``."""
+    chunk = max(1, int(chunk))
+    return [(k, min(k + chunk, K)) for k in range(0, K, chunk)]
+
+
+def concat(xp, pieces):
+    """``pieces`` joined along the first axis (the one piece itself when there is one)."""
+    return pieces[0] if len(pieces) == 1 else xp.concatenate(pieces, axis=0)
 
 
 def intrinsic_sigma_error(name: str, sigma) -> str:
@@ -97,6 +178,16 @@ class PerturbationRule(Rule):
         second pass with its own known perturbation (see the module docstring).
     samples : int
         K perturbations averaged per update (the paper's resampling; passes scale with K).
+    memory_budget : float, optional
+        Bytes the stacked passes of one estimate may hold at once (default
+        :data:`MEMORY_BUDGET`, 1 GiB). K samples beyond it run in parts with the same noise
+        and the same update, bit for bit; more memory means fewer, larger GEMMs. A resource,
+        not a result: it is not part of :meth:`config`.
+    record : bool, optional
+        What ``Estimate.record`` holds: ``None`` (default) the full record when all K samples
+        fit into one part, else the summed update (``updates``); ``True`` always the full
+        record (its memory grows with K); ``False`` always the summed update. Not part of
+        :meth:`config` either.
     **kw
         The options of :class:`rules.base.Rule` (``lr``, ``optimizer``, ``loss``…).
 
@@ -105,7 +196,8 @@ class PerturbationRule(Rule):
     baselines: tuple = ("clean", "noisy")
     injects = False
 
-    def __init__(self, *, baseline: str = "noisy", samples: int = 1, **kw):
+    def __init__(self, *, baseline: str = "noisy", samples: int = 1, memory_budget: float | None = None,
+                 record: bool | None = None, **kw):
         if "sigma" in kw and not self.injects:
             raise TypeError(intrinsic_sigma_error(self.name, kw["sigma"]))
         super().__init__(**kw)
@@ -113,7 +205,14 @@ class PerturbationRule(Rule):
             raise ValueError(f"{self.name}: baseline={baseline!r} is not known; allowed: {list(self.baselines)}")
         if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or samples < 1:
             raise ValueError(f"{self.name}: samples={samples!r} is out of range; allowed: an integer ≥ 1")
+        if memory_budget is not None and not (isinstance(memory_budget, (int, float)) and memory_budget > 0):
+            raise ValueError(f"{self.name}: memory_budget={memory_budget!r} is out of range; allowed: bytes > 0 "
+                             "or None (the default, rules.perturbation.MEMORY_BUDGET)")
+        if record not in (None, True, False):
+            raise ValueError(f"{self.name}: record={record!r} is not known; allowed: None (automatic), True, False")
         self.baseline, self.samples = baseline, int(samples)
+        # resources, not results: neither changes an update, so neither is in config()
+        self.memory_budget, self.keep_record = memory_budget, record
 
     def _options(self) -> dict:
         return {"baseline": self.baseline, "samples": self.samples}
@@ -121,6 +220,36 @@ class PerturbationRule(Rule):
     def required_access(self) -> tuple:
         need = ["observe"] + (["clean"] if self.baseline == "clean" else [])
         return tuple(need + (["inject"] if self.injects else []))
+
+    # -- K samples within a memory budget ----------------------------------------------------
+    def _pass_floats(self, net) -> int:
+        """Numbers one pass of one batch row holds while a part is processed: the layer
+        inputs x* (layer 0's is shared), pre- and post-activations, and about two more per unit
+        for the differences and products formed from them."""
+        units = sum(net.sizes[1:])
+        return sum(net.sizes[1:-1]) + 4 * units
+
+    def _record_floats(self, net) -> int:
+        """Numbers one sample's full record holds per batch row (δL, δa or ε, x*)."""
+        return 1 + sum(net.sizes[1:]) + sum(net.sizes[1:-1])
+
+    def _plan(self, net, B: int, per: int, extra_bytes: int = 0):
+        """``(samples per part, keep the full record)`` for K samples of ``per`` passes each.
+
+        The full record (what traces store) is kept when all K samples fit into one part with
+        it (``record=None``), always (``record=True``: its memory grows with K) or never
+        (``record=False``); without it the estimate records its summed update instead
+        (``updates``), which replays exactly but cannot be fed to other estimators.
+        """
+        K = self.samples
+        budget = float(self.memory_budget if self.memory_budget is not None else MEMORY_BUDGET)
+        item = np.dtype(net.dtype).itemsize
+        run = item * B * per * self._pass_floats(net) + extra_bytes
+        rec = item * B * self._record_floats(net)
+        with_record = max(1, int(budget // (run + rec)))
+        keep = self.keep_record if self.keep_record is not None else with_record >= K
+        chunk = with_record if keep else max(1, int(budget // run))
+        return min(chunk, K), keep
 
 
 class InjectingRule(PerturbationRule):

@@ -38,6 +38,9 @@ enlarging the batch, as the stacked forward pass does here.
 
 Record keys: ``dL (S, B)``; ``da`` — per layer ``(S, B, n_l)``; ``inputs`` — per layer
 ``(1, B, n_{l−1})``. ``ridge`` comes from the rule's config.
+
+The S copies are solved jointly for each sample, so their δL and δa are all kept (the
+record); the passes themselves run in parts within ``memory_budget`` (layer 0's GEMM once).
 """
 from __future__ import annotations
 
@@ -46,7 +49,7 @@ import numpy as np
 from noisesim.backend import get_array_module
 
 from .base import Estimate, host_float
-from .perturbation import PerturbationRule
+from .perturbation import PerturbationRule, concat, parts, stacked
 
 
 # relative ridges ρ (λ = ρ · tr(AAᵀ)/S) among which generalised cross-validation chooses
@@ -172,15 +175,36 @@ class RegressionPerturbation(PerturbationRule):
     def forward_passes(self, n_layers: int | None = None) -> int:
         return self.samples + 1
 
+    def _plan(self, net, B: int, per: int, extra_bytes: int = 0):
+        # the S copies are solved jointly per sample: the whole record is always kept
+        rule_keep, self.keep_record = self.keep_record, True
+        try:
+            return super()._plan(net, B, per, extra_bytes)
+        finally:
+            self.keep_record = rule_keep
+
     def estimate(self, net, x, t) -> Estimate:
-        S = self.samples
+        S, B, xp = self.samples, len(x), net.xp
         clean = [True] + [False] * S if self.baseline == "clean" else None
-        p = net.forward_stacked(x, S + 1, clean=clean)
-        L = self.loss.per_sample(p.out, net.backend.asarray(t))    # (S+1, B)
-        record = {"dL": L[1:] - L[0], "da": [a[1:] - a[0] for a in p.pre],
-                  "inputs": [xi[:1] for xi in p.inputs]}
-        return Estimate(self.updates_from_record(record), host_float(L[0].mean()), S + 1,
-                        [xi[0] for xi in p.inputs], p.out[0], L[0], record)
+        chunk, _ = self._plan(net, B, 1)
+        t = net.backend.asarray(t)
+        st = stacked(net, x, S + 1, clean=clean)
+        dLs, das = [], [[] for _ in range(net.n_layers)]
+        own = (lambda a: a.copy()) if chunk < S else (lambda a: a)    # parts must not keep views of a part
+        for k0, k1 in parts(S, chunk):
+            # the reference pass, then the copies, in parts (only δL and δa are kept)
+            p = st.run(0 if k0 == 0 else 1 + k0, 1 + k1)
+            L = self.loss.per_sample(p.out, t)
+            s = 1 if k0 == 0 else 0
+            if k0 == 0:
+                ref = (own(L[0]), [own(a[0]) for a in p.pre], [own(xi[0]) for xi in p.inputs], own(p.out[0]))
+            dLs.append(L[s:] - ref[0])
+            for l, a in enumerate(p.pre):
+                das[l].append(a[s:] - ref[1][l])
+            del p
+        Lr, _, xr, out = ref
+        record = {"dL": concat(xp, dLs), "da": [concat(xp, d) for d in das], "inputs": [xi[None] for xi in xr]}
+        return Estimate(self.updates_from_record(record), host_float(Lr.mean()), S + 1, xr, out, Lr, record)
 
     def updates_from_record(self, record: dict) -> list:
         """Ridge updates from ``dL (S, B)``, ``da[l] (S, B, n_l)``, ``inputs[l] (1, B, n)``."""

@@ -16,22 +16,39 @@ Baselines as for NP (:mod:`rules.node`): ``"clean"`` gates intrinsic noise in ev
 ``"noisy-known"`` perturbs both with known ``Ω⁽¹⁾, Ω⁽²⁾``.
 
 Record keys: ``dL (K, B)``; ``omega`` — per layer ``(K, n_out, n_in)``; ``omega2``
-(``"noisy-known"`` only). σ comes from the rule's config.
+(``"noisy-known"`` only), drawn sample by sample; or ``updates`` (see :mod:`rules.activity`).
+σ comes from the rule's config. ``Ω x*`` costs a GEMM per pass of its own, so only the
+unperturbed ``W x*`` of layer 0 is shared between the passes.
 """
 from __future__ import annotations
 
 from .base import Estimate, host_float
-from .perturbation import BASELINES, InjectingRule, known_layout
+from .node import draw_samples
+from .perturbation import BASELINES, InjectingRule, concat, parts, stacked
+
+
+def _add_weight(sums: list, dL, omega, omega2=None) -> None:
+    """Add ``⟨δL⟩_batch Ω`` (or ``⟨δL⟩ (Ω⁽¹⁾ − Ω⁽²⁾)``) of each sample, in order, to ``sums``."""
+    c = dL.mean(axis=1)                                           # (k,): one Ω per pass
+    for l, o in enumerate(omega):
+        for k in range(o.shape[0]):
+            d = o[k] if omega2 is None else o[k] - omega2[l][k]
+            t = c[k] * d
+            if sums[l] is None:
+                sums[l] = t
+            else:
+                sums[l] += t
 
 
 def weight_updates(dL, omega, sigma: float, omega2=None) -> list:
     """WP update directions from per-sample ``dL (K, B)`` and per-layer ``Ω (K, n_out, n_in)``."""
-    c = dL.mean(axis=1)                                           # (K,): one Ω per pass
-    K = dL.shape[0]
-    if omega2 is None:
-        return [(c[:, None, None] * o).sum(axis=0) / (K * sigma * sigma) for o in omega]
-    return [(c[:, None, None] * (o1 - o2)).sum(axis=0) / (2 * K * sigma * sigma)
-            for o1, o2 in zip(omega, omega2)]
+    sums = [None] * len(omega)
+    _add_weight(sums, dL, omega, omega2)
+    return _scaled(sums, dL.shape[0], sigma, omega2 is not None)
+
+
+def _scaled(sums, K: int, sigma: float, symmetric: bool) -> list:
+    return [u / ((2 if symmetric else 1) * K * sigma * sigma) for u in sums]
 
 
 class WeightPerturbation(InjectingRule):
@@ -44,6 +61,8 @@ class WeightPerturbation(InjectingRule):
         Weight perturbations K averaged per update.
     sigma : float
         Std of the weight perturbation.
+    memory_budget, record
+        As for :class:`rules.activity.ActivityNodePerturbation`.
 
     Example
     -------
@@ -54,32 +73,71 @@ class WeightPerturbation(InjectingRule):
     baselines = BASELINES
 
     def forward_passes(self, n_layers: int | None = None) -> int:
-        return known_layout(self.baseline, self.samples)[0]
+        return self.samples + 1 if self.baseline == "clean" else 2 * self.samples
+
+    def _record_floats(self, net) -> int:
+        return 1
 
     def estimate(self, net, x, t) -> Estimate:
-        K, xp = self.samples, net.xp
-        P, clean, first, second, ref = known_layout(self.baseline, K)
-        rng = net.random("inject")
+        K, B, xp, dt = self.samples, len(x), net.xp, net.dtype
+        clean = self.baseline == "clean"
+        head, per = (1, 1) if clean else (0, 2)
+        P = head + per * K
+        known2 = self.baseline == "noisy-known"
         shapes = [(n_out, n_in) for n_in, n_out in zip(net.sizes[:-1], net.sizes[1:])]
-        omega = [rng.normal((K, *s), self.sigma) for s in shapes]
-        omega2 = None
-        if self.baseline == "noisy-known":
-            omega2 = [rng.normal((K, *s), self.sigma) for s in shapes]
-        full = []
-        for l, s in enumerate(shapes):
-            o = xp.zeros((P, *s), dtype=net.dtype)
-            o[first] = omega[l]
-            if omega2 is not None:
-                o[second] = omega2[l]
-            full.append(o)
-        p = net.forward_weight_perturbed(x, full, clean=clean)
-        L = self.loss.per_sample(p.out, net.backend.asarray(t))     # (P, B)
-        record = {"dL": L[first] - L[second], "omega": omega}
-        if omega2 is not None:
-            record["omega2"] = omega2
-        return Estimate(self.updates_from_record(record), host_float(L[ref].mean()), P,
-                        [xi[ref] for xi in p.inputs], p.out[ref], L[ref], record)
+        W = sum(a * b for a, b in shapes)
+        item = xp.dtype(dt).itemsize
+        # per sample: the Ω of its passes (and its ⟨Ω x*⟩), and Ω in the record
+        chunk, keep = self._plan(net, B, per, extra_bytes=item * W * (per + (2 if known2 else 1)))
+        rng = net.random("inject")
+        t = net.backend.asarray(t)
+        st = stacked(net, x, P, clean=[True] * P if clean else None)
+        sums = [None] * net.n_layers
+        rec = {"dL": [], "omega": [[] for _ in shapes], "omega2": [[] for _ in shapes]}
+        ref = None
+        own = (lambda a: a.copy()) if chunk < K else (lambda a: a)    # parts must not keep views of a part
+        for k0, k1 in parts(K, chunk):
+            k = k1 - k0
+            drawn = draw_samples(rng, k, shapes, self.sigma, 2 if known2 else 1)
+            omega, omega2 = drawn[0], (drawn[1] if known2 else None)
+            lo = 0 if k0 == 0 else head + per * k0
+            n = head + per * k1 - lo
+            off = head if k0 == 0 else 0
+            full = []
+            for l, sh in enumerate(shapes):
+                o = xp.zeros((n, *sh), dtype=dt)
+                o[off::per][:k] = omega[l]
+                if known2:
+                    o[off + 1::per][:k] = omega2[l]
+                full.append(o)
+            p = st.run(lo, lo + n, omega=full)
+            del full
+            L = self.loss.per_sample(p.out, t)
+            if k0 == 0:
+                r = 0 if clean else 1
+                ref = (own(L[r]), [own(xi[r]) for xi in p.inputs], own(p.out[r]))   # not views: parts free their passes
+            dL = L[off:] - ref[0] if clean else L[0::2] - L[1::2]
+            _add_weight(sums, dL, omega, omega2)
+            if keep:
+                rec["dL"].append(dL)
+                for l in range(len(shapes)):
+                    rec["omega"][l].append(omega[l])
+                    if known2:
+                        rec["omega2"][l].append(omega2[l])
+            del p, L, dL, omega, omega2, drawn
+        updates = _scaled(sums, K, self.sigma, known2)
+        if keep:
+            record = {"dL": concat(xp, rec["dL"]), "omega": [concat(xp, o) for o in rec["omega"]]}
+            if known2:
+                record["omega2"] = [concat(xp, o) for o in rec["omega2"]]
+        else:
+            record = {"updates": updates}
+        Lr, xr, out = ref
+        return Estimate(updates, host_float(Lr.mean()), P, xr, out, Lr, record)
 
     def updates_from_record(self, record: dict) -> list:
-        """WP updates from ``dL (K, B)`` and ``omega`` (and ``omega2``); σ from the config."""
+        """WP updates from ``dL (K, B)`` and ``omega`` (and ``omega2``); σ from the config (or
+        the summed ``updates`` of an estimate that kept no full record)."""
+        if "updates" in record:
+            return [u.copy() for u in record["updates"]]
         return weight_updates(record["dL"], record["omega"], self.sigma, record.get("omega2"))

@@ -113,6 +113,22 @@ def test_fused_epilogue_kernel_equals_numba(cuda_on_host, monkeypatch, dtype, bi
                                                                 f"post={has_post} acc={acc}")
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_fused_epilogue_row_offset_reads_a_stack_in_parts(cuda_on_host, monkeypatch, dtype):
+    """``row0``: rows 7… of a call keyed k, run as their own call with ``row0=7``, get the noise
+    of the whole call — on the CUDA kernel and the Numba one alike, bit for bit."""
+    monkeypatch.setattr(_kernels_cuda, "MAX_GRID_Y", 4)
+    a, inj, base, rs, ns, post = _operands(dtype)
+    args = lambda rows: (np.uint64(2 ** 63 + 5), rs[rows], np.uint64(77), ns[rows], inj[rows], post[rows], 0.75,
+                         True, True, True, True, False, *_kernels.converter_params(8, 4.0))
+    whole = a.copy()
+    _kernels._keyed_ser(whole, whole, *args(slice(None)))
+    for fn in (_kernels_cuda.keyed_epilogue, _kernels._keyed_ser):
+        part = a[7:].copy()
+        fn(part, part, *args(slice(7, None)), 7)
+        np.testing.assert_array_equal(part, whole[7:])
+
+
 def test_fused_epilogue_launcher_checks_its_arguments(cuda_on_host):
     a = np.ones((4, 6), np.float32)
     with pytest.raises(ValueError, match="C-contiguous"):

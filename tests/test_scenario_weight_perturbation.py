@@ -97,7 +97,9 @@ def claims():
 @pytest.mark.slow
 def test_claim_wp_alignment_falls_as_weights_grow(claims):
     c = claims["wp_alignment_falls_with_weights"]
-    assert c.holds and min(c.values["rise_deg"]) > 11.0     # measured 13.6/21.9/24.5° (hidden), 16.0° (all); margin 10°
+    # measured 10.8/28.9/28.6° (hidden), 16.7° (all) since WP draws its K perturbations sample by
+    # sample (13.6/21.9/24.5°, 16.0° when it drew them layer by layer); the claim's margin is 10°
+    assert c.holds and min(c.values["rise_deg"]) > 10.5
 
 
 @pytest.mark.slow

@@ -15,8 +15,8 @@ then at every 5th: exact, and as cheap as the single K = 100 estimate.
 Forward passes per estimate (Fig. 2 right, Fig. 6) are what a device needs: with the clean
 baseline NP K+1, ANP K+1, INP L·K+1 (L = 4 perturbed layers, output included) — the clean
 reference is noise-free, so one clean pass serves every perturbed pass (the ``inp`` rule
-re-runs it per sample and counts K(L+1), reported as ``passes_run``; the scenario keeps one
-copy of its identical inputs). With the noisy baseline NP and ANP need 2K, INP K(L+1). Fig. 6
+runs it once and counts L·K+1 too, reported as ``passes_run``). With the noisy baseline NP and
+ANP need 2K, INP K(L+1). Fig. 6
 is the K curves against these counts; table ``equal_passes`` compares the rules at the
 largest budget every rule reaches (clean: 101 passes = NP/ANP K=100, INP K=25).
 

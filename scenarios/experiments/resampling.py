@@ -5,7 +5,7 @@ seed 001, §3.5): DANP and DINP with 1, 10, 30 and 100 noise samples per update,
 and BP for reference. With ``samples=K`` a rule averages its estimate over K perturbations of
 the same batch (the K noisy passes stacked along the batch axis, one GEMM per layer):
 
-    ΔW_l = (1/K) Σ_k ΔW_l⁽ᵏ⁾,    passes per update: DANP K+1, DNP K+1, DINP K (L+1)
+    ΔW_l = (1/K) Σ_k ΔW_l⁽ᵏ⁾,    passes per update: DANP K+1, DNP K+1, DINP K·L+1
 
 with the clean baseline, as in the paper ("100 noisy passes to compare against each single
 clean pass"). Measured: the peak train and test accuracy of each run, and the per-update
