@@ -14,7 +14,7 @@ from noisesim.backend import get_array_module, to_numpy
 from noisesim.errors import DivergenceError
 from noisesim.protocol import Estimate
 
-from .decorrelation import check_decorrelation, decorrelation_delta
+from .decorrelation import update_decorrelation
 from .losses import Loss
 from .optim import OPTIMIZERS, make_optimizer
 
@@ -216,16 +216,11 @@ class Rule:
         """
         guard = guard if guard is not None else DivergenceGuard(max_loss_ratio=None, step=None)
         guard.check(self, est)
-        if self.decorrelate:
-            deltas_R = [decorrelation_delta(est.inputs[l], net.decorrelation(l), self.alpha)
-                        for l in range(net.n_layers)]
-            for l, d in enumerate(deltas_R):
-                try:
-                    check_decorrelation(net.decorrelation(l) + d, est.inputs[l], self.alpha, l)
-                except DivergenceError as exc:
-                    raise guard.decorrelation_error(self, est, l, exc) from None
-            for l, d in enumerate(deltas_R):
-                net.apply_decorrelation_update(l, d)
+        if self.decorrelate:        # all layers or none; R + ΔR formed and checked in one buffer
+            try:
+                update_decorrelation(net, est.inputs, self.alpha)
+            except DivergenceError as exc:
+                raise guard.decorrelation_error(self, est, exc.layer, exc) from None
         for l, d in enumerate(self.optimizer.update(est.updates, self.opt_state)):
             net.apply_update(l, d)
 

@@ -95,15 +95,11 @@ def update_decorrelation(net, inputs, alpha: float, limit: float = 1e3) -> None:
         R = net.decorrelation(l)
         M = decorrelation_delta(inputs[l], R, alpha)
         M += R
-        big = _kernels.max_abs(M)
-        if not np.isfinite(big) or big > limit:
-            err = DivergenceError(
-                f"decorrelation of layer {l} diverged (max |R| = {big:.3g}) with alpha={alpha:g}; "
-                f"this batch is stable only for alpha < {_bound(inputs[l])}. "
-                "Lower alpha; the network keeps its last good state"
-            )
+        try:
+            check_decorrelation(M, inputs[l], alpha, l, limit)
+        except DivergenceError as err:
             err.layer = l                     # for a caller that names the layer its own way
-            raise err
+            raise
         new.append(M)
     for l, M in enumerate(new):
         net.set_decorrelation(l, M)
