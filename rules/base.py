@@ -10,6 +10,7 @@ import inspect
 
 import numpy as np
 
+from noisesim import _kernels
 from noisesim.backend import get_array_module, to_numpy
 from noisesim.errors import DivergenceError
 from noisesim.protocol import Estimate
@@ -214,7 +215,7 @@ class Rule:
         without one, non-finite values only) raises :class:`~noisesim.errors.DivergenceError`
         naming the step, the layer, the quantity that blew up first and the likely setting.
         """
-        guard = guard if guard is not None else DivergenceGuard(max_loss_ratio=None, step=None)
+        guard = guard if guard is not None else DivergenceGuard(max_loss_ratio=None, step=None, scales=False)
         guard.check(self, est)
         if self.decorrelate:        # all layers or none; R + ΔR formed and checked in one buffer
             try:
@@ -269,21 +270,23 @@ class DivergenceGuard:
     attributes ``step``, ``layer``, ``quantity`` and ``setting`` say the same for programs.
 
     ``step`` counts the steps checked (the first checked is ``step + 1``; ``None``: not
-    counted). ``scenarios.train`` makes one per run with the untrained network's loss.
+    counted). ``scales``: remember the activity's scale at the first step, to say which layer
+    blew up first (``False`` for a guard of one step, which has nothing to compare with).
+    ``scenarios.train`` makes one per run with the untrained network's loss.
     """
 
     GROWTH = 10.0         # an activity this many times its starting RMS has blown up
     INPUT_GROWTH = 3.0    # the decorrelated data this many times its starting RMS: R_0 diverged
 
     def __init__(self, max_loss_ratio: float | None = 1e3, start_loss: float | None = None,
-                 step: int | None = 0):
+                 step: int | None = 0, scales: bool = True):
         if max_loss_ratio is not None and not (isinstance(max_loss_ratio, (int, float))
                                                and not isinstance(max_loss_ratio, bool) and max_loss_ratio > 1):
             raise ValueError(f"max_loss_ratio={max_loss_ratio!r} is out of range; allowed: a number > 1, or None")
         self.max_loss_ratio = None if max_loss_ratio is None else float(max_loss_ratio)
         self.start_loss = start_loss if start_loss is not None and np.isfinite(start_loss) and start_loss > 0 else None
         self.step = step
-        self._scale = None          # per layer: the RMS of its input at the first step
+        self._scale = None if scales else []    # per layer: the RMS of its input at the first step
 
     def check(self, rule, est) -> None:
         if self.step is not None:
@@ -300,7 +303,7 @@ class DivergenceGuard:
                 "(max_loss_ratio)"
             raise self._error(rule, est, what, *self._first_blown(est))
         for l, u in enumerate(est.updates):
-            if not bool(get_array_module(u).isfinite(u).all()):
+            if not _kernels.all_finite(u):
                 raise self._error(rule, est, f"the update of layer {l} is not finite", l,
                                   f"the update of layer {l}", "lr")
 
