@@ -16,6 +16,8 @@ import numpy as np
 from noisesim.backend import to_numpy
 from noisesim.errors import DivergenceError
 
+from . import checkpoint as _checkpoint
+
 log = logging.getLogger("noisesim")
 
 
@@ -64,7 +66,8 @@ def _targets(y, n_out):
 
 
 def train(net, rule, data, epochs: int = 5, batch_size: int = 64, *, progress: bool = True,
-          on_step=None, label: str | None = None, trace=None, trace_options: dict | None = None) -> History:
+          on_step=None, label: str | None = None, trace=None, trace_options: dict | None = None,
+          checkpoint=None) -> History:
     """Train ``net`` with ``rule`` on ``data`` (a :class:`scenarios.datasets.Dataset`).
 
     Access is checked before the first step. Batches are drawn in an order from the network's
@@ -72,13 +75,27 @@ def train(net, rule, data, epochs: int = 5, batch_size: int = 64, *, progress: b
     ``History.diverged``; the network keeps its last good state. ``on_step(step, x_idx, est)``
     is called after each applied step. ``trace=FILE`` records every step into an HDF5 trace
     (:class:`noisesim.trace.TraceWriter`, keyword options in ``trace_options``: ``compression``,
-    ``float16``, ``meta``…), closed when training ends however it ends.
+    ``float16``, ``meta``…), closed when training ends however it ends. ``checkpoint`` (a
+    :class:`scenarios.checkpoint.Checkpoint`; default: the active checkpoint session's next
+    file, if any) saves the complete state every N steps and at the end, and continues from
+    the file when it exists (see :mod:`scenarios.checkpoint`).
     """
     if epochs < 0 or batch_size < 1:
         raise ValueError(f"epochs={epochs!r} must be ≥ 0 and batch_size={batch_size!r} ≥ 1")
     if data.n_features != net.sizes[0] or data.n_outputs != net.sizes[-1]:
         raise ValueError(f"dataset {data.name!r} is {data.n_features}→{data.n_outputs} but the network "
                          f"is {net.sizes[0]}→{net.sizes[-1]}")
+    # checkpoints: continue from a saved state (or return a finished run's history at once)
+    ck = _checkpoint.for_run(checkpoint, label or rule.label)
+    pos = None
+    restored = History(rule=label or rule.label)
+    if ck is not None:
+        pos = ck.restore(net, rule, restored)
+        if pos is not None and pos.epoch is None:
+            return restored
+        if pos is not None and trace is not None:
+            raise ValueError(f"{ck.path}: continuing a traced run from a checkpoint is not supported; "
+                             "rerun it without --resume, or without --trace")
     writer = None
     if trace is not None:
         import noisesim.trace
@@ -87,12 +104,14 @@ def train(net, rule, data, epochs: int = 5, batch_size: int = 64, *, progress: b
         writer = noisesim.trace.TraceWriter(trace, net, rule, **(trace_options or {}))
         on_step = _chain(writer.on_step, on_step)
     try:
-        rule.init(net)
+        if pos is None:
+            rule.init(net)
     except BaseException:
         if writer is not None:
             writer.close()
         raise
-    hist = History(rule=label or rule.label, trace=None if writer is None else str(writer.path))
+    hist = History(rule=label or rule.label, trace=None if writer is None else str(writer.path)) \
+        if pos is None else restored
     order_rng = net.random("data")
     n = len(data.x_train)
     steps_per_epoch = (n + batch_size - 1) // batch_size
@@ -104,18 +123,23 @@ def train(net, rule, data, epochs: int = 5, batch_size: int = 64, *, progress: b
                                 test_acc=te_acc, step_loss=step_loss, forward_passes=hist.forward_passes,
                                 wall_s=wall))
 
-    record(0, float("nan"), 0.0)
+    if pos is None:
+        record(0, float("nan"), 0.0)
     bar = _progress(epochs * steps_per_epoch, hist.rule, progress)
+    if pos is not None:
+        bar.update(hist.steps)
     scope = contextlib.ExitStack()
-    t0 = time.perf_counter()
+    t0 = time.perf_counter() - (hist.wall_s if pos is not None else 0.0)
     try:
         if writer is not None and writer.background:
             # the trace writer process gets a core of its own (BLAS gives one up meanwhile)
             scope.enter_context(noisesim.trace.leave_a_core())
-        for epoch in range(1, epochs + 1):
-            perm = order_rng.permutation(n)
-            losses = []
-            for s in range(steps_per_epoch):
+        for epoch in range(1 if pos is None else pos.epoch, epochs + 1):
+            if pos is not None and epoch == pos.epoch:     # the epoch a checkpoint stopped in
+                perm, losses, first = pos.perm, pos.losses, pos.step
+            else:
+                perm, losses, first = order_rng.permutation(n), [], 0
+            for s in range(first, steps_per_epoch):
                 idx = perm[s * batch_size:(s + 1) * batch_size]
                 x = data.x_train[idx]
                 t = _targets(data.y_train[idx], net.sizes[-1])
@@ -125,6 +149,9 @@ def train(net, rule, data, epochs: int = 5, batch_size: int = 64, *, progress: b
                 losses.append(est.loss)
                 if on_step is not None:
                     on_step(hist.steps, idx, est)
+                if ck is not None and ck.due(hist.steps):
+                    hist.wall_s = time.perf_counter() - t0
+                    ck.save(net, rule, hist, _checkpoint.Position(epoch, s + 1, perm, losses))
                 bar.update(1)
             hist.wall_s = time.perf_counter() - t0
             record(epoch, float(np.mean(losses)), hist.wall_s)
@@ -138,6 +165,8 @@ def train(net, rule, data, epochs: int = 5, batch_size: int = 64, *, progress: b
         hist.wall_s = time.perf_counter() - t0
         if writer is not None:
             writer.close()
+    if ck is not None:   # a finished (or diverged) run: its final state and history
+        ck.save(net, rule, hist, _checkpoint.Position(epochs, steps_per_epoch, None), done=True)
     return hist
 
 
