@@ -87,7 +87,7 @@ class Point:
     def name(self) -> str:
         """The point's folder name: its settings and seed, readable (hashed when too long)."""
         parts = [f"{k}={_short(v)}" for k, v in self.params.items()] + [f"seed={self.seed}"]
-        text = re.sub(r"[^A-Za-z0-9.=+-]+", "_", "__".join(parts)).strip("_")
+        text = "__".join(re.sub(r"[^A-Za-z0-9.=+-]+", "_", part).strip("_") for part in parts)
         if len(text) > 120:
             digest = hashlib.sha1(json.dumps([self.params, self.seed], sort_keys=True).encode()).hexdigest()[:12]
             text = f"{text[:100]}-{digest}"
@@ -342,15 +342,14 @@ def local_cluster(plan: list[dict]):
     with one ``Nanny`` per GPU."""
     from distributed import LocalCluster, Nanny, Scheduler, SpecCluster
 
-    common = dict(host="127.0.0.1", dashboard_address=None)
     if all(env == plan[0] for env in plan):
         return LocalCluster(n_workers=len(plan), threads_per_worker=1, processes=True, env=plan[0],
-                            silence_logs=logging.ERROR, **common)
-    workers = {f"gpu-{env['CUDA_VISIBLE_DEVICES']}": {"cls": Nanny, "options": {"nthreads": 1, "env": env,
-                                                                                "host": "127.0.0.1",
-                                                                                "silence_logs": "error"}}
-               for env in plan}
-    return SpecCluster(workers=workers, scheduler={"cls": Scheduler, "options": common}, silence_logs=logging.ERROR)
+                            host="127.0.0.1", dashboard_address=None, silence_logs=logging.ERROR)
+    workers = {f"gpu-{env['CUDA_VISIBLE_DEVICES']}": {
+        "cls": Nanny, "options": {"nthreads": 1, "env": env, "host": "127.0.0.1", "silence_logs": logging.ERROR}}
+        for env in plan}
+    scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard": False}}
+    return SpecCluster(workers=workers, scheduler=scheduler, silence_logs=logging.ERROR)
 
 
 def thread_budget(client) -> dict:
@@ -619,7 +618,7 @@ def plot(path: Path, sweep: Sweep, summary_t: Table, keys: list, label_col: str 
         ax.fill_between(xv, lo, hi, alpha=0.15, lw=0)
     if numeric:
         vals = [v for v in xs_all if v is not None]
-        if vals and min(vals) > 0 and max(vals) / min(vals) >= 20:
+        if vals and min(vals) > 0 and max(vals) / min(vals) >= 10:
             ax.set_xscale("log")
     else:
         ax.set_xticks(range(len(cats)), cats)
