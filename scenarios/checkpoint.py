@@ -21,8 +21,8 @@ Continuing from a checkpoint takes exactly the steps of the run that was not int
 >>> h = scenarios.train(net, rule, data, epochs=5, checkpoint=ck)   # continues # doctest: +SKIP
 
 A whole scenario run (several rules, seeds, learning-rate trials — several ``train`` calls)
-checkpoints through a :func:`session` on a folder: the n-th ``train`` call of the run gets the
-file ``run-<n>.h5`` in it. ``noisesim run … --checkpoint-every N`` opens one in
+checkpoints through a :func:`session` on a folder: each ``train`` call gets the file
+``<label>-<n>.h5`` in it (the n-th run of that label). ``noisesim run … --checkpoint-every N`` opens one in
 ``<out>/checkpoint/`` (with ``command.json``, the command to continue); ``noisesim run
 --resume <out>`` runs the same command again, and every ``train`` call that finished returns
 its saved history and final state at once, the interrupted one continues where its last
@@ -34,6 +34,7 @@ import contextlib
 import contextvars
 import json
 import os
+import re
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -181,17 +182,23 @@ _SESSION: contextvars.ContextVar["Session | None"] = contextvars.ContextVar("noi
 class Session:
     """Checkpoints of every :func:`scenarios.train` call of one run, in one folder.
 
-    The n-th call gets ``run-<n>.h5`` (the order of a scenario's runs is fixed by its config).
-    ``runs`` lists each call's :class:`Checkpoint` in order (with its ``history`` once done).
+    A call gets the file ``<label>-<n>.h5``: its run's label and how many calls with that
+    label came before it (a scenario makes its runs in an order fixed by its config; counting
+    per label keeps the names when a continued run skips some calls, e.g. a learning-rate
+    search found in the cache). ``runs`` lists each call's :class:`Checkpoint` in order (with
+    its ``history`` once done).
     """
 
     def __init__(self, directory, every: int | None = None):
         self.directory = Path(directory)
         self.every = every or 0
         self.runs: list[Checkpoint] = []
+        self._seen: dict = {}
 
     def next(self, label: str) -> Checkpoint:
-        ck = Checkpoint(self.directory / f"run-{len(self.runs):03d}.h5", self.every, label=label)
+        slug = re.sub(r"[^A-Za-z0-9.+-]+", "-", label).strip("-") or "run"
+        n = self._seen[slug] = self._seen.get(slug, -1) + 1
+        ck = Checkpoint(self.directory / f"{slug}-{n}.h5", self.every, label=label)
         self.runs.append(ck)
         return ck
 
@@ -249,8 +256,6 @@ def cli_session(args, out_dir):
         return contextlib.nullcontext()
     if every < 1:
         raise ValueError(f"--checkpoint-every {every} is out of range; allowed: an integer ≥ 1 (steps)")
-    if getattr(args, "trace", None):
-        raise ValueError("--checkpoint-every does not combine with --trace: a trace cannot yet be continued")
     directory = Path(out_dir) / "checkpoint"
     directory.mkdir(parents=True, exist_ok=True)
     argv, skip = [], False

@@ -416,12 +416,13 @@ def _duration(s: float) -> str:
 
 
 def run(sweep: Sweep, out, *, scheduler: str | None = None, workers: int | None = None,
-        progress: bool = True, gpus: list | None = None, stream=None) -> dict:
+        progress: bool = True, gpus: list | None = None, stream=None, threads: int | None = None) -> dict:
     """Run every point of ``sweep`` not complete in ``out`` on Dask, then write the aggregate.
 
     ``scheduler``: the address of a running cluster's scheduler (default: a local cluster of
     ``workers`` processes, :func:`worker_plan`); ``gpus``: the GPUs to pin local workers to
-    (default: :func:`detect_gpus`). Returns ``{"points": [(Point, status)…], "tables": …}``.
+    (default: :func:`detect_gpus`); ``threads``: BLAS/Numba threads per point instead of the
+    cores ÷ workers rule (for measurements). Returns ``{"points": [(Point, status)…], "tables": …}``.
     """
     from distributed import Client, wait
 
@@ -441,13 +442,13 @@ def run(sweep: Sweep, out, *, scheduler: str | None = None, workers: int | None 
         with contextlib.ExitStack() as stack:
             if scheduler:
                 client = stack.enter_context(Client(scheduler, timeout="30s"))
-                threads = thread_budget(client)
+                threads = threads or thread_budget(client)
             else:
                 gpu_list = detect_gpus() if gpus is None else list(gpus)
                 plan = worker_plan(workers or (None if gpu_list else min(cores(), len(todo))), cores(), gpu_list)
                 cluster = stack.enter_context(local_cluster(plan))
                 client = stack.enter_context(Client(cluster))
-                threads = int(plan[0]["OMP_NUM_THREADS"])
+                threads = threads or int(plan[0]["OMP_NUM_THREADS"])
             futures = {client.submit(run_point, sweep.scenario, sweep.quick, sweep.pairs(p, defaults),
                                      str((out / "points" / p.name).resolve()), sweep.checkpoint_every, threads,
                                      key=f"point-{p.name}-{os.getpid()}-{time.time_ns()}", pure=False): p
@@ -664,7 +665,7 @@ def _cmd_sweep(args) -> int:
         sw.checkpoint_every = args.checkpoint_every
     out = Path(args.out or Path("runs") / f"sweep-{Path(args.file).stem}")
     out.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(args.file, out / "sweep.toml") if not (out / "sweep.toml").exists() else None
+    checkpoint.atomic_write_bytes(out / "sweep.toml", Path(args.file).read_bytes())   # the sweep as run
     res = run(sw, out, scheduler=args.scheduler, workers=args.workers, progress=not args.no_progress)
     print(res["tables"]["summary"].format())
     failed = [(p, st) for p, st in res["points"] if st.get("status") not in DONE]

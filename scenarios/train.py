@@ -93,15 +93,13 @@ def train(net, rule, data, epochs: int = 5, batch_size: int = 64, *, progress: b
         pos = ck.restore(net, rule, restored)
         if pos is not None and pos.epoch is None:
             return restored
-        if pos is not None and trace is not None:
-            raise ValueError(f"{ck.path}: continuing a traced run from a checkpoint is not supported; "
-                             "rerun it without --resume, or without --trace")
     writer = None
     if trace is not None:
         import noisesim.trace
 
         Path(trace).parent.mkdir(parents=True, exist_ok=True)
-        writer = noisesim.trace.TraceWriter(trace, net, rule, **(trace_options or {}))
+        resume = {} if pos is None else {"resume_steps": restored.steps}   # the trace continues too
+        writer = noisesim.trace.TraceWriter(trace, net, rule, **(trace_options or {}), **resume)
         on_step = _chain(writer.on_step, on_step)
     try:
         if pos is None:
@@ -150,6 +148,8 @@ def train(net, rule, data, epochs: int = 5, batch_size: int = 64, *, progress: b
                 if on_step is not None:
                     on_step(hist.steps, idx, est)
                 if ck is not None and ck.due(hist.steps):
+                    if writer is not None:
+                        writer.flush()          # the trace holds every step the checkpoint has
                     hist.wall_s = time.perf_counter() - t0
                     ck.save(net, rule, hist, _checkpoint.Position(epoch, s + 1, perm, losses))
                 bar.update(1)

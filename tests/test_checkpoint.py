@@ -78,8 +78,8 @@ def test_sigkill_mid_epoch_and_resume_is_bit_identical(tmp_path, device):
     ck = tmp_path / "killed" / "checkpoint"
     assert not (tmp_path / "killed" / "results.h5").exists()
     # DANP had finished; BP stopped in epoch 2 with its last checkpoint at step 50
-    assert noisesim.state.load(ck / "run-000.h5")["run"]["done"] is True
-    mid = noisesim.state.load(ck / "run-001.h5")["run"]
+    assert noisesim.state.load(ck / "DANP-noisy-0.h5")["run"]["done"] is True
+    mid = noisesim.state.load(ck / "BP-0.h5")["run"]
     assert (mid["done"], mid["epoch"], mid["step"], mid["history"]["steps"]) == (False, 2, 5, 50)
     assert resume_argv(tmp_path / "killed")[-2:] == ["--out", str((tmp_path / "killed").resolve())]
 
@@ -89,7 +89,7 @@ def test_sigkill_mid_epoch_and_resume_is_bit_identical(tmp_path, device):
     assert a.keys() == b.keys() and "learning_curves_test_loss" in a
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)       # NaN where NaN, equal elsewhere
-    for run in ("run-000.h5", "run-001.h5"):                       # final network and rule states
+    for run in ("DANP-noisy-0.h5", "BP-0.h5"):                       # final network and rule states
         (sa, ha), (sb, hb) = _run_state(tmp_path / "whole" / "checkpoint" / run), \
             _run_state(tmp_path / "killed" / "checkpoint" / run)
         assert noisesim.state.differences(sa["network"], sb["network"]) == {}
@@ -155,5 +155,34 @@ def test_resume_needs_a_checkpointed_run(tmp_path):
 
     assert main(["run", "--resume", str(tmp_path)]) == 2
     assert main(["run", "quickstart", "--quick", "--checkpoint-every", "0", "--out", str(tmp_path / "x")]) == 2
-    assert main(["run", "quickstart", "--quick", "--checkpoint-every", "5", "--trace", str(tmp_path / "t.h5"),
-                 "--out", str(tmp_path / "y")]) == 2
+
+
+def _trace_arrays(path):
+    out = {}
+    with h5py.File(path) as f:
+        f["steps"].visititems(lambda name, ds: out.__setitem__(name, ds[()]) if isinstance(ds, h5py.Dataset) else None)
+        attrs = {k: int(f.attrs[k]) for k in ("complete_steps", "closed")}
+        final = noisesim.state.read(f["final_state"])
+    return out, attrs, final
+
+
+def test_a_trace_being_written_continues_in_the_same_file(tmp_path):
+    args = ["run", "quickstart", "--quick", "--rule", "danp", "--no-progress", "--checkpoint-every", str(EVERY)]
+    whole = _cli([*args, "--out", "whole", "--trace", "whole.h5"], tmp_path)
+    assert whole.returncode == 0, whole.stderr
+    killed = _cli([*args, "--out", "killed", "--trace", "killed.h5"], tmp_path, kill_at=61)   # 11 steps past 50
+    assert killed.returncode == -signal.SIGKILL
+    with h5py.File(tmp_path / "killed.h5") as f:   # past its last checkpoint, not closed
+        assert int(f.attrs["complete_steps"]) >= 50 and int(f.attrs["closed"]) == 0
+    resumed = _cli(["run", "--resume", "killed", "--no-progress"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    a, attrs_a, final_a = _trace_arrays(tmp_path / "whole.h5")
+    b, attrs_b, final_b = _trace_arrays(tmp_path / "killed.h5")
+    assert attrs_a == attrs_b == {"complete_steps": STEPS, "closed": 1}
+    np.testing.assert_array_equal(b["step"], np.arange(1, STEPS + 1))          # no gap, no duplicate
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    assert noisesim.state.differences(final_a, final_b) == {}
+    info = _cli(["trace", "info", "killed.h5"], tmp_path)      # every checksum verified
+    assert info.returncode == 0, info.stdout + info.stderr

@@ -130,7 +130,7 @@ def test_a_killed_worker_point_continues_from_its_checkpoint(tmp_path):
         t = threading.Thread(target=lambda: result.update(sw.run(sweep, out, scheduler=cluster.scheduler_address,
                                                                  progress=False)))
         t.start()
-        ck = out / "points" / point.name / "checkpoint" / "run-000.h5"
+        ck = out / "points" / point.name / "checkpoint" / "BP-0.h5"
         deadline = time.monotonic() + 120
         while not ck.exists() and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -207,3 +207,19 @@ def test_sweep_file_errors_name_the_problem(tmp_path):
                             "points": [{"epochs": 2}, {"batch_size": 16}]})
     names = [p.name for p in s.expand()]
     assert len(names) == 9 and names[0] == "epochs=1__seed=0" and "batch_size=16__seed=2" in names
+
+
+def test_the_sweep_command(tmp_path, capsys):
+    from scenarios.cli import main
+
+    spec = tmp_path / "one.toml"
+    spec.write_text('scenario = "quickstart"\nquick = true\nmetric = "final_loss"\n[settings]\nrules = ["bp"]\n'
+                    '[[points]]\nepochs = 1\n[[points]]\nepochs = 1\n"device_overrides.read_noise" = -1\n')
+    out = tmp_path / "out"
+    assert main(["sweep", str(spec), "--workers", "1", "--out", str(out), "--no-progress"]) == 1   # one failed
+    text = capsys.readouterr().out
+    assert "final loss mean" in text and "failed: epochs=1__device_overrides.read_noise=-1__seed=0" in text
+    assert "read_noise" in text
+    assert (out / "sweep.toml").read_text() == spec.read_text()
+    assert sorted(p.name for p in out.iterdir()) == ["points", "points.csv", "points.json", "summary.csv",
+                                                     "sweep.h5", "sweep.png", "sweep.toml"]
