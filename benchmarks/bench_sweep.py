@@ -9,6 +9,8 @@ interleaved round by round so that a busy machine slows them alike:
 
 * ``sequential``     — every point by :func:`scenarios.sweep.run_point` in this process, BLAS
                        and Numba free to use every core (what a plain loop does);
+* ``sequential, 1 thread`` — the same with BLAS and Numba on one thread (for context: on a
+                       machine busy with other work a second BLAS thread mostly contends);
 * ``dask 1 worker``  — ``noisesim sweep --workers 1``: one worker with all cores' threads;
 * ``dask 2 workers`` — ``--workers 2`` (on 2 cores: one BLAS/Numba thread each);
 * ``dask 2 workers, unlimited`` — 2 workers each allowed every core's threads
@@ -44,11 +46,11 @@ def make_sweep(n_points: int) -> sw.Sweep:
         "grid": {"rule_options.bp.lr": LRS[:max(1, min(len(LRS), n_points))]}})
 
 
-def sequential(sweep: sw.Sweep, out: Path) -> None:
+def sequential(sweep: sw.Sweep, out: Path, threads: int | None = None) -> None:
     defaults = get(sweep.scenario).defaults
     for p in sweep.expand():
         st = sw.run_point(sweep.scenario, sweep.quick, sweep.pairs(p, defaults), str(out / "points" / p.name),
-                          sweep.checkpoint_every, threads=sw.cores())
+                          sweep.checkpoint_every, threads=threads or sw.cores())
         assert st["status"] == "done", st
     sw.aggregate(sweep, out, sweep.expand())
 
@@ -69,7 +71,8 @@ def main(argv=None) -> int:
     sweep = make_sweep(args.points)
     n = len(sweep.expand())
     cores = sw.cores()
-    contenders = {"sequential": sequential, "dask 1 worker": on_dask(1), "dask 2 workers": on_dask(2),
+    contenders = {"sequential": sequential, "sequential, 1 thread": lambda s, o: sequential(s, o, 1),
+                  "dask 1 worker": on_dask(1), "dask 2 workers": on_dask(2),
                   "dask 2 workers, unlimited": on_dask(2, threads=cores)}
     times = {k: [] for k in contenders}
     root = Path(tempfile.mkdtemp(prefix="bench-sweep-"))

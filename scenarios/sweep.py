@@ -262,6 +262,7 @@ def run_point(scenario: str, quick: bool, pairs: list, point_dir: str, checkpoin
     t0 = time.perf_counter()
     point_dir.mkdir(parents=True, exist_ok=True)
     info = {"pairs": pairs, "host": _host(), "pid": os.getpid(), "threads": n}
+    tmp = None
     try:
         with limit_threads(n):
             sc = get(scenario)
@@ -283,6 +284,8 @@ def run_point(scenario: str, quick: bool, pairs: list, point_dir: str, checkpoin
                 os.remove(point_dir / "failed.json")
         return read_point(point_dir)
     except Exception as exc:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         status = {"status": "failed", "error": f"{type(exc).__name__}: {exc}",
                   "traceback": traceback.format_exc(), "wall_s": round(time.perf_counter() - t0, 2), **info}
         checkpoint.atomic_write_json(point_dir / "failed.json", status)
@@ -344,11 +347,12 @@ def local_cluster(plan: list[dict]):
 
     if all(env == plan[0] for env in plan):
         return LocalCluster(n_workers=len(plan), threads_per_worker=1, processes=True, env=plan[0],
-                            host="127.0.0.1", dashboard_address=None, silence_logs=logging.ERROR)
+                            host="127.0.0.1", dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR)
     workers = {f"gpu-{env['CUDA_VISIBLE_DEVICES']}": {
         "cls": Nanny, "options": {"nthreads": 1, "env": env, "host": "127.0.0.1", "silence_logs": logging.ERROR}}
         for env in plan}
-    scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard": False}}
+    scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard_address": "127.0.0.1:0",
+                                               "dashboard": False}}
     return SpecCluster(workers=workers, scheduler=scheduler, silence_logs=logging.ERROR)
 
 

@@ -123,7 +123,7 @@ def test_a_killed_worker_point_continues_from_its_checkpoint(tmp_path):
     assert st["status"] == "done"
 
     out = tmp_path / "out"
-    with LocalCluster(n_workers=1, threads_per_worker=1, host="127.0.0.1", dashboard_address=None,
+    with LocalCluster(n_workers=1, threads_per_worker=1, host="127.0.0.1", dashboard_address="127.0.0.1:0",
                       silence_logs=50) as cluster, Client(cluster) as client:
         pid = next(iter(client.run(os.getpid).values()))
         result = {}
