@@ -138,7 +138,7 @@ class Checkpoint:
         run = {"version": VERSION, "label": hist.rule, "done": done, "epoch": pos.epoch, "step": pos.step,
                "history": h, "losses": np.asarray(pos.losses) if pos.losses else None,
                "perm": None if pos.perm is None else np.asarray(pos.perm)}
-        # JSON leaves cannot sit beside arrays in one dict entry list: arrays go in their own keys
+        # the loop's arrays in a group of their own, its JSON values in the "run" entry
         state = {"network": net.state(), "rule": rule.state(),
                  "run": {k: v for k, v in run.items() if v is not None and not isinstance(v, np.ndarray)},
                  "arrays": {k: v for k, v in run.items() if isinstance(v, np.ndarray)}}
@@ -151,8 +151,8 @@ class Checkpoint:
         """Put the saved state into ``net``, ``rule`` and ``hist``; ``None`` when there is no file.
 
         Returns the :class:`Position` to continue from (``epoch = None`` when the saved run had
-        ended). Raises ``ValueError`` when the file belongs to another run (label, network or
-        rule config differ) before anything changes.
+        ended). Raises ``ValueError`` when the file belongs to another run (its label, network
+        or rule config differ); the run should not go on then.
         """
         if not self.path.exists():
             return None

@@ -223,3 +223,30 @@ def test_the_sweep_command(tmp_path, capsys):
     assert (out / "sweep.toml").read_text() == spec.read_text()
     assert sorted(p.name for p in out.iterdir()) == ["points", "points.csv", "points.json", "summary.csv",
                                                      "sweep.h5", "sweep.png", "sweep.toml"]
+
+
+TWICE = """
+import json, sys
+from scenarios import sweep as sw
+print(json.dumps(sw.run_point("quickstart", True, [["rules", ["bp"]], ["seed", 0]], sys.argv[1], 5)))
+"""
+
+
+def test_two_writers_of_one_point_leave_one_whole_result(tmp_path):
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "OPENBLAS_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
+    point = tmp_path / "p"
+    procs = [subprocess.Popen([sys.executable, "-c", TWICE, str(point)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=240) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    statuses = [json.loads(o.strip().splitlines()[-1]) for o, _ in outs]
+    assert [s["status"] for s in statuses] == ["done", "done"]
+    assert statuses[0]["pid"] == statuses[1]["pid"]          # both report the one result that counts
+    assert sorted(p.name for p in point.iterdir()) == ["checkpoint", "result"]
+    assert sw.read_point(point) == statuses[0]
+    with h5py.File(point / "result" / "results.h5") as f:
+        assert f["tables/final/test_acc"][()].shape == (1,)
