@@ -50,6 +50,13 @@ def _kind(a) -> str:
     raise TraceError(f"cannot trace an array of dtype {a.dtype} (only floating, integer and bool arrays)")
 
 
+def _differing(a, b, path="") -> list[str]:
+    """The paths of the entries two JSON configs disagree on."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b)) for d in _differing(a.get(k), b.get(k), f"{path}{k}.")]
+    return [] if a == b else [path.rstrip(".")]
+
+
 class TraceWriter:
     """Write what a rule consumed, step by step, into one HDF5 file (format in :mod:`.format`).
 
@@ -135,28 +142,14 @@ class TraceWriter:
             config_json = json.dumps(config, sort_keys=True)
         except TypeError as exc:
             raise TraceError(f"{self.path}: the run config is not JSON-serialisable ({exc})") from None
+        if resume_steps is not None:            # a continued run: into the trace it started
+            self._rule = rule
+            self._continue(config_json, compression, int(resume_steps))
+            return
         # the complete state a replay starts from (the trace reads it only through state())
         initial = {"network": network.state(), "rule": rule.state() if rule is not None and hasattr(rule, "state")
                    else None}
         self._rule = rule
-        self._stored_schema = None
-        if resume_steps is not None:
-            f = self._reopen(config_json, compression, int(resume_steps))
-        else:
-            f = self._create(config_json, compression, initial)
-        self._schema = None
-        self._written = int(resume_steps or 0)   # steps handed over (to the sink, or the process)
-        self._confirmed = self._written          # steps known to be in the file
-        self._failed = None        # why the writer process stopped, once it has
-        self._pump, self._pump_error = None, None
-        if self.background:
-            f.close()
-            self._f, self._sink = None, None
-            self._proc = _start_process(self.path)
-        else:
-            self._f, self._sink, self._proc = f, Sink(f), None
-
-    def _create(self, config_json, compression, initial):
         f = h5py.File(self.path, "w", libver=LIBVER)
         try:
             a = f.attrs
@@ -176,10 +169,23 @@ class TraceWriter:
         except BaseException:
             f.close()
             raise
-        return f
+        self._schema = None
+        self._written = 0          # steps handed over (to the sink, or the process)
+        self._confirmed = 0        # steps known to be in the file
+        self._failed = None        # why the writer process stopped, once it has
+        self._pump, self._pump_error = None, None
+        if self.background:
+            f.close()
+            self._f, self._sink = None, None
+            self._proc = _start_process(self.path)
+        else:
+            self._f, self._sink, self._proc = f, Sink(f), None
 
-    def _reopen(self, config_json, compression, k: int):
-        """Open the trace to continue after its step ``k`` (see ``resume_steps``)."""
+    # -- helpers ---------------------------------------------------------------------------------
+    _stored_schema = None         # the schema of a continued trace (``resume_steps``)
+
+    def _continue(self, config_json: str, compression, k: int) -> None:
+        """Open the trace at ``path`` to continue after its step ``k`` (see ``resume_steps``)."""
         try:
             f = h5py.File(self.path, "r+", libver=LIBVER)
         except (OSError, ValueError) as exc:
@@ -205,7 +211,7 @@ class TraceWriter:
             if not 0 <= k <= n:
                 raise TraceError(f"{self.path}: the trace has {n} complete steps; continuing after step {k} "
                                  "would leave a gap")
-            if "steps" in f:
+            if "steps" in f:     # the rows after step k are written again
                 f["steps"].visititems(lambda _, ds: ds.resize(k, axis=0) if isinstance(ds, h5py.Dataset) else None)
             a["complete_steps"] = k
             a["closed"] = 0
@@ -217,9 +223,17 @@ class TraceWriter:
         except BaseException:
             f.close()
             raise
-        return f
+        self._schema = None
+        self._written = self._confirmed = k       # steps in the file already
+        self._failed = None
+        self._pump, self._pump_error = None, None
+        if self.background:
+            f.close()
+            self._f, self._sink = None, None
+            self._proc = _start_process(self.path)
+        else:
+            self._f, self._sink, self._proc = f, Sink(f), None
 
-    # -- helpers ---------------------------------------------------------------------------------
     @staticmethod
     def _write_state(f, group: str, state: dict) -> None:
         try:
@@ -574,13 +588,6 @@ class TraceWriter:
             if exc_type is None:
                 raise
         return False
-
-
-def _differing(a, b, path="") -> list[str]:
-    """The paths of the entries two JSON configs disagree on."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        return [d for k in sorted(set(a) | set(b)) for d in _differing(a.get(k), b.get(k), f"{path}{k}.")]
-    return [] if a == b else [path.rstrip(".")]
 
 
 @contextlib.contextmanager
