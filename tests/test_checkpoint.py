@@ -166,13 +166,27 @@ def _trace_arrays(path):
     return out, attrs, final
 
 
+def _opened(path, wait=60.0):
+    """``path`` opened for reading once the killed run's writer process has let go of it."""
+    import time
+
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return h5py.File(path, "r")
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def test_a_trace_being_written_continues_in_the_same_file(tmp_path):
     args = ["run", "quickstart", "--quick", "--rule", "danp", "--no-progress", "--checkpoint-every", str(EVERY)]
     whole = _cli([*args, "--out", "whole", "--trace", "whole.h5"], tmp_path)
     assert whole.returncode == 0, whole.stderr
     killed = _cli([*args, "--out", "killed", "--trace", "killed.h5"], tmp_path, kill_at=61)   # 11 steps past 50
     assert killed.returncode == -signal.SIGKILL
-    with h5py.File(tmp_path / "killed.h5") as f:   # past its last checkpoint, not closed
+    with _opened(tmp_path / "killed.h5") as f:   # past its last checkpoint, not closed
         assert int(f.attrs["complete_steps"]) >= 50 and int(f.attrs["closed"]) == 0
     resumed = _cli(["run", "--resume", "killed", "--no-progress"], tmp_path)
     assert resumed.returncode == 0, resumed.stderr

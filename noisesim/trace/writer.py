@@ -14,6 +14,7 @@ import queue
 import subprocess
 import sys
 import threading
+import time
 import zlib
 
 import h5py
@@ -186,10 +187,18 @@ class TraceWriter:
 
     def _continue(self, config_json: str, compression, k: int) -> None:
         """Open the trace at ``path`` to continue after its step ``k`` (see ``resume_steps``)."""
-        try:
-            f = h5py.File(self.path, "r+", libver=LIBVER)
-        except (OSError, ValueError) as exc:
-            raise TraceError(f"{self.path}: cannot continue this trace ({exc})") from None
+        deadline = time.monotonic() + 30.0
+        while True:    # the writer process of the stopped run may still be storing its last steps
+            try:
+                f = h5py.File(self.path, "r+", libver=LIBVER)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TraceError(f"{self.path}: another process keeps the trace open; cannot continue it") \
+                        from None
+                time.sleep(0.05)
+            except (OSError, ValueError) as exc:
+                raise TraceError(f"{self.path}: cannot continue this trace ({exc})") from None
         try:
             a = f.attrs
             text = lambda v: v.decode() if isinstance(v, bytes) else v
