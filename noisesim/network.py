@@ -23,7 +23,7 @@ from .backend import Backend, Streams, get_backend, to_numpy
 from .config import DeviceConfig
 from .errors import AccessError, DivergenceError
 from .tile import Tile
-from . import _kernels, drift
+from . import _kernels, drift, threads
 
 
 @dataclass
@@ -180,6 +180,7 @@ class Network:
         p = self.forward_stacked(x, 1, purpose=purpose)
         return p[0]
 
+    @threads.sized
     def forward_stacked(self, x, passes: int, *, clean: Sequence[bool] | None = None,
                         inject: Sequence | None = None, purpose: str = "train") -> Pass:
         """``passes`` forward passes of one batch, one GEMM per layer for all of them.

@@ -33,6 +33,7 @@ NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,99}$")
 MAX_BYTES = 1 << 36      # default read budget of one state (arrays)
 MAX_JSON = 1 << 24       # longest JSON attribute read
 MAX_DEPTH = 16
+MAX_RATIO = 1024         # largest size / stored bytes of a compressed state array
 
 
 class StateError(ValueError):
@@ -91,7 +92,7 @@ def save(path, state: dict) -> None:
     path = os.fspath(path)
     tmp = path + ".partial"
     try:
-        with h5py.File(tmp, "w") as f:
+        with h5py.File(tmp, "w", libver=("v110", "v110")) as f:   # checksummed metadata
             f.attrs["format"] = "noisesim-state"
             write(f, state)
         os.replace(tmp, path)
@@ -132,12 +133,30 @@ def _json_attr(group, where):
     return out
 
 
+def check_storage(ds: h5py.Dataset) -> None:
+    """Refuse a dataset that declares more bytes than it stores (unwritten chunks read as fill
+    values: a few bytes on disk could otherwise make a reader allocate gigabytes). Datasets
+    with filters (compression) are bounded by :data:`MAX_RATIO`."""
+    nbytes = int(np.prod(ds.shape, dtype=np.int64)) * ds.dtype.itemsize
+    stored = int(ds.id.get_storage_size())
+    filtered = ds.id.get_create_plist().get_nfilters() > 0
+    if ds.chunks is not None and ds.maxshape and ds.maxshape[0] is None:
+        return     # per-step datasets: read one checksummed row at a time, rows past the last step never
+    if (stored < nbytes and not filtered) or stored * MAX_RATIO < nbytes:
+        raise StateError(f"dataset {ds.name!r} declares shape {ds.shape} ({nbytes} bytes) but stores {stored} bytes; "
+                         "refused")
+
+
 def _dataset(ds: h5py.Dataset, where: str, budget: _Budget) -> np.ndarray:
     name = ds.name
     if ds.dtype not in DTYPES:
         raise StateError(f"{where}: dataset {name!r} has dtype {ds.dtype}, not a numeric state array")
     if ds.is_virtual or ds.external:
         raise StateError(f"{where}: dataset {name!r} keeps its data outside the file; refused")
+    try:
+        check_storage(ds)
+    except StateError as exc:
+        raise StateError(f"{where}: {exc}") from None
     budget.take(int(np.prod(ds.shape, dtype=np.int64)) * ds.dtype.itemsize, where, f"dataset {name!r}")
     try:
         a = np.ascontiguousarray(ds[()])
@@ -153,7 +172,13 @@ def read(group: h5py.Group, *, where: str = "", max_bytes: int = MAX_BYTES, _bud
     """The state written by :func:`write` into ``group`` (see the module docstring for the
     checks); ``max_bytes`` bounds the array bytes read."""
     where = where or getattr(getattr(group, "file", None), "filename", "") or "state"
-    budget = _budget or _Budget(max_bytes)
+    if _budget is None:
+        from ._hdf5 import available_memory
+
+        have = available_memory()
+        budget = _Budget(max_bytes if have is None else min(max_bytes, have))
+    else:
+        budget = _budget
     if _depth > MAX_DEPTH:
         raise StateError(f"{where}: state groups nested deeper than {MAX_DEPTH}")
     out = _json_attr(group, where)
@@ -176,9 +201,13 @@ def read(group: h5py.Group, *, where: str = "", max_bytes: int = MAX_BYTES, _bud
 
 def load(path, *, max_bytes: int = MAX_BYTES) -> dict:
     """The state saved by :func:`save` at ``path``."""
+    from . import _hdf5
+
     path = os.fspath(path)
     try:
-        f = h5py.File(path, "r")
+        f = _hdf5.open_file(path)      # a regular file whose structure reads within seconds
+    except _hdf5.UnsafeFile as exc:
+        raise StateError(str(exc)) from None
     except Exception as exc:
         raise StateError(f"{path}: not a readable HDF5 file ({exc})") from None
     with f:

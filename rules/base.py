@@ -6,9 +6,11 @@ the one place weights change. Sign convention: ``W_l ← W_l − η·ΔW_l`` (th
 """
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 
-from noisesim.backend import to_numpy
+from noisesim.backend import get_array_module, to_numpy
 from noisesim.errors import DivergenceError
 from noisesim.protocol import Estimate
 
@@ -188,33 +190,174 @@ class Rule:
         """``ΔW_l`` as a pure function of the arrays in ``Estimate.record``."""
         raise NotImplementedError  # pragma: no cover - abstract
 
-    def step(self, net, x, t) -> Estimate:
-        """Estimate, update decorrelation, take the optimizer step, apply through the device."""
+    def step(self, net, x, t, *, guard: "DivergenceGuard | None" = None) -> Estimate:
+        """Estimate, update decorrelation, take the optimizer step, apply through the device.
+
+        ``x`` is a ``(B, n_in)`` batch of real inputs (B ≥ 1), ``t`` its ``(B, n_out)`` targets;
+        ``guard`` watches for divergence (see :meth:`apply`)."""
+        check_batch(net, x, t, self.label)
         if self.optimizer is None:
             self.init(net)
         est = self.estimate(net, x, t)
-        self.apply(net, est)
+        if takes_guard(self.apply):
+            self.apply(net, est, guard=guard)
+        else:       # a subclass's apply(net, est) of before the guard: check, then apply
+            if guard is not None:
+                guard.check(self, est)
+            self.apply(net, est)
         return est
 
-    def apply(self, net, est: Estimate) -> None:
-        """Apply an estimate: decorrelation first (after the estimate), then the weights."""
-        if not np.isfinite(est.loss):
-            raise DivergenceError(
-                f"{self.label}: the loss became {est.loss}; training stopped before applying the "
-                "update, the network keeps its last good state"
-            )
-        for l, u in enumerate(est.updates):
-            if not bool(net.xp.isfinite(u).all()):
-                raise DivergenceError(f"{self.label}: update of layer {l} is not finite; state kept")
+    def apply(self, net, est: Estimate, *, guard: "DivergenceGuard | None" = None) -> None:
+        """Apply an estimate: decorrelation first (after the estimate), then the weights.
+
+        Nothing changes when the step shows divergence: ``guard`` (a :class:`DivergenceGuard`;
+        without one, non-finite values only) raises :class:`~noisesim.errors.DivergenceError`
+        naming the step, the layer, the quantity that blew up first and the likely setting.
+        """
+        guard = guard if guard is not None else DivergenceGuard(max_loss_ratio=None, step=None)
+        guard.check(self, est)
         if self.decorrelate:
             deltas_R = [decorrelation_delta(est.inputs[l], net.decorrelation(l), self.alpha)
                         for l in range(net.n_layers)]
             for l, d in enumerate(deltas_R):
-                check_decorrelation(net.decorrelation(l) + d, est.inputs[l], self.alpha, l)
+                try:
+                    check_decorrelation(net.decorrelation(l) + d, est.inputs[l], self.alpha, l)
+                except DivergenceError as exc:
+                    raise guard.decorrelation_error(self, est, l, exc) from None
             for l, d in enumerate(deltas_R):
                 net.apply_decorrelation_update(l, d)
         for l, d in enumerate(self.optimizer.update(est.updates, self.opt_state)):
             net.apply_update(l, d)
+
+
+def takes_guard(method) -> bool:
+    """Whether a rule's ``step``/``apply`` accepts ``guard=`` (rules written before the guard
+    override them without it and keep working)."""
+    fn = getattr(method, "__func__", method)
+    found = _TAKES_GUARD.get(fn)
+    if found is None:
+        try:
+            found = "guard" in inspect.signature(method).parameters
+        except (TypeError, ValueError):
+            found = False
+        _TAKES_GUARD[fn] = found
+    return found
+
+
+_TAKES_GUARD: dict = {}
+
+
+def check_batch(net, x, t, who: str) -> None:
+    """Raise ``ValueError`` unless ``x`` is a non-empty real ``(B, n_in)`` batch and ``t`` its
+    ``(B, n_out)`` targets."""
+    n_in, n_out = net.sizes[0], net.sizes[-1]
+    for name, a, width in (("inputs", x, n_in), ("targets", t, n_out)):
+        kind = getattr(getattr(a, "dtype", None), "kind", None)
+        if kind not in ("f", "i", "u"):
+            raise ValueError(f"{who}: {name} must be real numbers, got dtype {getattr(a, 'dtype', type(a).__name__)}")
+        if a.ndim != 2 or a.shape[1] != width:
+            raise ValueError(f"{who}: {name} of shape {tuple(a.shape)}; this network needs (batch, {width})")
+    if x.shape[0] == 0:
+        raise ValueError(f"{who}: the batch is empty")
+    if t.shape[0] != x.shape[0]:
+        raise ValueError(f"{who}: {x.shape[0]} inputs but {t.shape[0]} targets")
+
+
+class DivergenceGuard:
+    """Stops training when it blows up, before the step that shows it is applied.
+
+    Checked on every step's estimate: a non-finite loss, activity or update, and a loss above
+    ``max_loss_ratio`` × its starting value (``start_loss``, else the first step's loss;
+    ``None`` switches that check off). The :class:`~noisesim.errors.DivergenceError` names
+    the step, the layer, the quantity that blew up first and the setting most likely at fault
+    (``lr``, or ``alpha`` when decorrelation diverges while the activity kept its scale); its
+    attributes ``step``, ``layer``, ``quantity`` and ``setting`` say the same for programs.
+
+    ``step`` counts the steps checked (the first checked is ``step + 1``; ``None``: not
+    counted). ``scenarios.train`` makes one per run with the untrained network's loss.
+    """
+
+    GROWTH = 10.0         # an activity this many times its starting RMS has blown up
+    INPUT_GROWTH = 3.0    # the decorrelated data this many times its starting RMS: R_0 diverged
+
+    def __init__(self, max_loss_ratio: float | None = 1e3, start_loss: float | None = None,
+                 step: int | None = 0):
+        if max_loss_ratio is not None and not (isinstance(max_loss_ratio, (int, float))
+                                               and not isinstance(max_loss_ratio, bool) and max_loss_ratio > 1):
+            raise ValueError(f"max_loss_ratio={max_loss_ratio!r} is out of range; allowed: a number > 1, or None")
+        self.max_loss_ratio = None if max_loss_ratio is None else float(max_loss_ratio)
+        self.start_loss = start_loss if start_loss is not None and np.isfinite(start_loss) and start_loss > 0 else None
+        self.step = step
+        self._scale = None          # per layer: the RMS of its input at the first step
+
+    def check(self, rule, est) -> None:
+        if self.step is not None:
+            self.step += 1
+        loss = host_float(est.loss)
+        if self._scale is None:
+            self._scale = [_rms(x) for x in est.inputs]
+            if self.start_loss is None and np.isfinite(loss) and loss > 0:
+                self.start_loss = loss
+        limit = None if self.max_loss_ratio is None or self.start_loss is None else self.max_loss_ratio * self.start_loss
+        if not np.isfinite(loss) or (limit is not None and loss > limit):
+            what = f"the loss became {loss:.3g}" if not np.isfinite(loss) else \
+                f"the loss {loss:.3g} exceeded {self.max_loss_ratio:g}× its starting value {self.start_loss:.3g} " \
+                "(max_loss_ratio)"
+            raise self._error(rule, est, what, *self._first_blown(est))
+        for l, u in enumerate(est.updates):
+            if not bool(get_array_module(u).isfinite(u).all()):
+                raise self._error(rule, est, f"the update of layer {l} is not finite", l,
+                                  f"the update of layer {l}", "lr")
+
+    def decorrelation_error(self, rule, est, layer: int, exc) -> DivergenceError:
+        """The error for a decorrelation matrix that blew up (``exc`` from the check)."""
+        what = f"{exc}".split("; the network")[0].split(". Lower alpha")[0]
+        first, quantity, setting = self._first_blown(est, upto=layer)
+        if setting != "lr" and first != 0:
+            first, quantity = layer, f"the decorrelation matrix R of layer {layer}"
+        return self._error(rule, est, what, first, quantity, setting)
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _growth(self, x, l) -> float:
+        s0 = self._scale[l] if self._scale else 0.0
+        s = _rms(x)
+        if not np.isfinite(s):
+            return float("inf")
+        return s / s0 if s0 > 0 else 1.0
+
+    def _first_blown(self, est, upto: int | None = None):
+        """``(layer, quantity, setting)``: what blew up first, going forward through the layers.
+
+        The data's scale is fixed, so a grown network input ``x*_0 = R_0 x`` means its
+        decorrelation diverged (``alpha``); a grown input of layer ``l > 0`` means layer
+        ``l - 1``'s output blew up (``lr``); else the output."""
+        upto = len(est.inputs) - 1 if upto is None else upto
+        g0 = self._growth(est.inputs[0], 0)
+        if g0 > self.INPUT_GROWTH:
+            return 0, f"the decorrelated network input (×{g0:.3g} its starting scale)", "alpha"
+        for l in range(1, upto + 1):
+            g = self._growth(est.inputs[l], l)
+            if g > self.GROWTH:
+                detail = "not finite" if not np.isfinite(g) else f"×{g:.3g} its starting scale"
+                return l - 1, f"the output of layer {l - 1} ({detail})", "lr"
+        last = len(est.inputs) - 1
+        return last, f"the output of layer {last}", "lr" if upto == last else "alpha"
+
+    def _error(self, rule, est, what, layer, quantity, setting) -> DivergenceError:
+        at = f" at step {self.step}" if self.step is not None else ""
+        value = getattr(rule, setting, None)
+        hint = f"most likely {setting}={value:g} is too high" if isinstance(value, float) else f"check {setting}"
+        kept = (f"the network keeps its state after step {self.step - 1}" if self.step is not None
+                else "the network keeps its last good state")
+        err = DivergenceError(f"{rule.label} diverged{at}: {what}; first to blow up: {quantity}; {hint}. "
+                              f"Training stopped before applying this step; {kept}")
+        err.step, err.layer, err.quantity, err.setting = self.step, layer, quantity, setting
+        return err
+
+
+def _rms(x) -> float:
+    xp = get_array_module(x)
+    return float(xp.sqrt(xp.mean(xp.square(x.astype(xp.float64))))) if x.size else 0.0
 
 
 def forward_with_output_error(rule, net, x, t):

@@ -30,6 +30,14 @@ from .base import Estimate, Rule, batch_outer, forward_with_output_error, host_f
 class FeedbackAlignment(Rule):
     """FA, or DFA with ``direct=True``; ``decorrelate=True`` for the decorrelated variants.
 
+    Parameters
+    ----------
+    direct : bool
+        Send the output error straight to every layer through its own fixed random matrix
+        (DFA, Nøkland 2016) instead of layer by layer (FA).
+    **kw
+        The options of :class:`rules.base.Rule` (``lr``, ``optimizer``, ``loss``…).
+
     Example
     -------
     >>> rule = rules.make("fa", optimizer="sgd", lr=1e-2)   # doctest: +SKIP

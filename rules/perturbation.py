@@ -70,6 +70,14 @@ def injection(xp, dtype, P: int, B: int, n: int, rows: dict):
     return out
 
 
+def intrinsic_sigma_error(name: str, sigma) -> str:
+    """Why an observing rule (ANP, regression) takes no ``sigma``, and how to set σ instead."""
+    return (f"{name} takes no sigma: its perturbation is the device's intrinsic node noise, which "
+            f"the rule neither sets nor reads. Set it on the device — "
+            f"DeviceConfig.preset('ideal', node_noise={sigma!r}) — or get the device and the rule "
+            f"in one line with rules.with_sigma({name!r}, {sigma!r})")
+
+
 def check_sigma(name: str, sigma) -> float:
     if not (isinstance(sigma, (int, float)) and np.isfinite(sigma) and sigma > 0):
         raise ValueError(f"{name}: sigma={sigma!r} is out of range; allowed range: (0, ∞)")
@@ -81,12 +89,25 @@ class PerturbationRule(Rule):
 
     Subclasses set ``baselines`` (the ones they support), ``injects`` (whether they need
     ``inject`` access) and implement ``estimate``/``updates_from_record``/``forward_passes``.
+
+    Parameters
+    ----------
+    baseline : {"clean", "noisy"} (injecting rules also "noisy-known")
+        The reference pass: noise-gated (needs ``clean``), an ordinary noisy pass, or a
+        second pass with its own known perturbation (see the module docstring).
+    samples : int
+        K perturbations averaged per update (the paper's resampling; passes scale with K).
+    **kw
+        The options of :class:`rules.base.Rule` (``lr``, ``optimizer``, ``loss``…).
+
     """
 
     baselines: tuple = ("clean", "noisy")
     injects = False
 
     def __init__(self, *, baseline: str = "noisy", samples: int = 1, **kw):
+        if "sigma" in kw and not self.injects:
+            raise TypeError(intrinsic_sigma_error(self.name, kw["sigma"]))
         super().__init__(**kw)
         if baseline not in self.baselines:
             raise ValueError(f"{self.name}: baseline={baseline!r} is not known; allowed: {list(self.baselines)}")
@@ -104,7 +125,13 @@ class PerturbationRule(Rule):
 
 class InjectingRule(PerturbationRule):
     """A perturbation rule that injects known Gaussian perturbations of std ``sigma``
-    (needs ``inject`` access; paper: σ = 1e-3, σ² = 1e-6)."""
+    (needs ``inject`` access; paper: σ = 1e-3, σ² = 1e-6).
+
+    Parameters
+    ----------
+    sigma : float
+        Std of the injected perturbation ε (> 0). The device's own node noise is set on the
+        device; :func:`rules.with_sigma` sets both to one σ."""
 
     needs = ("observe", "inject")
     injects = True

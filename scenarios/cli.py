@@ -12,15 +12,20 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import signal
 import sys
 import time
 
 import noisesim
+import noisesim.backend
 import rules
 
 from . import checkpoint, output, report, sweep, trace_cli
 from .scenario import SCENARIOS, Context, configure, execute, get, validate
+
+log = logging.getLogger("noisesim")
 
 
 def _cmd_list(args) -> int:
@@ -76,19 +81,85 @@ def _cmd_run(args) -> int:
         raise ValueError(f"scenario {name!r} does not support --trace")
     validate(cfg)
     out_dir = output.prepare_out_dir(args.out or output.default_out_dir(name))
+    if args.trace:
+        output.check_trace_path(args.trace, out_dir)
     ctx = Context(progress=not args.no_progress, trace=args.trace,
                   trace_options=trace_cli.run_options(args) if args.trace else {}, scenario=name)
+    meta = {"quick": bool(args.quick), "command": ["noisesim", *sys.argv[1:]] if args.argv is None else args.argv,
+            "backend": noisesim.backend.get_backend(cfg["backend"], cfg["dtype"]).name, "dtype": cfg["dtype"]}
     t0 = time.perf_counter()
-    with checkpoint.cli_session(args, out_dir):
-        result = execute(sc, cfg, ctx)
+
+    def write(result, **more):
+        return output.write_result(out_dir, name, cfg, result, **{**meta, **ctx.used(),
+                                   "wall_s": round(time.perf_counter() - t0, 2), **more})
+
+    def on_partial(result):    # each finished run is on disk at once
+        try:
+            write(result, figures=False, complete=False)
+        except OSError as exc:
+            log.warning("could not write the partial results into %s: %s", out_dir, exc)
+    ctx.on_partial = on_partial
+    try:
+        with _terminate_as_interrupt(), checkpoint.cli_session(args, out_dir):
+            result = execute(sc, cfg, ctx)
+    except Terminated:
+        return _interrupted(write, ctx, out_dir, "terminated (SIGTERM)", 143)
+    except KeyboardInterrupt:
+        return _interrupted(write, ctx, out_dir, "interrupted by the user (Ctrl-C)", 130)
+    except Exception as exc:
+        if not ctx.runs:   # nothing trained yet: a plain error (a bad setting found late)
+            raise
+        return _interrupted(write, ctx, out_dir, _cause(exc), 2)
+    write(result, complete=True)
     wall = time.perf_counter() - t0
-    output.write_result(out_dir, name, cfg, result, wall_s=round(wall, 2), quick=bool(args.quick),
-                        command=["noisesim", *sys.argv[1:]] if args.argv is None else args.argv)
     print(output.format_report(result))
     print(f"results written to {out_dir}/ (results.h5, summary.json, "
           + ", ".join(f"{f}.png" for f in result.figures) + f") in {wall:.1f} s")
     main_t = result.tables[result.main]
     return 1 if "diverged" in main_t.columns and any(main_t.column("diverged")) else 0
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a batch system's time limit) while a run trains."""
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """While the block runs, SIGTERM stops it like Ctrl-C, so the run writes what it has."""
+    def stop(signum, frame):
+        raise Terminated()
+    try:
+        old = signal.signal(signal.SIGTERM, stop)
+    except ValueError:      # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _cause(exc) -> str:
+    from .train import _why
+
+    return _why(exc)
+
+
+def _interrupted(write, ctx, out_dir, why: str, code: int) -> int:
+    """Write what the run has (every run reported so far, marked interrupted) and say so."""
+    from .experiment import partial_result
+
+    result = partial_result(ctx.runs, ctx.scenario)
+    result.notes.insert(0, f"the run was interrupted: {why}")
+    try:
+        write(result, complete=False, interrupted=why)
+        where = f"the results so far are in {out_dir}/ (summary.json, results.h5)"
+    except Exception as exc:   # noqa: BLE001 - the interruption is the message; say this too
+        where = f"the results so far could not be written into {out_dir}/: {exc}"
+    if ctx.runs:
+        print(output.format_report(result))
+    print(f"noisesim: run stopped: {why}; {where}", file=sys.stderr)
+    return code
 
 
 def build_parser() -> argparse.ArgumentParser:

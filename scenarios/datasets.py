@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import platformdirs
 
 from . import loaders
 from .loaders import ENV_VAR
@@ -35,7 +36,6 @@ from .loaders import ENV_VAR
 __all__ = ["Dataset", "DATASETS", "load", "cache_dir", "load_digits", "load_mnist1d",
            "load_teacher", "load_cifar10", "load_mnist", "load_sarcos", "load_tiny_imagenet"]
 
-_REPO = Path(__file__).resolve().parents[1]
 _TASKS = ("classification", "regression")
 
 
@@ -76,6 +76,8 @@ class Dataset:
         for x, y, split in ((self.x_train, self.y_train, "train"), (self.x_test, self.y_test, "test")):
             if x.ndim != 2 or len(x) != len(y):
                 raise ValueError(f"{self.name}: {split} inputs {x.shape} do not match targets {y.shape}")
+        check_split(self.name, self.x_train, self.y_train, "train", self.task, self.n_classes)
+        check_split(self.name, self.x_test, self.y_test, "test", self.task, self.n_classes, empty_ok=True)
 
     def __repr__(self) -> str:
         kind = f"{self.n_classes} classes" if self.n_classes is not None else "regression"
@@ -114,6 +116,34 @@ class Dataset:
         if y.size and (y.min() < 0 or y.max() >= self.n_classes):
             raise ValueError(f"labels must lie in 0..{self.n_classes - 1}")
         return np.eye(self.n_classes, dtype=np.float32)[y.astype(np.int64)]
+
+
+def check_split(name, x, y, split: str, task: str, n_outputs, *, empty_ok: bool = False) -> None:
+    """Raise ``ValueError`` naming the problem unless ``x`` is a 2-D array of real numbers and
+    ``y`` fits ``task``: integer class labels in ``[0, n_outputs)`` (classification) or real
+    targets of width ``n_outputs`` (regression; ``None``: any width)."""
+    x, y = np.asarray(x), np.asarray(y)
+    if x.dtype.kind not in "fiu":
+        raise ValueError(f"{name}: {split} inputs must be real numbers, got dtype {x.dtype}")
+    if x.ndim != 2 or len(x) != len(y):
+        raise ValueError(f"{name}: {split} inputs {x.shape} do not match targets {y.shape}")
+    if len(x) == 0 and not empty_ok:
+        raise ValueError(f"{name}: the {split} split is empty")
+    if task == "classification":
+        if y.ndim != 1:
+            raise ValueError(f"{name}: {split} labels must be one class index per sample, shape ({len(x)},); "
+                             f"got shape {y.shape}")
+        if y.dtype.kind not in "iu":
+            raise ValueError(f"{name}: {split} labels must be integers (class indices), got dtype {y.dtype}")
+        if y.size and (int(y.min()) < 0 or int(y.max()) >= n_outputs):
+            bad = int(y.min()) if int(y.min()) < 0 else int(y.max())
+            raise ValueError(f"{name}: {split} label {bad} is outside [0, {n_outputs}) for {n_outputs} classes")
+    else:
+        if y.dtype.kind not in "fiu":
+            raise ValueError(f"{name}: {split} targets must be real numbers, got dtype {y.dtype}")
+        width = y.shape[1] if y.ndim == 2 else 1 if y.ndim == 1 else None
+        if width is None or (n_outputs is not None and width != n_outputs):
+            raise ValueError(f"{name}: {split} targets of shape {y.shape}; expected ({len(x)}, {n_outputs})")
 
 
 def _subsample(a: np.ndarray, n, what: str) -> np.ndarray:
@@ -242,15 +272,14 @@ def generate_mnist1d(**params) -> dict:
 
 
 def cache_dir() -> Path:
-    """Folder for generated data: ``$NOISESIM_DATA``, else ``<repo>/data/cache``
-    when the source checkout's ``data/`` folder is writable, else ``~/.cache/noisesim``."""
+    """Folder for generated data (MNIST-1D, learning-rate searches): ``$NOISESIM_DATA`` when
+    set, else the platform's user cache folder — ``$XDG_CACHE_HOME/noisesim``, by default
+    ``~/.cache/noisesim``, on Linux (:func:`platformdirs.user_cache_dir`). Nothing is ever
+    written into the installed package or the source checkout."""
     env = os.environ.get(ENV_VAR)
     if env:
         return Path(env).expanduser()
-    data = _REPO / "data"
-    if data.is_dir() and os.access(data, os.W_OK) and (_REPO / "setup.cfg").is_file():
-        return data / "cache"
-    return Path.home() / ".cache" / "noisesim"
+    return Path(platformdirs.user_cache_dir("noisesim", appauthor=False))
 
 
 def _read_cache(path: Path, key: str):
@@ -272,8 +301,6 @@ def _write_cache(path: Path, key: str, arrays: dict) -> None:
     """Atomically write the cache; silently skip when the folder is not writable."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        if path.parent == _REPO / "data" / "cache" and not (path.parent / ".gitignore").exists():
-            (path.parent / ".gitignore").write_text("*\n")
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npz")
         try:
             with os.fdopen(fd, "wb") as f:

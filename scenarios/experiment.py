@@ -29,15 +29,27 @@ def common(**settings) -> dict:
     """Defaults with every common setting (see :data:`scenarios.scenario.COMMON`) filled in.
 
     ``blas_threads`` (1; ``null`` leaves BLAS alone, as the paper-scale settings do) limits BLAS
-    while the scenario runs, see :func:`scenarios.scenario.execute`.
+    while the scenario runs, see :func:`scenarios.scenario.execute`; ``max_loss_ratio``: the
+    divergence guard stops a run whose loss exceeds this multiple of its starting value
+    (:func:`scenarios.train.train`).
     """
     base = {
         "seed": 0, "n_seeds": 3, "device": "ideal", "device_overrides": {}, "backend": "numpy",
         "dtype": "float32", "rules": [], "rule_options": {}, "scale": "offline",
-        "lr": "paper", "lr_search": dict(lr_search.SEARCH_DEFAULTS), "blas_threads": 1,
+        "lr": "paper", "lr_search": dict(lr_search.SEARCH_DEFAULTS), "blas_threads": 1, "max_loss_ratio": 1e3,
     }
     base.update(settings)
     return base
+
+
+# how often, and on how many training samples, a training scenario measures its curves
+# (scenarios.train's eval_every / eval_train); training scenarios add these to their defaults
+EVALUATION = {"eval_every": 1, "eval_train": 2000}
+
+
+def eval_options(cfg) -> dict:
+    """``eval_every``/``eval_train`` of a training scenario's config, for :func:`scenarios.train`."""
+    return {k: cfg.get(k, v) for k, v in EVALUATION.items()}
 
 
 def seeds(cfg) -> list[int]:
@@ -155,16 +167,43 @@ def training_trial(cfg, data, sizes, *, batch_size: int, net_kw=None, rule_kw=No
     def trial(name, lr):
         net = network(cfg, sizes, dev, seeds(cfg)[0], **(net_kw or {}))
         rule = make_rule(name, lr, **{**options(cfg, name), **(rule_kw or {}).get(name, {})})
-        h = train(net, rule, data, epochs=int(search["epochs"]), batch_size=batch_size, progress=False)
+        h = train(net, rule, data, epochs=int(search["epochs"]), batch_size=batch_size, progress=False,
+                  eval_train=eval_options(cfg)["eval_train"])       # every epoch: the search reads each
         return h.column("train_loss"), h.diverged
     return trial
 
 
 # --------------------------------------------------------------------------- training
+def trained(ctx, label: str, net, rule, data, *, group: str | None = None, **kw) -> History:
+    """:func:`scenarios.train.train` reported to ``ctx`` (:meth:`Context.finished`, under
+    ``group``, default ``label``) as soon as it finishes or is interrupted (then the
+    interrupted run's partial history, and the error is raised again)."""
+    try:
+        h = train(net, rule, data, label=label, **kw)
+    except BaseException as exc:
+        if ctx is not None and getattr(exc, "history", None) is not None:
+            _report(ctx, group or label, exc.history)
+        raise
+    if ctx is not None:
+        _report(ctx, group or label, h)
+    return h
+
+
+def _report(ctx, label, h):
+    try:
+        ctx.finished(label, h)
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:    # writing a partial result must not end the run
+        warnings.warn(f"could not record the partial result after {label}: {exc}")
+
+
 def train_runs(cfg, specs, data, *, sizes, epochs: int, batch_size: int, progress: bool = True,
-               net_kw=None) -> dict[str, list[History]]:
+               net_kw=None, ctx=None, group_suffix: str = "") -> dict[str, list[History]]:
     """Train every ``(label, make_rule)`` in ``specs`` on every seed, each on a fresh network
-    (same seed, same initial weights across rules). Access is checked before anything trains."""
+    (same seed, same initial weights across rules). Access is checked before anything trains.
+    Each run is reported to ``ctx`` as soon as it finishes (:func:`trained`), under its label
+    and ``group_suffix`` (which tells apart the same labels of several calls)."""
     dev = device(cfg)
     planned = []
     for lab, factory in specs:
@@ -176,9 +215,28 @@ def train_runs(cfg, specs, data, *, sizes, epochs: int, batch_size: int, progres
         for s in seeds(cfg):
             net = network(cfg, sizes, dev, s, **(net_kw or {}))
             runs.setdefault(lab, []).append(
-                train(net, factory(), data, epochs=epochs, batch_size=batch_size, progress=progress,
-                      label=f"{lab} s{s}"))
+                trained(ctx, f"{lab} s{s}", net, factory(), data, group=lab + group_suffix, epochs=epochs,
+                        batch_size=batch_size, progress=progress, max_loss_ratio=cfg.get("max_loss_ratio", 1e3),
+                        **eval_options(cfg)))
     return runs
+
+
+def partial_result(runs: dict, scenario: str = "") -> Result:
+    """The runs finished so far (``{label: [History]}``) as a :class:`Result`: the learning
+    table ``final``, the learning curves and a note per stopped or interrupted run."""
+    res = Result(main="final")
+    if not runs:
+        res.table("final", ["rule"])
+        return res
+    stopped = {lab: {"interrupted": any(h.interrupted for h in hs)} for lab, hs in runs.items()}
+    with quiet():
+        learning_table(res, runs, extra=stopped)
+        learning_curves(res, runs, title=f"{scenario}: runs finished so far" if scenario else "runs finished so far")
+    for lab, hs in runs.items():
+        for h in hs:
+            if h.interrupted:
+                res.notes.append(f"{lab} was interrupted after {h.steps} steps: {h.interrupted}")
+    return res
 
 
 def _padded(runs, key):
@@ -224,7 +282,10 @@ def learning_curves(result: Result, runs: dict, *, name: str = "learning_curves"
     labels = list(runs)
     metrics = ("train_loss", "test_loss", "train_acc", "test_acc", "step_loss")
     data = {m: _padded(runs, m) for m in metrics}
-    epochs = np.arange(data["test_loss"].shape[2])
+    # the epochs the runs measured (every ``eval_every``-th and the last; a run stopped early
+    # measured a prefix of the longest one's)
+    longest = max((h for hs in runs.values() for h in hs), key=lambda h: len(h.epochs))
+    epochs = longest.column("epoch").astype(int)
     for m, v in data.items():
         result.array(f"{name}_{m}", v, ("run", "seed", "epoch"),
                      {"run": labels, "epoch": epochs.tolist()})
@@ -263,5 +324,5 @@ def final_metric(runs: dict, lab: str, key: str = "test_acc", peak: bool = False
 
 
 __all__ = ["common", "seeds", "device", "network", "rule_names", "options", "make_rule", "label",
-           "resolve_lrs", "training_trial", "train_runs", "learning_table", "learning_curves",
+           "resolve_lrs", "training_trial", "trained", "train_runs", "partial_result", "learning_table", "learning_curves",
            "final_metric", "quiet", "fmt_spread", "spread"]

@@ -3,7 +3,10 @@
 ``results.h5`` (plain HDF5, no noisesim needed to read it)::
 
     /                       attrs: format="noisesim-results", format_version=2, scenario,
-                            noisesim_version, created, main (the main table), config (JSON)
+                            noisesim_version, created, main (the main table), config (JSON);
+                            from the command line also backend and dtype (as used), command
+                            (JSON list), complete (bool), interrupted (why, when it was),
+                            diverged (bool), wall_s, quick
     /tables/<name>/<col>    one dataset per column (float64, int64, bool or UTF-8 strings);
                             group attr "columns" lists the column order (JSON)
     /arrays/<name>/values   the array; attr "dims" (JSON list); one dataset per dimension
@@ -52,7 +55,7 @@ def default_out_dir(scenario: str, root="runs") -> Path:
 def prepare_out_dir(path) -> Path:
     """Create ``path`` (a directory) before any work runs, so a bad ``--out`` costs nothing.
 
-    Raises ``ValueError`` when it exists as a file or is not writable.
+    Raises ``ValueError`` when it exists as a file or is not writable (tried by writing).
     """
     out = Path(path)
     if out.exists() and not out.is_dir():
@@ -63,6 +66,12 @@ def prepare_out_dir(path) -> Path:
         raise ValueError(f"--out {out}: cannot create the directory ({exc.strerror or exc})") from None
     if not os.access(out, os.W_OK):
         raise ValueError(f"--out {out} is not writable")
+    probe = out / f".noisesim-write-test-{os.getpid()}"
+    try:        # a read-only file system, /proc, a quota: found by writing, as root too
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ValueError(f"--out {out} is not writable ({exc.strerror or exc})") from None
     return out
 
 
@@ -88,13 +97,19 @@ def _attr(v):
     return v if isinstance(v, (int, float, str, bool, np.number)) else json.dumps(v, default=_json_default)
 
 
-def write_results_h5(path: Path, scenario: str, config: dict, result: Result) -> None:
+RUN_ATTRS = ("backend", "dtype", "command", "complete", "interrupted", "diverged", "wall_s", "quick")
+
+
+def write_results_h5(path: Path, scenario: str, config: dict, result: Result, meta: dict | None = None) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with h5py.File(tmp, "w") as f:
         f.attrs["format"] = FORMAT
         f.attrs["format_version"] = FORMAT_VERSION
         f.attrs["noisesim_version"] = noisesim.__version__
         f.attrs["scenario"] = scenario
+        for k in RUN_ATTRS:     # what made the run and how it ended (also in summary.json)
+            if (meta or {}).get(k) is not None:
+                f.attrs[k] = _attr(meta[k])
         f.attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat()
         f.attrs["main"] = result.main
         f.attrs["config"] = json.dumps(config, sort_keys=True, default=_json_default)
@@ -203,23 +218,65 @@ def summarise(scenario: str, config: dict, result: Result, **meta) -> dict:
     }
 
 
-def write_result(out_dir, scenario: str, config: dict, result: Result, **meta) -> dict:
+def write_result(out_dir, scenario: str, config: dict, result: Result, *, figures: bool = True, **meta) -> dict:
     """Write ``results.h5``, ``summary.json`` and ``<figure>.png`` into ``out_dir``; return the summary.
 
-    ``meta`` (e.g. ``wall_s``, ``quick``, ``command``) goes into ``summary.json`` as is.
+    ``meta`` (e.g. ``wall_s``, ``quick``, ``command``, ``backend``, ``dtype``, ``complete``,
+    ``interrupted``) goes into ``summary.json`` as is, and the keys of :data:`RUN_ATTRS` into
+    ``results.h5``'s attributes too. ``diverged`` is added: whether any run of the main table
+    diverged. ``figures=False`` skips the PNGs (the partial results written during a run).
+    Each file is written to a temporary name and renamed, so a reader never sees half of one.
     """
     result.check()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    write_results_h5(out / "results.h5", scenario, config, result)
-    colours = _colours(result)
-    for name, fig in result.figures.items():
-        plot_figure(out / f"{name}.png", fig, colours)
+    main = result.tables[result.main]
+    if "diverged" in main.columns:
+        meta.setdefault("diverged", any(bool(v) for v in main.column("diverged")))
+    write_results_h5(out / "results.h5", scenario, config, result, meta)
+    if figures:
+        colours = _colours(result)
+        for name, fig in result.figures.items():
+            plot_figure(out / f"{name}.png", fig, colours)
     summary = summarise(scenario, config, result, **meta)
+    if not figures:
+        summary["figures"] = []
     tmp = out / "summary.json.tmp"
     tmp.write_text(json.dumps(summary, indent=2, sort_keys=False, default=_json_default, allow_nan=True))
     os.replace(tmp, out / "summary.json")
     return summary
+
+
+RESERVED = ("results.h5", "results.h5.tmp", "summary.json", "summary.json.tmp")
+
+
+def check_trace_path(trace, out_dir) -> Path:
+    """Refuse a ``--trace`` that would clash with the run's own outputs, be a directory or
+    cannot be created — before any training. Returns the path."""
+    p = Path(trace)
+    if p.is_dir():
+        raise ValueError(f"--trace {p} is a directory; give a file name such as {p / 'run.h5'}")
+    out = Path(out_dir).resolve()
+    try:
+        parent = p.parent.resolve()
+    except OSError as exc:
+        raise ValueError(f"--trace {p}: {exc.strerror or exc}") from None
+    if parent == out and (p.name in RESERVED or p.suffix.lower() == ".png"):
+        raise ValueError(f"--trace {p} would be overwritten by the run's own {p.name} in --out {out_dir}; "
+                         "choose another name (e.g. trace.h5)")
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"--trace {p}: cannot create its folder ({exc.strerror or exc})") from None
+    existed = p.exists()
+    try:
+        with open(p, "ab"):
+            pass
+    except OSError as exc:
+        raise ValueError(f"--trace {p} cannot be written ({exc.strerror or exc})") from None
+    if not existed:
+        p.unlink()
+    return p
 
 
 def _json_default(o):

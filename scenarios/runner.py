@@ -8,7 +8,7 @@ import noisesim
 import rules as rules_pkg
 
 from .datasets import load
-from .train import train
+from .experiment import eval_options, rule_names, trained
 
 
 def build_rule(name: str, cfg: dict):
@@ -38,18 +38,20 @@ def trace_path(trace, label: str, n_rules: int) -> Path:
 
 
 def train_rules(cfg: dict, *, progress: bool = True, on_step_factory=None, trace=None,
-                trace_options: dict | None = None, scenario: str | None = None) -> dict:
+                trace_options: dict | None = None, scenario: str | None = None, ctx=None) -> dict:
     """Train one fresh network (same seed, same initial weights) per rule in ``cfg["rules"]``.
 
     Every rule's access is checked against the device before the first one trains.
     With ``trace=FILE`` each rule's run is recorded (:class:`noisesim.trace.TraceWriter`, options
     ``trace_options`` such as ``compression``/``float16``) into one file per rule
-    (:func:`trace_path`); the paths are in ``History.trace``. Returns ``{label: History}``.
+    (:func:`trace_path`); the paths are in ``History.trace``. Each rule's run is reported to
+    ``ctx`` as soon as it finishes or is interrupted (:meth:`Context.finished`). Returns
+    ``{label: History}``.
     """
     device = noisesim.DeviceConfig.preset(cfg["device"], **cfg.get("device_overrides", {}))
     data = load(cfg["dataset"])
     planned = []
-    for name in cfg["rules"]:
+    for name in rule_names(cfg):
         rule = build_rule(name, cfg)
         net = build_network(cfg, device)
         net.require(f"rule {rule.label!r}", rule.required_access())
@@ -64,6 +66,7 @@ def train_rules(cfg: dict, *, progress: bool = True, on_step_factory=None, trace
                     "batch_size": cfg["batch_size"], "scenario_config": cfg}
             path = trace_path(trace, label, len(planned))
             options = {**(trace_options or {}), "meta": meta}
-        out[label] = train(net, rule, data, epochs=cfg["epochs"], batch_size=cfg["batch_size"],
-                           progress=progress, on_step=on_step, label=label, trace=path, trace_options=options)
+        out[label] = trained(ctx, label, net, rule, data, epochs=cfg["epochs"], batch_size=cfg["batch_size"],
+                             progress=progress, on_step=on_step, trace=path, trace_options=options,
+                             max_loss_ratio=cfg.get("max_loss_ratio", 1e3), **eval_options(cfg))
     return out

@@ -26,12 +26,40 @@ SCALES = ("offline", "paper")
 
 @dataclass
 class Context:
-    """How a scenario runs (not what it computes): progress bars, traces."""
+    """How a scenario runs (not what it computes): progress bars, traces, partial results.
+
+    Scenarios report each training run as soon as it finishes — or is interrupted — with
+    :meth:`finished` (``experiment.train_runs``, ``experiment.trained`` and
+    ``runner.train_rules`` do it for them); ``on_partial(result)``, when set, then gets a
+    :class:`~scenarios.result.Result` of every run finished so far (a learning table and
+    curves), which the command line writes at once, so an interrupted run keeps its finished
+    work.
+    """
 
     progress: bool = True
     trace: str | None = None
     trace_options: dict = field(default_factory=dict)
     scenario: str = ""
+    on_partial: Callable | None = None
+    runs: dict = field(default_factory=dict)     # label -> [History] reported so far
+
+    def finished(self, label: str, history) -> None:
+        """Report one run (a :class:`~scenarios.train.History`, finished or interrupted)."""
+        self.runs.setdefault(label, []).append(history)
+        if self.on_partial is not None:
+            from .experiment import partial_result
+
+            self.on_partial(partial_result(self.runs, self.scenario))
+
+    def used(self) -> dict:
+        """The backends and dtypes the reported runs actually used (``{}`` before any)."""
+        hs = [h for hs in self.runs.values() for h in hs]
+        out = {}
+        for key in ("backend", "dtype"):
+            vals = sorted({getattr(h, key) for h in hs if getattr(h, key, None)})
+            if vals:
+                out[key] = ",".join(vals)
+        return out
 
 
 @dataclass(frozen=True)
@@ -145,24 +173,126 @@ def configure(sc: Scenario, pairs=(), *, quick: bool = False) -> dict:
         cfg = apply_overrides(cfg, sc.paper.items())
     if quick:
         cfg = apply_overrides(cfg, sc.quick.items())
-    return apply_overrides(cfg, pairs)
+    cfg = apply_overrides(cfg, pairs)
+    for key, value in pairs:
+        if "." not in key:
+            check_type(key, value, [sc.defaults.get(key), sc.paper.get(key), sc.quick.get(key)])
+    return cfg
+
+
+# settings that take more than one kind of value (names, numbers, null)
+KINDS = {"lr": (str, int, float), "rules": (str, list), "blas_threads": (int, type(None)),
+         "max_loss_ratio": (int, float, type(None))}
+
+
+def _kinds(ref) -> tuple:
+    if isinstance(ref, bool):
+        return (bool,)
+    if isinstance(ref, float):
+        return (int, float)
+    for t in (int, str, list, dict):
+        if isinstance(ref, t):
+            return (t,)
+    return ()
+
+
+def check_type(key: str, value, refs) -> None:
+    """Refuse a ``--set`` value whose kind differs from the setting's default (a list where a
+    number belongs, a string where a list belongs…), naming the setting. Settings whose
+    default is ``null`` take any value (their scenario checks it)."""
+    refs = [r for r in refs if r is not None]
+    if not refs and key not in KINDS:
+        return
+    kinds = KINDS.get(key) or tuple({k for r in refs for k in _kinds(r)})
+    if not kinds:
+        return
+    ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
+    if ok and isinstance(value, list):
+        elems = {k for r in refs if isinstance(r, list) for x in r for k in _kinds(x)}
+        if elems and elems <= {int, float, str, bool}:
+            ok = all(isinstance(x, tuple(elems)) and not (isinstance(x, bool) and bool not in elems) for x in value)
+    if not ok:
+        names = sorted({"a number" if k in (int, float) else {bool: "true/false", str: "a string", list: "a list",
+                        dict: "a group of settings", type(None): "null"}[k] for k in kinds})
+        example = next((r for r in refs), None)
+        raise ValueError(f"{key}={value!r} is not valid: {key} takes {' or '.join(names)}"
+                         + (f" (default {example!r})" if example is not None else ""))
 
 
 def validate(cfg: dict) -> None:
     """Check the common settings before anything runs: the device (preset and overrides),
     the rule names, the seed and the backend. Raises ``ValueError`` naming the setting."""
     import noisesim
-    import rules
+    import noisesim.backend
 
+    for group in ("device_overrides", "rule_options", "lr_search"):
+        if group in cfg and not isinstance(cfg[group] or {}, dict):
+            raise ValueError(f"{group}={cfg[group]!r} must be a group of settings (key=value pairs)")
+    for name, opts in (cfg.get("rule_options") or {}).items():
+        if not isinstance(opts, dict):
+            raise ValueError(f"rule_options.{name}={opts!r} must be a group of settings, e.g. "
+                             f"rule_options.{name}.lr=0.001")
     noisesim.DeviceConfig.preset(cfg["device"], **(cfg.get("device_overrides") or {}))
-    names = cfg["rules"] if isinstance(cfg["rules"], list) else [cfg["rules"]]
-    for n in names:
-        if not isinstance(n, str) or n.strip().lower() not in rules.RULES:
-            raise ValueError(f"unknown rule {n!r}; valid rules: {sorted(rules.RULES)}")
+    from .experiment import rule_names
+
+    rule_names(cfg)
     if isinstance(cfg["seed"], bool) or not isinstance(cfg["seed"], int) or cfg["seed"] < 0:
         raise ValueError(f"seed={cfg['seed']!r} is out of range; allowed: an integer ≥ 0")
     if cfg["backend"] not in ("auto", "numpy", "cupy"):
         raise ValueError(f"backend={cfg['backend']!r} is not known; allowed: ['auto', 'numpy', 'cupy']")
+    noisesim.backend.get_backend(cfg["backend"], cfg["dtype"])    # cupy without a GPU, an unknown dtype
+    _check_sizes(cfg)
+
+
+# integer settings some scenarios have: (lowest, highest) allowed
+COUNTS = {"epochs": (0, 1_000_000), "batch_size": (1, 2 ** 31 - 1), "n_seeds": (1, 1000), "width": (1, 1_000_000),
+          "n_train": (1, 2 ** 31 - 1), "n_test": (1, 2 ** 31 - 1)}
+BYTES_PER_WEIGHT = 40   # float32 weights, conductance pair, optimizer moments, update and scratch copies
+
+
+def _check_sizes(cfg: dict) -> None:
+    """Integer settings, layer widths and the memory the network needs, checked before any
+    training so that an absurd value costs nothing."""
+    from .train import check_count
+
+    for key, (lo, hi) in COUNTS.items():
+        if key in cfg and cfg[key] is not None:
+            check_count(key, cfg[key], lo, hi)
+    if cfg.get("max_loss_ratio") is not None:
+        v = cfg["max_loss_ratio"]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 1:
+            raise ValueError(f"max_loss_ratio={v!r} is out of range; allowed: a number > 1, or null")
+    for key in ("sizes", "hidden"):
+        if key not in cfg or cfg[key] is None:
+            continue
+        v = cfg[key]
+        if not isinstance(v, list) or not v:
+            raise ValueError(f"{key}={v!r} must be a list of layer widths, e.g. [64, 256, 10]")
+        for w in v:
+            check_count(f"{key} entry", w, 1, 1_000_000)
+    widths = cfg.get("sizes") or ([cfg.get("n_in", 0)] + list(cfg.get("hidden") or []) + [cfg.get("n_out", 0)])
+    weights = sum(int(a) * int(b) for a, b in zip(widths, widths[1:]))
+    need = weights * BYTES_PER_WEIGHT * (2 if cfg.get("dtype") == "float64" else 1)
+    have = _available_memory()
+    if have and need > have:
+        raise ValueError(f"sizes={widths} has {weights:,} weights and needs about {need / 2**30:.1f} GiB; "
+                         f"this machine has {have / 2**30:.1f} GiB available")
+
+
+def _available_memory() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import os
+
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def _fail(key, part):

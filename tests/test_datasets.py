@@ -11,6 +11,8 @@ import pytest
 from scenarios import datasets as D
 from scenarios import loaders as L
 
+_REPO = D.Path(D.__file__).resolve().parents[1]
+
 
 @pytest.fixture(autouse=True)
 def _data_env(tmp_path, monkeypatch):
@@ -45,9 +47,26 @@ def test_missing_files_mention_env_var(name, tmp_path, monkeypatch):
 
 
 def test_cache_dir_precedence(tmp_path, monkeypatch):
+    """$NOISESIM_DATA, else the user cache folder following XDG — never the source tree."""
     assert D.cache_dir() == tmp_path / "nsdata"
     monkeypatch.delenv("NOISESIM_DATA")
-    assert D.cache_dir() in (D._REPO / "data" / "cache", D.Path.home() / ".cache" / "noisesim")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert D.cache_dir() == tmp_path / "xdg" / "noisesim"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert D.cache_dir() == tmp_path / "home" / ".cache" / "noisesim"
+
+
+def test_generated_data_goes_to_the_user_cache_not_the_checkout(tmp_path, monkeypatch):
+    monkeypatch.delenv("NOISESIM_DATA")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    before = sorted(p.name for p in (_REPO / "data").rglob("*")) if (_REPO / "data").is_dir() else []
+    d = D.load_mnist1d(n_train=50, n_test=20)
+    assert d.meta["cache"].startswith(str(tmp_path / "xdg" / "noisesim"))
+    assert len(list((tmp_path / "xdg" / "noisesim").glob("mnist1d-*.npz"))) == 1
+    after = sorted(p.name for p in (_REPO / "data").rglob("*")) if (_REPO / "data").is_dir() else []
+    assert after == before
+    np.testing.assert_array_equal(D.load_mnist1d(n_train=50, n_test=20).x_train, d.x_train)  # read back
 
 
 # --------------------------------------------------------------------------- digits

@@ -39,7 +39,7 @@ def test_quick_run_has_each_rule_with_both_baselines(quick):
 
 def _hist(losses, accs):
     h = History(rule="x")
-    h.epochs = [{"train_loss": l, "train_acc": a} for l, a in zip(losses, accs)]
+    h.epochs = [{"epoch": e, "train_loss": l, "train_acc": a} for e, (l, a) in enumerate(zip(losses, accs))]
     return h
 
 
@@ -48,6 +48,8 @@ def test_late_rise_and_early_accuracy_by_hand():
     assert nb._late_rise(h) == pytest.approx(0.5)                 # 1.5 / 1.0 − 1
     assert nb._late_rise(_hist([3.0, 2.0, 1.0], [0, 0, 0])) == 0.0
     assert nb._at(h, "train_acc", 2) == 0.4 and nb._at(h, "train_acc", 9) == 0.3
+    h.epochs = h.epochs[::2]                       # measured every second epoch: the last ≤ 3
+    assert nb._at(h, "train_acc", 3) == 0.4 and nb._at(h, "train_acc", 1) == 0.1
     assert nb._early({"early_epoch": None, "epochs": 40}) == 10
 
 

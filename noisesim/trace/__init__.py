@@ -11,12 +11,12 @@ is described in ``docs/trace-format.md`` and :mod:`noisesim.trace.format`. Readi
 untrusted files: JSON and numeric datasets only, everything validated before data is read, one
 error class (:class:`TraceError`, a ``ValueError``) for every problem.
 """
-from .format import FORMAT_NAME, FORMAT_VERSION, TraceError, TraceWarning
+from .format import FORMAT_NAME, FORMAT_VERSION, TraceError, TraceWarning, TraceWriteError
 from .info import format_info, info
 from .reader import TraceReader, TraceStep, open_trace
 from .replay import ReplayedEstimate, ReplayResult, build_network, build_rule, replay, start
 from .writer import TraceWriter, leave_a_core
 
-__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "TraceError", "TraceWarning", "TraceReader", "TraceStep",
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "TraceError", "TraceWarning", "TraceWriteError", "TraceReader", "TraceStep",
            "open_trace", "TraceWriter", "replay", "start", "build_network", "build_rule", "ReplayResult",
            "ReplayedEstimate", "info", "format_info", "leave_a_core"]

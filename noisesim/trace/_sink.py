@@ -20,8 +20,16 @@ Frames are ``kind (1 byte) | length (uint64 LE) | payload``:
 * ``C`` close: trim the datasets to the complete steps, close the file, reply ``C`` + count.
 
 At end of input without ``C`` (the training process died) the sink closes the file as it
-stands: its whole steps, ``closed=0``, no final state. An error is printed to stderr and the
-process exits with status 1; steps before the failing one stay in the file.
+stands: its whole steps, ``closed=0``, ``status="interrupted"``, no final state.
+
+Running out of room never costs a step already written: before each step the sink reserves
+(``posix_fallocate``) the bytes the step and its metadata need, so a full disk or a file size
+limit (``RLIMIT_FSIZE``; ``SIGXFSZ`` is ignored) is met before anything of that step reaches
+HDF5. The file is then closed as it stands, marked ``status="failed"`` with the cause in its
+``error`` attribute, the cause is printed to stderr and the process exits with status 1. Any
+other write error ends the process at once, without touching the file again: the file holds
+the steps of its last flush (the file is open in SWMR mode while steps are written, so HDF5
+orders its metadata writes to keep the flushed state readable).
 """
 from __future__ import annotations
 
@@ -30,6 +38,7 @@ import sys
 if __name__ == "__main__":  # run as a script: this folder must not shadow other modules
     sys.path.pop(0)
 
+import errno  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import signal  # noqa: E402
@@ -40,13 +49,52 @@ import h5py  # noqa: E402
 import numpy as np  # noqa: E402
 from h5py import h5a, h5f, h5s, h5t  # noqa: E402
 
-# HDF5 1.8 file format: checksummed superblock and object headers, and — unlike the 1.10
-# format — no "open for writing" flag left behind when the writer is killed, so a file cut
-# off by SIGKILL still opens.
-LIBVER = ("v108", "v108")
+# HDF5 1.10 file format: checksummed superblock, object headers and chunk indices (extensible
+# and fixed arrays, v2 B-trees) — damaged metadata fails its checksum instead of being followed.
+# While steps are written the file is in SWMR-write mode: a writer killed then leaves a file
+# that readers open with ``swmr=True`` (see reader.open_h5).
+LIBVER = ("v110", "v110")
 FRAME = struct.Struct("<cQ")      # kind, payload length
 REPLY = struct.Struct("<cQ")      # kind, complete steps
 PIPE_AHEAD_BYTES = 1 << 19        # this much waiting in the (1 MiB) pipe: the writer is behind
+RESERVE_MARGIN = 1 << 16          # bytes kept reserved beyond a step for HDF5's metadata …
+RESERVE_PER_DATASET = 1 << 10     # … plus this much per dataset (chunk-index blocks)
+RESERVE_AHEAD = 1 << 22           # reserve this far ahead when the disk allows (fewer calls)
+
+
+class OutOfSpace(OSError):
+    """The bytes a step needs could not be reserved; nothing of that step was written."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def describe(exc: BaseException) -> str:
+    """An OS error in words: "No space left on device (ENOSPC)" — also for HDF5's messages,
+    which carry the errno inside their text."""
+    import re
+
+    code = getattr(exc, "errno", None)
+    if not isinstance(code, int):
+        m = re.search(r"errno = (\d+)", str(exc))
+        code = int(m.group(1)) if m else None
+    if not code:
+        return f"{type(exc).__name__}: {exc}"
+    name = errno.errorcode.get(code)
+    return f"{os.strerror(code)}{f' ({name})' if name else ''}"
+
+
+def reserve(fd: int, end: int) -> None:
+    """Make the file behind ``fd`` hold allocated blocks up to ``end`` (raises ``OSError``:
+    ENOSPC on a full disk, EFBIG beyond ``RLIMIT_FSIZE``)."""
+    size = os.fstat(fd).st_size
+    if end > size:
+        try:
+            os.posix_fallocate(fd, size, end - size)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                raise
+            os.pwrite(fd, b"\0", end - 1)      # no fallocate here: at least claim the size
 
 
 def row_sizes(spec) -> list[tuple[str, int, str]]:
@@ -77,6 +125,29 @@ class Sink:
         self.n = int(f.attrs["complete_steps"])
         self._cap = 0
         self._sets = None
+        self.path = f.filename
+        self._fd = os.open(self.path, os.O_WRONLY)   # for reserving space only (never written through)
+        self._reserved = 0
+        self._step_bytes = 0
+        self.error = None        # why steps stopped (OutOfSpace), once they have
+
+    def _reserve(self) -> None:
+        """Reserve the room the next step needs — its rows, the metadata a flush may write
+        and, when growing the datasets, their index blocks — or raise :class:`OutOfSpace`."""
+        eoa = int(self._fid.get_filesize())
+        margin = RESERVE_MARGIN + RESERVE_PER_DATASET * len(self._sets or ())
+        need = eoa + self._step_bytes + margin
+        if need <= self._reserved:
+            return
+        try:
+            try:
+                reserve(self._fd, max(need, eoa + 8 * self._step_bytes + margin + RESERVE_AHEAD))
+            except OSError:
+                reserve(self._fd, need)
+        except OSError as exc:
+            raise OutOfSpace(exc.errno, f"{describe(exc)}: cannot reserve the {need - eoa} bytes step "
+                             f"{self.n + 1} needs; the file keeps its first {self.n} steps")
+        self._reserved = os.fstat(self._fd).st_size
 
     # -- datasets ---------------------------------------------------------------------------------
     def create(self, spec: dict) -> None:
@@ -105,6 +176,8 @@ class Sink:
             self._specs.append(d)
         for k, v in spec["attrs"].items():
             self._f.attrs[k] = v
+        self._step_bytes = sum(int(np.prod(d.chunks)) * d.dtype.itemsize for d in self._sets)
+        self._reserving = bool(spec.get("reserve", True))
         # hand-built gzip chunks of the compressed one-step-per-chunk datasets (see _deflate)
         self._deflate_rows = bool(spec.get("deflate"))
         self._level = int(spec.get("level", 4))
@@ -163,6 +236,8 @@ class Sink:
         per-chunk filter mask says so, and readers decode such chunks like any other — so
         compression never holds training up."""
         s = self.n
+        if self._reserving:
+            self._reserve()
         if s >= self._cap:
             self._grow()
         crc = 0
@@ -250,12 +325,83 @@ class Sink:
         state[0] -= 1
         return b"".join(parts)
 
-    def trim(self) -> None:
-        """Shrink the per-step datasets to the complete steps (a clean close)."""
-        if self._sets is not None:
-            for d in self._sets:
-                d.resize(self.n, axis=0)
-        self._cs_attr = None
+    def swmr(self) -> None:
+        """Enter SWMR-write mode (after :meth:`create`; no objects are added from here on)."""
+        self._cs_attr = None                  # SWMR starts with no attribute open
+        self._f.swmr_mode = True
+        self._cs_attr = h5a.open(self._fid, b"complete_steps")
+
+    def finish(self, status: str | None = None, error: str | None = None) -> h5py.File:
+        """Leave SWMR mode, shrink the per-step datasets to the complete steps and return the
+        file reopened for writing (the caller closes it); ``status``/``error`` are stored."""
+        names = [d.name for d in self._sets] if self._sets is not None else []
+        self._cs_attr = self._sets = self._sinks = None
+        self._f.close()
+        os.close(self._fd)
+        f = h5py.File(self.path, "r+", libver=LIBVER)
+        try:
+            for name in names:
+                f[name].resize(self.n, axis=0)
+            if status is not None:
+                set_status(f, status, error)
+        except BaseException:
+            f.close()
+            raise
+        return f
+
+    def abandon(self) -> None:
+        """Stop without another write into the file (after a write error of unknown extent).
+
+        HDF5 would flush its cached metadata when the file is closed — after a failed write
+        that can leave a superblock promising bytes the file does not have. So the file's
+        descriptor is first pointed at a read-only ``/dev/null``: whatever HDF5 still tries to
+        write fails, and the file stays as its last flush left it (SWMR-ordered, readable)."""
+        self._cs_attr = self._sets = self._sinks = None
+        try:
+            handle = self._f.id.get_vfd_handle()
+            nul = os.open(os.devnull, os.O_RDONLY)
+            try:
+                os.dup2(nul, handle)
+            finally:
+                os.close(nul)
+        except Exception:  # noqa: BLE001 - best effort; the caller ends the writing either way
+            pass
+        try:
+            os.close(self._fd)
+        except OSError:
+            pass
+        try:
+            h5py._errors.silence_errors()
+        except Exception:  # noqa: BLE001
+            pass
+        try:
+            self._f.close()
+        except Exception:  # noqa: BLE001 - HDF5's last writes fail, by design
+            pass
+
+
+def set_status(f: h5py.File, status: str, error: str | None = None) -> None:
+    """The root attributes ``status`` and, when given, ``error``; then ``strings_crc32``."""
+    f.attrs["status"] = status
+    if error is not None:
+        f.attrs["error"] = error[:4000]
+    f.attrs["strings_crc32"] = strings_crc32(f.attrs)
+
+
+# root attributes held as variable-length strings (in HDF5's global heap, which has no
+# checksum of its own): covered by ``strings_crc32``
+STRING_ATTRS = ("format", "noisesim_version", "created", "storage_dtype", "compression", "status", "error")
+
+
+def strings_crc32(attrs) -> int:
+    """crc32 of the string root attributes present, as ``name=value`` lines."""
+    parts = []
+    for k in STRING_ATTRS:
+        if k in attrs:
+            v = attrs[k]
+            v = v.decode("utf-8", "surrogateescape") if isinstance(v, bytes) else str(v)
+            parts.append(f"{k}={v}\n")
+    return zlib.crc32("".join(parts).encode("utf-8", "surrogatepass"))
 
 
 def _stored(data, final: bool) -> bytes:
@@ -310,16 +456,20 @@ def serve(path: str, fin, fout) -> int:
     replies go to the binary stream ``fout``."""
     f = h5py.File(path, "r+", libver=LIBVER)
     src = _Input(fin)
+    sink = None
+    gone = "the training process ended without closing the trace"
     try:
         sink = Sink(f)
         views = None
         while True:
             head = src.read(FRAME.size)
             if head is None:          # the training process is gone: keep the whole steps
+                sink.finish("interrupted", gone).close()
                 return 0
             kind, length = FRAME.unpack(head)
             payload = src.read(length) if length else b""
             if payload is None:       # cut off mid-frame: that step never happened
+                sink.finish("interrupted", gone).close()
                 return 0
             if kind == b"S":
                 buf = np.frombuffer(payload, np.uint8)          # a reused bytearray: writable
@@ -337,31 +487,45 @@ def serve(path: str, fin, fout) -> int:
             elif kind == b"L":
                 spec = json.loads(bytes(payload))
                 sink.create(spec)
+                sink.swmr()
                 sizes = row_sizes(spec)
                 views = (sum(w * np.dtype(t).itemsize for _, w, t in sizes), sizes)
             elif kind in (b"F", b"C"):
                 if kind == b"C":
-                    sink.trim()
-                    f.close()
+                    sink.finish().close()
                 fout.write(REPLY.pack(kind, sink.n))
                 fout.flush()
                 if kind == b"C":
                     return 0
             else:
                 raise ValueError(f"unknown frame kind {kind!r}")
-    finally:
-        if f.id.valid:
-            f.close()
+    except OutOfSpace as exc:   # nothing of the step was written: close the file as it stands
+        try:
+            sink.finish("failed", str(exc)).close()
+        except BaseException:
+            pass
+        raise
+    except BaseException as exc:  # a write error of unknown extent: leave the file as last flushed
+        if sink is None:
+            raise
+        sink.abandon()
+        # ending here keeps HDF5 from flushing (or closing) the file once more on the way out
+        sys.stderr.write(f"{describe(exc)} while writing step {sink.n + 1}; the file keeps its first {sink.n} "
+                         "steps\n")
+        sys.stderr.flush()
+        os._exit(1)
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the training process
+    if hasattr(signal, "SIGXFSZ"):                # beyond RLIMIT_FSIZE: EFBIG, not death
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 
     try:
         return serve(argv[0], sys.stdin.fileno(), sys.stdout.buffer)
     except BaseException as exc:  # reported to the training process through stderr
-        sys.stderr.write(f"{type(exc).__name__}: {exc}\n")
+        sys.stderr.write(f"{exc}\n" if isinstance(exc, OutOfSpace) else f"{type(exc).__name__}: {exc}\n")
         sys.stderr.flush()
         return 1
 

@@ -8,7 +8,7 @@ are allocated, ``n = attrs["complete_steps"] ≤ S`` of them are whole steps::
                                      noisesim_version, created (ISO UTC), config (JSON),
                                      schema (JSON), storage_dtype, lossy (0/1), compression,
                                      complete_steps (rewritten and flushed after every step),
-                                     closed (0/1); config_crc32, schema_crc32
+                                     closed (0/1), status, error; config_crc32, schema_crc32
     /initial_state/network/…  the complete network state before the first recorded step
     /initial_state/rule/…     the rule's state then (noisesim.state layout: groups,
                               arrays with a crc32 attribute, JSON attributes)
@@ -58,17 +58,37 @@ COMPRESSIONS = (None, "gzip", "lzf")
 MAX_STEP_BYTES = 1 << 28
 MAX_NDIM = 8
 MAX_ARRAYS = 4096
+# config bounds (untrusted input): layers, the widest layer, all weights together
+MAX_LAYERS = 1000
+MAX_WIDTH = 1 << 24
+MAX_WEIGHTS = 1 << 32
 # per-step datasets that are not record entries, in checksum order after the arrays
 META = (("indices", "int64"), ("step", "int64"), ("batch_size", "int64"), ("forward_passes", "int64"),
         ("loss", "float64"), ("time", "float64"), ("shapes", "int32"))
 RESERVED = frozenset(name for name, _ in META) | {"checksum", "losses", "xstar"}
 KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 FLOATS = ("float16", "float32", "float64")
+# the root attribute ``status``: "recording" until the writer ends; then "complete" (a clean
+# close, final state stored), "interrupted" (the run stopped early: Ctrl-C, an error, the
+# training process died) or "failed" (a write error; ``error`` says which)
+STATUSES = ("recording", "complete", "interrupted", "failed")
 INTS = ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32")
 
 
 class TraceError(ValueError):
     """A trace file cannot be written or read as asked; the message names the file and the problem."""
+
+
+class TraceWriteError(TraceError):
+    """Recording stopped: the file could not be written (a full disk, a file size limit, an I/O
+    error, a writer process that died). ``path`` is the file, ``steps`` the whole steps it keeps
+    (readable and replayable; ``None``: the file could not even be started and was removed),
+    ``cause`` what went wrong, in words."""
+
+    def __init__(self, path: str, cause: str, steps: int | None):
+        self.path, self.cause, self.steps = path, cause, steps
+        super().__init__(f"{path}: recording stopped: {cause}; " + (
+            "no trace was written" if steps is None else f"the trace keeps its first {steps} steps"))
 
 
 class TraceWarning(UserWarning):
@@ -154,6 +174,54 @@ def validate_schema(schema, where: str) -> dict:
         if math.prod(e["shape"]) != math.prod(want):
             bad(f"array {e['name']!r}: shape {e['shape']} does not fit its alias of {alias['of']!r} {src['shape']}")
     return schema
+
+
+def validate_config(c, where: str) -> dict:
+    """Check a decoded ``config`` attribute field by field (types and ranges) before any use;
+    raises :class:`TraceError` naming the first bad field."""
+    def bad(field, v, want):
+        raise TraceError(f"{where}: config {field}={_short(v)} is not {want}")
+
+    def opt(d, key, types, want, field):
+        v = d.get(key)
+        types = types if isinstance(types, tuple) else (types,)
+        if v is not None and (not isinstance(v, types) or isinstance(v, bool) and bool not in types):
+            bad(field, v, want)
+        return v
+
+    if not isinstance(c, dict):
+        bad("(the whole config)", c, "a JSON object")
+    net = c.get("network")
+    if not isinstance(net, dict):
+        bad("network", net, "an object")
+    sizes = net.get("sizes")
+    if (not isinstance(sizes, list) or not 2 <= len(sizes) <= MAX_LAYERS + 1
+            or any(not isinstance(s, int) or isinstance(s, bool) or not 0 < s <= MAX_WIDTH for s in sizes)):
+        bad("network.sizes", sizes, f"a list of 2 to {MAX_LAYERS + 1} layer widths from 1 to {MAX_WIDTH}")
+    weights = sum(a * b for a, b in zip(sizes, sizes[1:]))
+    if weights > MAX_WEIGHTS:
+        bad("network.sizes", sizes, f"a network of at most {MAX_WEIGHTS} weights (it has {weights})")
+    for key in ("activation", "output_activation", "backend", "class"):
+        opt(net, key, str, "a string", f"network.{key}")
+    opt(net, "slope", (int, float), "a number", "network.slope")
+    opt(net, "seed", int, "an integer", "network.seed")
+    opt(net, "decorrelated", bool, "true or false", "network.decorrelated")
+    if c.get("dtype") not in ("float32", "float64"):
+        bad("dtype", c.get("dtype"), "'float32' or 'float64'")
+    opt(c, "backend", str, "a string", "backend")
+    for key in ("device", "rule", "seeds", "run"):
+        opt(c, key, dict, "an object", key)
+    rule = c.get("rule")
+    if rule is not None and not isinstance(rule.get("rule"), str):
+        bad("rule.rule", rule.get("rule"), "the rule's name (a string)")
+    seeds = c.get("seeds") or {}
+    opt(seeds, "network", int, "an integer", "seeds.network")
+    return c
+
+
+def _short(v) -> str:
+    r = repr(v)
+    return r if len(r) <= 80 else r[:77] + "..."
 
 
 def decode_json_attr(attrs, name: str, where: str):

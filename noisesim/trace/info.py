@@ -42,11 +42,12 @@ def info(path, *, verify: bool = True, max_steps: int = 200) -> dict:
         verified = r.verify() if verify else None
         d = {"path": r.path, "format_version": r.version, "noisesim_version": r.noisesim_version,
              "created": r.created, "config": r.config, "complete_steps": n, "closed": r.closed,
+             "status": r.status, "error": r.error,
              "has_final_state": r.has_final_state, "verified_steps": verified,
              "storage_dtype": r.storage_dtype, "lossy": r.lossy, "compression": r.compression,
              "file_bytes": os.path.getsize(r.path), "dataset_bytes": r.storage_bytes()}
         d["bytes_per_step"] = (sum(d["dataset_bytes"].values()) / n) if n else None
-        d["complete"] = bool(r.closed and d["has_final_state"])
+        d["complete"] = bool(r.closed and r.status == "complete" and d["has_final_state"])
         d["arrays"] = [{"name": e["name"], "shape": e["shape"], "dtype": e["stored"],
                         "alias": None if e["alias"] is None else e["alias"]["of"] + ("[0]" if e["alias"]["first"] else "")}
                        for e in (r.schema or {}).get("arrays", [])]
@@ -70,8 +71,16 @@ def format_info(d: dict) -> str:
     """The text ``noisesim trace info`` prints."""
     c = d["config"]
     rule = c.get("rule") or {}
-    state = "complete (closed cleanly, final state stored)" if d["complete"] else \
-        "INCOMPLETE (writer did not close; run interrupted?)"
+    status = d.get("status")
+    if d["complete"]:
+        state = "complete (closed cleanly, final state stored)"
+    elif status == "interrupted":
+        state = "INTERRUPTED (the run stopped before its end" + (f": {d['error']}" if d.get("error") else "") + \
+                "; no final state)"
+    elif status == "failed":
+        state = f"FAILED (recording stopped by a write error: {d.get('error') or 'unknown'})"
+    else:
+        state = "INCOMPLETE (the writer did not close: the run or its writer process was killed)"
     lines = [
         f"trace {d['path']}",
         f"  format v{d['format_version']}, written by noisesim {d['noisesim_version']} at {d['created']}",

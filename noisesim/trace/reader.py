@@ -8,6 +8,14 @@ are reached through hard links only: soft and external links, external storage a
 datasets are refused. Any problem raises :class:`~noisesim.trace.format.TraceError` naming the
 file and what is wrong. No pickle, no eval: the config and schema are JSON, arrays are plain
 numeric datasets.
+
+Before the file is opened, :func:`noisesim._hdf5.open_file` refuses what is not a regular
+file (a named pipe, a device, a directory, a symbolic link) and walks the file's whole HDF5
+structure in a forked child with a time limit, so damaged metadata that makes HDF5 loop or
+crash ends in a ``TraceError`` within seconds; the same walk refuses any link, storage or
+filter that reaches outside the file. Every config field is checked by type and range, the
+recorded weights against the datasets present, and the memory a replay needs against the
+memory available, before anything large is read.
 """
 from __future__ import annotations
 
@@ -18,12 +26,15 @@ from dataclasses import dataclass
 import h5py
 import numpy as np
 
+from .. import _hdf5
+from ._sink import STRING_ATTRS, strings_crc32
 from .. import state as state_io
-from .format import (FORMAT_NAME, MAX_STEP_BYTES, META, STORAGE_DTYPES, SUPPORTED_VERSIONS,
-                     TraceError, decode_json_attr, step_checksum, validate_schema)
+from .format import (FORMAT_NAME, MAX_STEP_BYTES, META, STATUSES, STORAGE_DTYPES, SUPPORTED_VERSIONS,
+                     TraceError, decode_json_attr, step_checksum, validate_config, validate_schema)
 
 # Budget of the array bytes read from one recorded state (initial or final).
 MAX_STATE_BYTES = 1 << 34
+REPLAY_COPIES = 6   # the recorded weights' bytes a replay holds at once, about (state, tiles, optimizer)
 
 
 @dataclass
@@ -72,10 +83,11 @@ class TraceReader:
     def __init__(self, path):
         self.path = os.fspath(path)
         where = self.path
-        if not os.path.exists(self.path):
-            raise TraceError(f"{where}: no such file")
+        self._f = None
         try:
-            self._f = h5py.File(self.path, "r")
+            self._f = _hdf5.open_file(self.path)
+        except _hdf5.UnsafeFile as exc:
+            raise TraceError(str(exc)) from None
         except Exception as exc:  # OSError from HDF5: truncated, not HDF5, corrupted superblock …
             raise TraceError(f"{where}: not a readable HDF5 file ({exc})") from None
         try:
@@ -116,6 +128,19 @@ class TraceReader:
             raise TraceError(f"{where}: storage_dtype={self.storage_dtype!r} differs from the run's dtype {self.dtype!r}")
         self.compression = _str_attr(a, "compression", where)
         self.closed = bool(_int_attr(a, "closed", where))
+        # traces written before the status attribute: a clean close was the only ending recorded
+        if "status" in a:
+            self.status = _str_attr(a, "status", where)
+            if self.status not in STATUSES:
+                raise TraceError(f"{where}: status={self.status!r} is not one of {list(STATUSES)}")
+        else:
+            self.status = "complete" if self.closed else "recording"
+        self.error = _str_attr(a, "error", where) if "error" in a else None
+        if "strings_crc32" in a:     # traces of noisesim ≤ 0.3 have none
+            crc = _int_attr(a, "strings_crc32", where)
+            if crc != strings_crc32(a):
+                raise TraceError(f"{where}: the string attributes ({', '.join(k for k in STRING_ATTRS if k in a)}) "
+                                 "do not match their checksum strings_crc32; the file is corrupted or was edited")
         n = _int_attr(a, "complete_steps", where)
         if n < 0:
             raise TraceError(f"{where}: complete_steps={n} is negative")
@@ -130,18 +155,15 @@ class TraceReader:
             raise TraceError(f"{where}: complete_steps={n} but the 'schema' attribute is missing")
 
     def _check_config(self) -> None:
-        where, c = self.path, self.config
-        if not isinstance(c, dict) or not isinstance(c.get("network"), dict):
-            raise TraceError(f"{where}: config has no 'network' section")
-        sizes = c["network"].get("sizes")
-        if (not isinstance(sizes, list) or len(sizes) < 2 or len(sizes) > 1000
-                or any(not isinstance(s, int) or isinstance(s, bool) or not 0 < s <= 1 << 24 for s in sizes)):
-            raise TraceError(f"{where}: config network.sizes={sizes!r} is not a list of layer widths")
-        dtype = c.get("dtype")
-        if dtype not in ("float32", "float64"):
-            raise TraceError(f"{where}: config dtype={dtype!r} is not float32 or float64")
-        self.sizes, self.dtype = sizes, dtype
-        self.n_layers = len(sizes) - 1
+        c = validate_config(self.config, self.path)
+        self.sizes, self.dtype = c["network"]["sizes"], c["dtype"]
+        self.n_layers = len(self.sizes) - 1
+        # a replay holds the recorded weights a few times over (state, device arrays, optimizer)
+        need = REPLAY_COPIES * sum(a * b for a, b in zip(self.sizes, self.sizes[1:])) * np.dtype(self.dtype).itemsize
+        have = _hdf5.available_memory()
+        if have is not None and need > have:
+            raise TraceError(f"{self.path}: config network.sizes={self.sizes} needs about {need / 2**30:.1f} GiB to "
+                             f"replay, more than the {have / 2**30:.1f} GiB of memory available")
 
     def _object(self, name: str, kind, what: str):
         """The object at ``name`` through hard links only (never a soft or external link)."""
@@ -172,7 +194,7 @@ class TraceReader:
                                f"weights of layer {l}")
             if ds.shape != shape:
                 raise TraceError(f"{self.path}: dataset '{group}/network/tiles/{l}/w' has shape {ds.shape}, "
-                                 f"expected {shape}")
+                                 f"expected {shape} (config network.sizes={self.sizes})")
         return True
 
     def _dataset(self, name, dtype, shape, n, what):
@@ -187,6 +209,10 @@ class TraceReader:
                              f"{', '.join(map(str, shape))})".replace(", )", ")"))
         if ds.is_virtual or ds.external:
             raise TraceError(f"{where}: dataset {name!r} keeps its data outside the file; refused")
+        try:
+            state_io.check_storage(ds)
+        except state_io.StateError as exc:
+            raise TraceError(f"{where}: {exc}") from None
         return ds
 
     def _check_steps(self) -> None:

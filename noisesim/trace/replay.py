@@ -76,8 +76,9 @@ def build_rule(rule_config: dict | None, factory=None):
         return registry.make_rule(rule_config)
     except LookupError as exc:
         raise TraceError(f"cannot rebuild the recorded rule: {exc}; or pass rule=… to replay") from None
-    except (TypeError, ValueError) as exc:
-        raise TraceError(f"cannot rebuild rule {rule_config['rule']!r} from the trace's config: {exc}") from None
+    except Exception as exc:  # a crafted config: any failure to build the rule is the file's
+        raise TraceError(f"cannot rebuild rule {rule_config['rule']!r} from the trace's config: "
+                         f"{type(exc).__name__}: {exc}") from None
 
 
 def estimate_from_step(net, st: TraceStep, updates_from_record) -> Estimate:
@@ -112,10 +113,19 @@ def start(trace, network=None, rule=None, *, backend: str | None = None):
     if network is None:
         from ..network import Network
 
+        cfg = net_state.get("config") if isinstance(net_state, dict) else None
+        if not isinstance(cfg, dict) or cfg.get("sizes") != list(reader.sizes):
+            raise TraceError(f"{reader.path}: the recorded network state's config.sizes="
+                             f"{cfg.get('sizes') if isinstance(cfg, dict) else None!r} differs from the trace's "
+                             f"config network.sizes={reader.sizes}")
         try:
             network = Network.from_state(net_state, backend=backend)
-        except (ValueError, TypeError) as exc:
-            raise TraceError(f"{reader.path}: cannot rebuild the recorded network from its state: {exc}") from None
+        except MemoryError:
+            raise TraceError(f"{reader.path}: not enough memory to rebuild the recorded network "
+                             f"(sizes {reader.sizes})") from None
+        except Exception as exc:  # a crafted state: any failure to rebuild is the file's
+            raise TraceError(f"{reader.path}: cannot rebuild the recorded network from its state: "
+                             f"{type(exc).__name__}: {exc}") from None
     elif not _same_weights(network.get_state(), reader.initial_state()):
         warnings.warn("replaying onto a network whose weights are not the recorded initial weights; the result "
                       "is not the recorded run", TraceWarning, stacklevel=3)
@@ -126,8 +136,9 @@ def start(trace, network=None, rule=None, *, backend: str | None = None):
         if isinstance(rule_state, dict) and rule_state.get("initialised") and hasattr(rule, "load_state"):
             try:
                 rule.load_state(rule_state, network)
-            except ValueError as exc:
-                raise TraceError(f"{reader.path}: cannot restore the recorded rule state: {exc}") from None
+            except Exception as exc:  # a crafted state: any failure to restore it is the file's
+                raise TraceError(f"{reader.path}: cannot restore the recorded rule state: "
+                                 f"{type(exc).__name__}: {exc}") from None
         else:
             rule.init(network)  # access check, decorrelation on, fresh optimizer — as training starts
     else:

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import queue
+import signal
 import subprocess
 import sys
 import threading
@@ -24,8 +25,8 @@ from .._version import __version__
 from ..backend import to_numpy
 from .. import state as state_io
 from . import _sink
-from ._sink import FRAME, LIBVER, REPLY, Sink
-from .format import COMPRESSIONS, FORMAT_NAME, FORMAT_VERSION, KEY, META, RESERVED, TraceError
+from ._sink import FRAME, LIBVER, REPLY, OutOfSpace, Sink, set_status
+from .format import COMPRESSIONS, FORMAT_NAME, FORMAT_VERSION, KEY, META, RESERVED, TraceError, TraceWriteError
 
 
 def network_config(net) -> dict:
@@ -111,6 +112,7 @@ class TraceWriter:
     BACKLOG_STEPS = 1             # compression: store a step unfiltered while this many more wait
     HDF5_GZIP = False             # gzip through HDF5's own filter instead of the sink's deflate
     MIN_COMPRESS_BYTES = 4096     # per-step arrays smaller than this are never compressed
+    RESERVE_SPACE = True          # reserve each step's bytes before writing it (see _sink.reserve)
 
     def __init__(self, path, network, rule=None, *, meta: dict | None = None, compression: str | None = None,
                  compression_opts=None, float16: bool = False, background: bool = True,
@@ -151,8 +153,18 @@ class TraceWriter:
         initial = {"network": network.state(), "rule": rule.state() if rule is not None and hasattr(rule, "state")
                    else None}
         self._rule = rule
-        f = h5py.File(self.path, "w", libver=LIBVER)
+        _ignore_sigxfsz()
         try:
+            f = h5py.File(self.path, "w", libver=LIBVER)
+        except OSError as exc:
+            raise TraceError(f"{self.path}: cannot create the trace ({exc})") from None
+        try:
+            # room for the header and initial state first: a full disk stops the run here, cleanly
+            fd = os.open(self.path, os.O_WRONLY)
+            try:
+                _sink.reserve(fd, (1 << 16) + _state_bytes(initial) * 5 // 4)
+            finally:
+                os.close(fd)
             a = f.attrs
             a["format"] = FORMAT_NAME
             a["format_version"] = FORMAT_VERSION
@@ -165,10 +177,17 @@ class TraceWriter:
             a["compression"] = compression or "none"
             a["complete_steps"] = 0
             a["closed"] = 0
+            set_status(f, "recording")
             self._write_state(f, "initial_state", initial)
             f.flush()
-        except BaseException:
-            f.close()
+        except BaseException as exc:
+            with contextlib.suppress(Exception):
+                f.close()
+            with contextlib.suppress(OSError):
+                os.remove(self.path)
+            if isinstance(exc, (OSError, RuntimeError)):
+                raise TraceWriteError(self.path, f"cannot write the trace's header and initial state: "
+                                      f"{_sink.describe(exc)}", None) from None
             raise
         self._schema = None
         self._written = 0          # steps handed over (to the sink, or the process)
@@ -337,6 +356,7 @@ class TraceWriter:
             "deflate": self.compression == "gzip" and not self.HDF5_GZIP,
             "level": 4 if self.compression_opts is None else int(self.compression_opts),
             "retry_steps": int(self.RETRY_STEPS), "backlog_steps": int(self.BACKLOG_STEPS),
+            "reserve": bool(self.RESERVE_SPACE),
         }
         # One buffer holds a whole step — frame header, then every dataset's row — so a step is
         # one write into the pipe; the rows are views into it. A frame larger than the pipe
@@ -374,6 +394,7 @@ class TraceWriter:
             self._send(b"L", json.dumps(spec).encode())
         else:
             self._sink.create(spec)
+            self._sink.swmr()
 
     # -- the writer process ---------------------------------------------------------------------
     def _send(self, kind: bytes, payload=b"") -> None:
@@ -442,7 +463,7 @@ class TraceWriter:
             self._stop_pump()
             raise self._process_failed(self._pump_error)
 
-    def _process_failed(self, why) -> TraceError:
+    def _process_failed(self, why) -> TraceWriteError:
         """The error for a writer process that stopped; it has ended or is ended now."""
         if self._failed is None:
             try:
@@ -451,10 +472,25 @@ class TraceWriter:
                 self._proc.kill()
                 code = self._proc.wait()
             err = self._proc.stderr.read().decode(errors="replace").strip() if self._proc.stderr else ""
-            how = (f"exited with status {code}" if code >= 0 else f"was killed by signal {-code}")
-            self._failed = f"the trace writer process {how}" + (f": {err}" if err else "") + \
-                           (f" ({why})" if why and not err else "")
-        return TraceError(f"{self.path}: {self._failed}; the file keeps the whole steps it received")
+            # the sink's last line says what went wrong and how many steps the file keeps
+            last = err.splitlines()[-1] if err else ""
+            steps = _steps_kept(last)
+            if steps is None:        # killed: what the file holds (it may be more than confirmed)
+                steps = _steps_in(self.path)
+            if steps is not None:
+                self._confirmed = steps
+            if code == 1 and last:
+                self._failed = last
+            else:
+                how = (f"exited with status {code}" if code >= 0 else f"was killed by signal {-code}")
+                self._failed = f"the trace writer process {how}" + (f": {last}" if last else "") + \
+                               (f" ({why})" if why and not last else "")
+        return self._error()
+
+    def _error(self) -> TraceWriteError:
+        cause = self._failed
+        tail = cause.rfind("; the file keeps its first")
+        return TraceWriteError(self.path, cause[:tail] if tail >= 0 else cause, self._confirmed)
 
     # -- the public API ---------------------------------------------------------------------------
     @property
@@ -465,11 +501,10 @@ class TraceWriter:
 
     def write(self, step: int, indices, est) -> None:
         """Record one applied step: its batch ``indices`` and the rule's ``Estimate``."""
+        if self._failed is not None:
+            raise self._error()
         if self._sink is None and self._proc is None:
             raise TraceError(f"{self.path}: the trace writer is closed")
-        if self._failed is not None:
-            raise TraceError(f"{self.path}: {self._failed}; the trace ends at its {self._confirmed} "
-                             f"confirmed steps")
         items = self._items(est)
         idx = np.asarray(to_numpy(indices), dtype=np.int64).ravel()
         if self._schema is None:
@@ -528,7 +563,22 @@ class TraceWriter:
         elif self._proc is not None:
             self._pipe_write(memoryview(buf))   # copied into the pipe: the buffer is free again
         else:
-            self._sink.step([r.reshape(-1) for r in rows])
+            try:
+                self._sink.step([r.reshape(-1) for r in rows])
+            except OutOfSpace as exc:     # nothing of this step was written: close the file as it stands
+                self._failed = str(exc)
+                self._confirmed = self._sink.n
+                sink, self._sink, self._f = self._sink, None, None
+                with contextlib.suppress(Exception):
+                    sink.finish("failed", str(exc)).close()
+                raise self._error() from None
+            except Exception as exc:      # HDF5's error: what it did to the file is unknown
+                self._failed = f"{_sink.describe(exc)} while writing step {self._sink.n + 1}"
+                self._confirmed = self._sink.n
+                self._sink.abandon()
+                self._sink = None
+                raise self._error() from None
+            self._confirmed = self._sink.n
         self._written += 1
 
     def flush(self) -> None:
@@ -537,19 +587,25 @@ class TraceWriter:
             self._send(b"F")
             self._reply(b"F")
         if self._failed is not None:
-            raise TraceError(f"{self.path}: {self._failed}; the trace ends at its {self._confirmed} "
-                             f"confirmed steps")
+            raise self._error()
 
     def on_step(self, step, indices, est) -> None:
         """The ``scenarios.train(on_step=…)`` hook: same as :meth:`write`."""
         self.write(step, indices, est)
 
-    def close(self, network=None) -> None:
+    def close(self, network=None, *, status: str = "complete") -> None:
         """Trim the datasets to the steps written, store the network's final state, mark closed.
 
-        After the writer process failed the file keeps its whole steps and no final state; a
-        failure first noticed here is raised."""
+        ``status="interrupted"``: the run stopped early (Ctrl-C, an error): the file keeps its
+        whole steps, no final state (the network may be part-way through a step), and says
+        so (``trace info``: INTERRUPTED). After a write error (:class:`TraceWriteError`) the
+        file is not touched again: it keeps its whole steps, ``status="failed"`` and the cause
+        when the sink could still record them; a failure first noticed here is raised."""
+        if status not in ("complete", "interrupted"):
+            raise ValueError(f"status={status!r}; allowed: 'complete', 'interrupted'")
         if self._sink is None and self._proc is None:
+            if self._failed is not None and self._f is not None:
+                self._f = None
             return
         network = network if network is not None else self._network
         self._network = None
@@ -572,31 +628,110 @@ class TraceWriter:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-            f = h5py.File(self.path, "r+", libver=LIBVER)
+            if self._failed is not None:    # the sink stopped; the file stays as it left it
+                if error is not None:
+                    raise error
+                return
+            try:
+                f = h5py.File(self.path, "r+", libver=LIBVER)
+            except OSError as exc:
+                raise TraceWriteError(self.path, f"cannot reopen the trace to close it ({exc})",
+                                      self._confirmed) from None
         else:
-            self._sink.trim()
-            f, self._f, self._sink = self._f, None, None
+            sink, self._sink, self._f = self._sink, None, None
+            try:
+                f = sink.finish()
+            except Exception as exc:
+                raise TraceWriteError(self.path, f"cannot close the trace ({type(exc).__name__}: {exc})",
+                                      sink.n) from None
+        steps = self._confirmed
         try:
-            if network is not None and self._failed is None:  # else the network ran past the last step
+            final = None
+            if network is not None and status == "complete":  # else the network may be mid-step
                 rule = self._rule
-                self._write_state(f, "final_state", {"network": network.state(), "rule": rule.state()
-                                                     if rule is not None and hasattr(rule, "state") else None})
+                final = {"network": network.state(), "rule": rule.state()
+                         if rule is not None and hasattr(rule, "state") else None}
+            # room first (as for every step): a full disk must not meet HDF5 half-way through
+            try:
+                self._reserve_in(f, (1 << 16) + (_state_bytes(final) * 5 // 4 if final else 0))
+            except OSError as exc:
+                final, why = None, f"no room for the final state: {_sink.describe(exc)}"
+                self._reserve_in(f, 1 << 16)      # the status attributes, at least
+                set_status(f, "failed", why)
+                error = error or TraceWriteError(self.path, why, steps)
+            if final is not None:
+                self._write_state(f, "final_state", final)
             f.attrs["closed"] = 1
+            if error is None:
+                set_status(f, status)
+        except (OSError, RuntimeError) as exc:   # not even the status fits: the file stays as the sink left it
+            error = error or TraceWriteError(self.path, f"cannot close the trace: {_sink.describe(exc)}", steps)
         finally:
             f.close()
+        with contextlib.suppress(OSError, RuntimeError):
+            # HDF5 trims the file to its end of allocation when it closes a file it found longer
+            # than that — the reserved room this close did not use
+            h5py.File(self.path, "r+", libver=LIBVER).close()
         if error is not None:
             raise error
+
+    @staticmethod
+    def _reserve_in(f, nbytes: int) -> None:
+        fd = os.open(f.filename, os.O_WRONLY)
+        try:
+            _sink.reserve(fd, int(f.id.get_filesize()) + nbytes)
+        finally:
+            os.close(fd)
 
     def __enter__(self):
         return self
 
     def __exit__(self, exc_type, *exc):
         try:
-            self.close()
+            self.close(status="complete" if exc_type is None else "interrupted")
         except TraceError:
             if exc_type is None:
                 raise
         return False
+
+
+def _state_bytes(state) -> int:
+    """Bytes of the arrays in a (nested) state."""
+    if isinstance(state, np.ndarray):
+        return state.nbytes
+    if isinstance(state, dict):
+        return sum(_state_bytes(v) for v in state.values())
+    return 0
+
+
+def _steps_in(path: str) -> int | None:
+    """``complete_steps`` of the trace at ``path`` as it stands (``None`` if it cannot be read)."""
+    from .. import _hdf5
+
+    try:
+        with _hdf5.open_file(path, seconds=10) as f:
+            n = f.attrs.get("complete_steps")
+            return int(n) if isinstance(n, (int, np.integer)) and n >= 0 else None
+    except Exception:  # noqa: BLE001 - the count is a courtesy; the error is reported either way
+        return None
+
+
+def _steps_kept(line: str) -> int | None:
+    """The step count in the sink's last words ("…; the file keeps its first N steps")."""
+    head, sep, rest = line.rpartition("the file keeps its first ")
+    if not sep:
+        return None
+    n = rest.split(" ", 1)[0]
+    return int(n) if n.isdigit() else None
+
+
+def _ignore_sigxfsz() -> None:
+    """Beyond ``RLIMIT_FSIZE`` a write then fails with EFBIG (an error the writer reports)
+    instead of killing the process with SIGXFSZ. Only the main thread can set it."""
+    if hasattr(signal, "SIGXFSZ") and threading.current_thread() is threading.main_thread():
+        with contextlib.suppress(ValueError, OSError):
+            if signal.getsignal(signal.SIGXFSZ) == signal.SIG_DFL:
+                signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 
 
 @contextlib.contextmanager

@@ -49,16 +49,17 @@ import numpy as np
 import noisesim
 
 from ..datasets import load
-from ..experiment import (common, label, make_rule, network, options, resolve_lrs, rule_names, seeds,
+from ..experiment import (EVALUATION, common, eval_options, label, make_rule, network, options, resolve_lrs, rule_names, seeds,
                           training_trial)
 from ..result import Result, fmt_spread, spread
 from ..scenario import register
-from ..experiment import quiet
-from ..train import train
+from ..experiment import quiet, trained
+
 
 PRESETS = ["ideal", "pcm", "reram", "ecram"]
 
 DEFAULTS = common(
+    **EVALUATION,
     dataset="digits",
     sizes=[64, 128, 128, 10],
     epochs=10,
@@ -133,8 +134,9 @@ def _run(cfg, ctx, names) -> Result:
             hs = []
             for k, s in enumerate(S):
                 net = network(cfg, sizes, dev, s)
-                h = train(net, make_rule(n, lrs[n], **options(cfg, n)), data, epochs=cfg["epochs"],
-                          batch_size=cfg["batch_size"], progress=ctx.progress, label=f"{p} {labels[n]} s{s}")
+                h = trained(ctx, f"{p} {labels[n]} s{s}", net, make_rule(n, lrs[n], **options(cfg, n)), data,
+                            group=f"{p} {labels[n]}", epochs=cfg["epochs"], batch_size=cfg["batch_size"],
+                            progress=ctx.progress, max_loss_ratio=cfg.get("max_loss_ratio", 1e3), **eval_options(cfg))
                 hs.append(h)
                 acc[a, b, k], loss[a, b, k], passes[a, b, k] = h.last("test_acc"), h.last("train_loss"), h.forward_passes
                 if h.diverged:

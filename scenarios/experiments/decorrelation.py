@@ -58,7 +58,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import paper
-from ..experiment import (common, learning_curves, learning_table, make_rule, resolve_lrs, rule_names,
+from ..experiment import (EVALUATION, common, learning_curves, learning_table, make_rule, resolve_lrs, rule_names,
                           train_runs)
 from ..result import Result, fmt_spread, spread
 from ..scenario import register
@@ -70,6 +70,7 @@ SINGLE = ("np", "dnp", "bp", "dbp")          # in one layer ANP and INP are NP
 PAIRS = (("np", "dnp"), ("anp", "danp"), ("inp", "dinp"), ("bp", "dbp"))
 
 DEFAULTS = common(
+    **EVALUATION,
     blas_threads=1, dataset="mnist1d", n_train=None, n_test=None, standardize=False,
     hidden=[256, 256, 256], single_layer=True, epochs=20, batch_size=100, baseline="clean",
     rules=list(RULES), lr="auto", margin=0.02,
@@ -106,7 +107,7 @@ def run(cfg: dict, ctx) -> Result:
         lrs = resolve_lrs(cfg, arch_names, architecture=arch, result=res, trial=trial, suffix=f" ({arch})")
         specs = [spec(cfg, _label(n), n, lrs[n], baseline=cfg["baseline"]) for n in arch_names]
         runs = train_runs(cfg, specs, data, sizes=sz, epochs=cfg["epochs"], batch_size=cfg["batch_size"],
-                          progress=ctx.progress)
+                          progress=ctx.progress, ctx=ctx, group_suffix=f" ({arch})")
         runs_by_arch[arch], lrs_by_arch[arch] = runs, lrs
         table_paper = paper.PEAK_ACCURACY.get(arch, {})
         for n in arch_names:

@@ -53,7 +53,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import paper
-from ..experiment import (common, learning_curves, learning_table, make_rule, resolve_lrs, rule_names, seeds,
+from ..experiment import (EVALUATION, common, learning_curves, learning_table, make_rule, resolve_lrs, rule_names, seeds,
                           train_runs)
 from ..result import Result, fmt_spread, spread
 from ..scenario import register
@@ -63,6 +63,7 @@ from ._comparison import (QUICK_SEARCH, SEARCH, differences, load_data, mean, pe
 RULES = ("dnp", "danp", "dinp", "np", "anp", "inp", "bp", "dbp")
 
 DEFAULTS = common(
+    **EVALUATION,
     blas_threads=1, dataset="mnist1d", n_train=None, n_test=None, standardize=False,
     width=128, depths=[3, 6, 9], epochs=10, batch_size=100, baseline="clean",
     rules=["dnp", "danp", "dinp"], lr="paper", margin=0.01,
@@ -100,7 +101,7 @@ def run(cfg: dict, ctx) -> Result:
         lrs = resolve_lrs(cfg, names, architecture=arch, result=res, trial=trial, suffix=f" ({d} hidden)")
         specs = [spec(cfg, f"{make_rule(n).label} ({d} hidden)", n, lrs[n], baseline=cfg["baseline"]) for n in names]
         runs = train_runs(cfg, specs, data, sizes=sz, epochs=cfg["epochs"], batch_size=cfg["batch_size"],
-                          progress=ctx.progress)
+                          progress=ctx.progress, ctx=ctx)
         runs_all.update(runs)
         for n in names:
             lab = f"{make_rule(n).label} ({d} hidden)"

@@ -62,12 +62,12 @@ import noisesim
 from noisesim.backend import to_numpy
 
 from ..datasets import load
-from ..experiment import (common, device, label, make_rule, network, options, resolve_lrs, rule_names, seeds,
+from ..experiment import (EVALUATION, common, eval_options, device, label, make_rule, network, options, resolve_lrs, rule_names, seeds,
                           training_trial)
 from ..result import Result, spread
 from ..scenario import register
-from ..experiment import quiet
-from ..train import evaluate, train
+from ..experiment import quiet, trained
+from ..train import evaluate
 
 KNOBS = {
     "read_noise": [0, 0.01, 0.03, 0.1],
@@ -94,6 +94,7 @@ FIXED = {"out_bound": 12.0, "out_bits": 8, "in_bound": 1.0, "w_max": 1.5, "dw_mi
          "drift_nu": 0.1, "drift_nu_std": 0.045, "t0": 20.0}
 
 DEFAULTS = common(
+    **EVALUATION,
     dataset="digits",
     sizes=[64, 64, 10],
     epochs=10,
@@ -201,7 +202,9 @@ def _knobs(cfg) -> dict:
     knobs = cfg["knobs"]
     only = cfg.get("only")
     if only is not None:
-        only = [only] if isinstance(only, str) else list(only)
+        only = [only] if isinstance(only, str) else only
+        if not isinstance(only, list) or not all(isinstance(k, str) for k in only):
+            raise ValueError(f"only={cfg['only']!r} must be a knob name or a list of them; valid knobs: {sorted(knobs)}")
         bad = [k for k in only if k not in knobs]
         if bad:
             raise ValueError(f"only={only!r}: unknown knobs {bad}; valid knobs: {sorted(knobs)}")
@@ -249,9 +252,9 @@ def _run(cfg, ctx, names) -> Result:
         for s in S:
             net = network(cfg, sizes, dev, s)
             counter = Vanishing()
-            h = train(net, make_rule(name, lrs[name], **options(cfg, name)), data, epochs=cfg["epochs"],
-                      batch_size=cfg["batch_size"], progress=ctx.progress, on_step=counter,
-                      label=f"{labels[name]} s{s}")
+            h = trained(ctx, f"{labels[name]} s{s}", net, make_rule(name, lrs[name], **options(cfg, name)), data,
+                        group=f"{labels[name]} {json.dumps(ov, sort_keys=True)}", epochs=cfg["epochs"], batch_size=cfg["batch_size"],
+                        progress=ctx.progress, on_step=counter, max_loss_ratio=cfg.get("max_loss_ratio", 1e3), **eval_options(cfg))
             out["acc"].append(float(h.last("test_acc")))
             out["vanish"].append(counter.fractions())
             out["diverged"].append(h.diverged)

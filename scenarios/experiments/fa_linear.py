@@ -62,7 +62,7 @@ from ..experiment import common, device, resolve_lrs, rule_names, seeds
 from ..lr_search import SEARCH_DEFAULTS
 from ..result import Result, fmt_spread, spread
 from ..scenario import register
-from ..experiment import quiet
+from ..experiment import quiet, trained
 from ..train import train
 
 LEARNERS = ("bp", "fa")
@@ -259,8 +259,8 @@ def _run(cfg, ctx, names) -> Result:
 
             rule.init(net)
             measure(0)
-            h = train(net, rule, data, epochs=1, batch_size=1, progress=ctx.progress, on_step=on_step,
-                      label=f"{lab} s{s}")
+            h = trained(ctx, f"{lab} s{s}", net, rule, data, group=lab, epochs=1, batch_size=1,
+                        progress=ctx.progress, on_step=on_step, max_loss_ratio=cfg.get("max_loss_ratio", 1e3))
             wall[i, j], diverged[i, j] = h.wall_s, bool(h.diverged)
             if h.diverged:
                 notes.append(f"{lab} (seed {s}) stopped early: {h.diverged}")

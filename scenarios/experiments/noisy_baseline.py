@@ -50,7 +50,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import paper
-from ..experiment import (common, label, learning_curves, learning_table, make_rule, resolve_lrs, rule_names,
+from ..experiment import (EVALUATION, common, label, learning_curves, learning_table, make_rule, resolve_lrs, rule_names,
                           train_runs)
 from ..result import Result, fmt_spread, spread
 from ..scenario import register
@@ -60,6 +60,7 @@ RULES = ("danp", "dnp", "anp", "np", "dinp", "inp")
 BASELINES = ("clean", "noisy")
 
 DEFAULTS = common(
+    **EVALUATION,
     blas_threads=1, dataset="mnist1d", n_train=None, n_test=None, standardize=False,
     hidden=[256, 256, 256], epochs=40, batch_size=100, rules=["danp", "dnp"], baselines=list(BASELINES),
     lr="paper", lr_search=dict(SEARCH), tolerance=0.03, margin=0.03, early_epoch=None, late_rise=0.05,
@@ -82,8 +83,9 @@ def _late_rise(h) -> float:
 
 
 def _at(h, key, epoch) -> float:
-    col = h.column(key)
-    return float(col[min(epoch, len(col) - 1)]) if col.size else float("nan")
+    """``key`` at the last measured epoch ≤ ``epoch`` (NaN when none was)."""
+    at = [e[key] for e in h.epochs if e["epoch"] <= epoch]
+    return float(at[-1]) if at else float("nan")
 
 
 @register("noisy-baseline", "DANP and DNP with a clean vs a noisy baseline pass (Fig. 4)", DEFAULTS,
@@ -106,7 +108,7 @@ def run(cfg: dict, ctx) -> Result:
             keys[n, b] = lab
             specs.append(spec(cfg, lab, n, lrs[n], baseline=b))
     runs = train_runs(cfg, specs, data, sizes=sz, epochs=cfg["epochs"], batch_size=cfg["batch_size"],
-                      progress=ctx.progress)
+                      progress=ctx.progress, ctx=ctx)
     early = _early(cfg)
     extra = {}
     for (n, b), lab in keys.items():

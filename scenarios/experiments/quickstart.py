@@ -13,7 +13,7 @@ with other work it made the run 6× slower (37 s against 6 s, measured).
 """
 from __future__ import annotations
 
-from ..experiment import learning_curves
+from ..experiment import EVALUATION, learning_curves
 from ..result import Result
 from ..runner import train_rules
 from ..scenario import register
@@ -37,6 +37,8 @@ DEFAULTS = {
     "slope": 0.2,
     "scale": "offline",
     "blas_threads": 1,
+    "max_loss_ratio": 1e3,
+    **EVALUATION,
 }
 
 
@@ -45,7 +47,7 @@ DEFAULTS = {
                                                              "batch_size": 1000, "epochs": 100, "blas_threads": None}, traces=True)
 def quickstart(cfg: dict, ctx) -> Result:
     histories = train_rules(cfg, progress=ctx.progress, trace=ctx.trace, trace_options=ctx.trace_options,
-                            scenario=ctx.scenario)
+                            scenario=ctx.scenario, ctx=ctx)
     res = Result(main="final")
     t = res.table("final", ["rule", "train_acc", "test_acc", "final_loss", "forward_passes", "wall_s", "diverged"])
     for label, h in histories.items():

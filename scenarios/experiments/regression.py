@@ -71,7 +71,7 @@ import numpy as np
 
 from .. import paper
 from ..datasets import load
-from ..experiment import (common, label, make_rule, options, resolve_lrs, rule_names, seeds, train_runs,
+from ..experiment import (EVALUATION, common, label, make_rule, options, resolve_lrs, rule_names, seeds, train_runs,
                           training_trial, learning_curves)
 from ..lr_search import SEARCH_DEFAULTS
 from ..result import Result, fmt_spread, spread
@@ -82,6 +82,7 @@ RULES = ("np", "dnp", "anp", "danp", "bp", "dbp")
 ARCHITECTURE = "SARCOS 21-32-32-7"
 
 DEFAULTS = common(
+    **EVALUATION,
     dataset="teacher",
     teacher={"hidden": [32], "noise": 0.1, "input_correlation": 0.6, "n_train": 20000, "n_test": 1000,
              "seed": 0},
@@ -158,7 +159,7 @@ def _run(cfg, ctx, names) -> Result:
         lab = label(make_rule(n, lrs[n], **options(cfg, n), loss="mse"))
         specs.append((lab, lambda n=n: make_rule(n, lrs[n], **options(cfg, n), loss="mse")))
     runs = train_runs(cfg, specs, data, sizes=sizes, epochs=cfg["epochs"], batch_size=cfg["batch_size"],
-                      progress=ctx.progress)
+                      progress=ctx.progress, ctx=ctx)
     labels = dict(zip(names, (lab for lab, _ in specs)))
     final = {n: [float(h.last("test_loss")) for h in runs[labels[n]]] for n in names}
     bp = final.get("bp")

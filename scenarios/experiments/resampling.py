@@ -65,12 +65,12 @@ import rules as rules_pkg
 from rules.base import Estimate
 
 from .. import paper
-from ..experiment import (common, device, label, learning_curves, learning_table, make_rule, network, options,
+from ..experiment import (EVALUATION, common, eval_options, device, label, learning_curves, learning_table, make_rule, network, options,
                           resolve_lrs, rule_names, seeds)
 from ..result import Result, fmt_spread, spread
 from ..scenario import register
-from ..experiment import quiet
-from ..train import train
+from ..experiment import quiet, trained
+from ..train import check_count
 from ._comparison import SEARCH, differences, load_data, mean, per_seed, rule_kw, search_trial, sizes
 
 RULES = ("danp", "dinp", "dnp", "bp", "anp", "inp", "np", "dbp")
@@ -78,6 +78,7 @@ RESAMPLED = ("danp", "dinp", "anp", "inp")           # run at every K of ``sampl
 PROBE_SEED = 7919                                    # offsets the alignment copy's noise streams
 
 DEFAULTS = common(
+    **EVALUATION,
     blas_threads=1, dataset="mnist1d", n_train=None, n_test=None, standardize=False,
     hidden=[128, 128, 128], epochs=2, batch_size=100, baseline="clean",
     rules=["danp", "dinp", "dnp", "bp"], samples=[1, 10, 30, 100], dnp_samples=[100],
@@ -125,11 +126,11 @@ class Chunked:
         return Estimate(updates, first.loss, sum(e.forward_passes for e in ests), first.inputs, first.outputs,
                         first.losses, {})
 
-    def step(self, net, x, t) -> Estimate:
+    def step(self, net, x, t, *, guard=None) -> Estimate:
         if self.rule.optimizer is None:
             self.rule.init(net)
         est = self.estimate(net, x, t)
-        self.rule.apply(net, est)
+        self.rule.apply(net, est, guard=guard)
         return est
 
 
@@ -173,7 +174,7 @@ def run(cfg: dict, ctx) -> Result:
     lrs = resolve_lrs(cfg, names, architecture=cfg["lr_architecture"], result=res, trial=trial)
 
     dev = device(cfg)
-    nb = int(cfg["align_batch"] or B)
+    nb = B if cfg["align_batch"] is None else check_count("align_batch", cfg["align_batch"], 1, 2 ** 31 - 1)
     xb, tb = data.x_train[:nb], data.targets(data.y_train[:nb])
     steps = cfg["epochs"] * -(-len(data.x_train) // B)
     points = sorted({int(round(v)) for v in np.linspace(0, steps, max(int(cfg["align_points"]), 1))})
@@ -206,9 +207,9 @@ def run(cfg: dict, ctx) -> Result:
                 angles[i, j, points.index(step)] = [a[l] for l in range(n_layers)] + [a["all"]]
 
             measure(0)
-            h = train(net, bounded(make(n, K), sz, B, cfg["stack_budget"]), data, epochs=cfg["epochs"],
-                      batch_size=B, progress=ctx.progress, label=f"{lab} s{s}",
-                      on_step=lambda step, idx, est, m=measure: m(step))
+            h = trained(ctx, f"{lab} s{s}", net, bounded(make(n, K), sz, B, cfg["stack_budget"]), data, group=lab,
+                        epochs=cfg["epochs"], batch_size=B, progress=ctx.progress,
+                        on_step=lambda step, idx, est, m=measure: m(step), max_loss_ratio=cfg.get("max_loss_ratio", 1e3), **eval_options(cfg))
             runs.setdefault(lab, []).append(h)
 
     with quiet():                                     # all NaN where no angle was measured

@@ -6,7 +6,8 @@ first, and regresses the copies' losses on their perturbations to get the gradie
 fed back in place of backprop's. The ``regression`` rule does this for every layer at once,
 from what a device lets it observe: S noisy passes and one clean reference, and per sample
 and layer the ridge least squares ``g_l = argmin ‖δL − A g‖² + λ‖g‖²`` over the S rows
-``δa_{l,s}`` of ``A`` (``λ = ridge · tr(AAᵀ)/S``, ridge 1e-3), ``ΔW_l = ⟨g_l x*ᵀ⟩``. ANP with K
+``δa_{l,s}`` of ``A`` (λ chosen per sample by generalised cross-validation, ``ridge="gcv"``),
+``ΔW_l = ⟨g_l x*ᵀ⟩``. ANP with K
 samples uses the same S+1 = K+1 passes (clean baseline): ``⟨N δL δa_l/‖δa‖²⟩``. Both rules see
 exactly the same passes here: one clean pass and ``S_max`` noisy copies are run once, and
 the estimate at S uses the first S copies (``updates_from_record`` of each rule on the
@@ -17,16 +18,18 @@ noise of other layers is independent of ``δa_l`` or reaches the loss through it
 ``S < N_l`` it is the minimum-norm solution, the projection of ``g_l`` on the S observed
 directions. Near ``S ≈ N_l`` the least-squares problem is square and badly conditioned —
 ordinary least squares has its variance peak there (the "double descent" of interpolating
-regression); the small ridge only partly tames it. ANP's error falls like 1/√K down to its
-bias (noise propagated from lower layers).
+regression), which a fixed small ridge only partly tames; the GCV-tuned ridge removes it.
+The same copies are also regressed with the fixed ridge ``fixed_ridge`` (1e-3; ``null`` to
+skip) at S = N/2, N and 3N of the first hidden layer, to show the peak GCV removes. ANP's
+error falls like 1/√K down to its bias (noise propagated from lower layers).
 
 Settings: 40-256-256-256-10 leaky-ReLU network at He initialisation, one batch of 1000
 MNIST-1D training samples drawn by the seed, ``ideal`` device (intrinsic node noise σ = 1e-3
 is the perturbation of both rules; nothing is injected), cross-entropy summed over classes,
 S = 1 … 1024 (4 × the hidden width, dense around it), 3 seeds. The batch is processed in
 blocks of ``block`` = 48 samples so that S_max + 1 stacked passes fit in memory (about 1 GB);
-both estimators are per-sample, so blocks change nothing but which random numbers each sample
-gets.
+ANP and a fixed ridge are per-sample, so blocks change nothing for them but which random
+numbers each sample gets; the GCV ridge is chosen per block (one ρ for its 48 samples).
 
 Outputs: table ``angles`` (main: per S, forward passes and the per-layer angles of REG and
 ANP, means over seeds), ``peak`` (per seed, the first hidden layer around S = N_l); arrays
@@ -40,8 +43,11 @@ thread made 10–17× slower on this shared 2-core machine (measured), so BLAS r
 (``blas_threads``; ``null`` leaves it alone). Profiled (one seed, 79 s under the profiler):
 the rule's ridge solves and Gram matrices take half the time (mostly S ≥ 256, the n × n
 form), the 1025 stacked passes a third (noisesim's leaky ReLU alone 18 %), forming δa 9 %.
-The default run takes about 3.5 min on 2 cores (204 s, measured with load average ≈ 3 from
-other jobs); ``--quick`` about 1 s.
+With the fixed ridge the default run took about 3.5 min on 2 cores (204 s, load average ≈ 3
+from other jobs). The GCV ridge replaces each LU solve by an eigen-decomposition (2–4× the
+cost): the default run now takes about 8 min of CPU (481 s measured — 384 s user, 97 s
+system — under a load average of 8–12 from other jobs, which stretched it to 37 min of wall
+time); ``--quick`` about 1 s.
 """
 from __future__ import annotations
 
@@ -64,7 +70,8 @@ DEFAULTS = common(
     sizes=[40, 256, 256, 256, 10],
     batch_size=1000,
     copies=[1, 2, 4, 8, 16, 32, 64, 128, 192, 256, 320, 384, 512, 1024],
-    ridge=1e-3,
+    ridge="gcv",
+    fixed_ridge=1e-3,
     block=48,
     loss="cce",
     activation="leaky_relu",
@@ -76,14 +83,29 @@ PAPER = {"dataset": "cifar10", "sizes": [3072, 1024, 1024, 1024, 10], "batch_siz
          "copies": [1, 4, 16, 64, 256, 512, 768, 1024, 1280, 1536, 2048], "block": 16}
 
 
+FIXED = "regression (fixed ridge)"     # the fixed-ridge comparison, at three values of S
+ROWS = RULES + (FIXED,)                 # the rule axis of the angle array
+
+
 def _estimators(cfg, names):
     out = {}
     for name in names:
         opts = {**options(cfg, name), "baseline": "clean", "loss": cfg["loss"]}
         if name == "regression":
-            opts["ridge"] = float(cfg["ridge"])
+            opts["ridge"] = cfg["ridge"]
         out[name] = rules_pkg.make(name, **opts)
+    if "regression" in names and cfg.get("fixed_ridge") is not None:
+        out[FIXED] = rules_pkg.make("regression", **{**opts_regression(cfg), "ridge": cfg["fixed_ridge"]})
     return out
+
+
+def opts_regression(cfg):
+    return {**options(cfg, "regression"), "baseline": "clean", "loss": cfg["loss"]}
+
+
+def peak_points(copies, width) -> list[int]:
+    """Indices of the S nearest N/2, N and 3N: where the fixed ridge's peak shows."""
+    return [_near(copies, width / 2), _near(copies, width), _near(copies, 3 * width)]
 
 
 def prefix(record: dict, S: int) -> dict:
@@ -106,15 +128,19 @@ def paired_updates(cfg, names, net, x, t):
     copies = sorted(int(s) for s in cfg["copies"])
     S_max, B = copies[-1], len(x)
     ests = _estimators(cfg, names)
+    at = {n: range(len(copies)) for n in ests}
+    if FIXED in ests:
+        at[FIXED] = sorted(set(peak_points(copies, max(net.sizes[1:-1]))))
     loss = rules_pkg.Loss(cfg["loss"])
-    total = {n: [None] * len(copies) for n in names}
+    total = {n: [None] * len(copies) for n in ests}
     step = max(1, int(cfg["block"]))
     for b0 in range(0, B, step):
         xb, tb = x[b0:b0 + step], t[b0:b0 + step]
         rec = observe(net, xb, tb, S_max, loss)              # one clean pass + S_max copies, as both rules run them
         w = len(xb) / B
         for n, rule in ests.items():
-            for i, S in enumerate(copies):
+            for i in at[n]:
+                S = copies[i]
                 ups = [to_numpy(u).astype(np.float64) * w for u in rule.updates_from_record(prefix(rec, S))]
                 total[n][i] = ups if total[n][i] is None else [a + u for a, u in zip(total[n][i], ups)]
     return copies, total
@@ -138,17 +164,18 @@ def run(cfg: dict, ctx) -> Result:
     for n, rule in _estimators(cfg, names).items():
         probe.require(f"rule {n!r}", rule.required_access())
     run_seeds = seeds(cfg)
-    angles = np.full((len(run_seeds), len(RULES), L + 1, len(copies)), np.nan)
+    angles = np.full((len(run_seeds), len(ROWS), L + 1, len(copies)), np.nan)
     with tqdm(total=len(run_seeds), desc="weak gradient", disable=not ctx.progress, leave=False) as bar:
         for si, seed in enumerate(run_seeds):
             x, t = batch(cfg, data, seed)
             net = network(cfg, sizes, dev, seed)
             G = rules_pkg.exact_gradients(net, x, t, cfg["loss"])
             _, total = paired_updates(cfg, names, net, x, t)
-            for n in names:
-                for i in range(len(copies)):
-                    a = rules_pkg.angles(total[n][i], G)
-                    angles[si, RULES.index(n), :, i] = [a[l] for l in range(L)] + [a["all"]]
+            for n, per_s in total.items():
+                for i, ups in enumerate(per_s):
+                    if ups is not None:
+                        a = rules_pkg.angles(ups, G)
+                        angles[si, ROWS.index(n), :, i] = [a[l] for l in range(L)] + [a["all"]]
             bar.update(1)
     res = Result(main="angles")
     _report(res, cfg, names, angles, copies, run_seeds)
@@ -179,7 +206,7 @@ def _report(res, cfg, names, angles, copies, run_seeds):
             row[f"{tag}_all"] = None if r not in names else float(mean[ri, L, i])
         t.add(**row)
     res.array("angle_vs_copies", angles, ("seed", "rule", "layer", "copies"),
-              {"seed": run_seeds, "rule": list(RULES), "layer": lnames, "copies": copies}, units="degrees")
+              {"seed": run_seeds, "rule": list(ROWS), "layer": lnames, "copies": copies}, units="degrees")
     f = res.figure("weak_gradient", "Angle to BP against forward passes: regression over S copies vs ANP "
                    "(clean baseline, the same passes)", caption="dotted line: the layer's width N_l")
     passes = [S + 1 for S in copies]
@@ -250,24 +277,44 @@ def _claims(res, cfg, names, angles, copies, lnames):
         for key in ("regression_beats_anp_beyond_width", "regression_beats_anp_below_width"):
             res.claim(key, "At equal forward passes the weak gradient aligns better than ANP", None,
                       "needs the regression and anp rules")
-    if "regression" in names and len(copies) >= 3:
-        i_peak, i_low = _near(copies, width), _near(copies, width / 2)
-        i_high = _near(copies, 3 * width)
+    fixed = ROWS.index(FIXED)
+    if "regression" in names and len(copies) >= 3 and np.isfinite(angles[:, fixed, 0]).any():
+        i_low, i_peak, i_high = peak_points(copies, width)
         l = 0
-        v = mean[reg, l]
+        v = mean[fixed, l]
         up = float(v[i_peak] - v[i_low])
         ok = up > 1.0 and v[i_high] < v[i_peak]
-        per_seed = angles[:, reg, l, i_peak] - angles[:, reg, l, i_low]
-        t = res.table("peak", ["seed", "layer", f"S{copies[i_low]}", f"S{copies[i_peak]}", f"S{copies[i_high]}"])
-        for si, s in enumerate(angles[:, reg, l]):
-            t.add(seed=cfg["seed"] + si, layer=lnames[l], **{f"S{copies[j]}": float(s[j]) for j in (i_low, i_peak, i_high)})
+        per_seed = angles[:, fixed, l, i_peak] - angles[:, fixed, l, i_low]
+        t = res.table("peak", ["seed", "layer", "ridge", f"S{copies[i_low]}", f"S{copies[i_peak]}", f"S{copies[i_high]}"])
+        for row, ridge in ((fixed, cfg["fixed_ridge"]), (reg, cfg["ridge"])):
+            for si, a in enumerate(angles[:, row, l]):
+                t.add(seed=cfg["seed"] + si, layer=lnames[l], ridge=str(ridge),
+                      **{f"S{copies[j]}": float(a[j]) for j in (i_low, i_peak, i_high)})
         res.claim("regression_peak_near_width",
-                  f"The weak gradient of the first hidden layer gets worse as S approaches the layer width and better "
-                  f"again beyond it (S={copies[i_low]} → {copies[i_peak]}: up by more than 1°; S={copies[i_high]}: "
-                  f"below the peak)", bool(ok),
-                  f"{v[i_low]:.1f}° → {v[i_peak]:.1f}° → {v[i_high]:.1f}° (rise per seed {fmt_spread(per_seed, 1, '°')})",
+                  f"With a fixed ridge ({cfg['fixed_ridge']:g}) the weak gradient of the first hidden layer gets worse "
+                  f"as S approaches the layer width and better again beyond it (S={copies[i_low]} → {copies[i_peak]}: "
+                  f"up by more than 1°; S={copies[i_high]}: below the peak)", bool(ok),
+                  f"{v[i_low]:.1f}° → {v[i_peak]:.1f}° → {v[i_high]:.1f}° (rise per seed {fmt_spread(per_seed, 1, '°')}); "
+                  f"with the GCV ridge {mean[reg, l, i_low]:.1f}° → {mean[reg, l, i_peak]:.1f}° → {mean[reg, l, i_high]:.1f}°",
                   paper="not in seed 003; a user measured 50.8° → 53.2° from S=100 to S=300 on a 256-wide layer",
                   note="Least squares with as many unknowns as equations: the variance of the solution peaks at S ≈ N_l "
-                       "(interpolation threshold); ridge = 1e-3 of the mean ‖δa_l‖² is too small to remove it.",
+                       "(interpolation threshold); a fixed ridge of 1e-3 of the mean ‖δa_l‖² is too small to remove it. "
+                       "The regression rule therefore chooses its ridge by generalised cross-validation by default.",
                   values={"angles_deg": [float(v[i_low]), float(v[i_peak]), float(v[i_high])],
                           "copies": [copies[i_low], copies[i_peak], copies[i_high]], "margin_deg": 1.0})
+    else:
+        res.claim("regression_peak_near_width", "With a fixed ridge the weak gradient peaks near S ≈ N_l", None,
+                  "needs the regression rule, fixed_ridge and three values of S")
+    if "regression" in names and len(copies) >= 2 and cfg["ridge"] == "gcv":
+        rise = np.diff(mean[reg, :L - 1], axis=1)                      # (hidden layer, S step)
+        worst = float(np.max(rise))
+        l_w, i_w = np.unravel_index(int(np.argmax(rise)), rise.shape)
+        res.claim("gcv_never_worse_with_copies",
+                  "With the GCV ridge more copies never make the weak gradient worse: in every hidden layer the "
+                  "angle to BP (mean over seeds) rises by less than 0.5° from one S to the next", bool(worst < 0.5),
+                  f"largest rise {worst:+.2f}° ({lnames[l_w]}, S={copies[i_w]} → {copies[i_w + 1]})",
+                  paper="issue: 50.8° → 53.2° from S=100 to S=300 with ridge 1e-3",
+                  values={"largest_rise_deg": worst, "margin_deg": 0.5})
+    else:
+        res.claim("gcv_never_worse_with_copies", "With the GCV ridge more copies never make the weak gradient worse",
+                  None, "needs the regression rule with ridge=\"gcv\" and two values of S")

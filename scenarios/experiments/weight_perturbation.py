@@ -43,7 +43,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..datasets import load
-from ..experiment import (common, device, learning_curves, learning_table, make_rule, network, options,
+from ..experiment import (EVALUATION, common, device, learning_curves, learning_table, make_rule, network, options,
                           resolve_lrs, rule_names, seeds, train_runs, training_trial)
 from ..lr_search import SEARCH_DEFAULTS
 from ..paper import LEARNING_RATES, depth_architecture
@@ -54,6 +54,7 @@ from .alignment import RunningAngles, batch, evaluation_points, layer_names, sam
 RULES = ("wp", "np", "bp")
 
 DEFAULTS = common(
+    **EVALUATION,
     rules=list(RULES),
     dataset="digits",
     sizes=[64, 32, 10],
@@ -161,7 +162,7 @@ def run(cfg: dict, ctx) -> Result:
     lrs = resolve_lrs(cfg, names, architecture=arch, result=res, trial=trial)
     specs = [(n.upper(), (lambda n=n: make_rule(n, lrs[n], **{**options(cfg, n), **kw[n]}))) for n in names]
     runs = train_runs(cfg, specs, data, sizes=cfg["sizes"], epochs=int(cfg["epochs"]),
-                      batch_size=int(cfg["batch_size"]), progress=ctx.progress)
+                      batch_size=int(cfg["batch_size"]), progress=ctx.progress, ctx=ctx)
     _angle_report(res, cfg, names, angles, pred, n_weights, run_seeds)
     learning_table(res, runs)
     learning_curves(res, runs, title=f"WP, NP and BP on {cfg['dataset']} ({'-'.join(map(str, cfg['sizes']))})")
