@@ -16,7 +16,7 @@ interleaved round by round so that a busy machine slows them alike:
 * ``dask 2 workers, unlimited`` — 2 workers each allowed every core's threads
   (workers × threads > cores: the oversubscription the thread limit avoids).
 
-    python benchmarks/bench_sweep.py [--rounds 2] [--points 16]
+    python benchmarks/bench_sweep.py [--rounds 2] [--points 16] [--epochs 1]
 
 Prints seconds per round and the ratio of each contender's time to ``sequential``.
 """
@@ -37,11 +37,11 @@ from scenarios.scenario import get
 LRS = [1e-3, 3e-3, 1e-2, 3e-2]
 
 
-def make_sweep(n_points: int) -> sw.Sweep:
+def make_sweep(n_points: int, epochs: int = 1) -> sw.Sweep:
     n_seeds = max(1, n_points // len(LRS))
     return sw.Sweep.from_dict({
         "scenario": "quickstart", "seeds": n_seeds, "checkpoint_every": 0,
-        "settings": {"rules": ["bp"], "epochs": 1, "sizes": [64, 512, 512, 10], "batch_size": 64,
+        "settings": {"rules": ["bp"], "epochs": epochs, "sizes": [64, 512, 512, 10], "batch_size": 64,
                      "blas_threads": None, "backend": "numpy"},
         "grid": {"rule_options.bp.lr": LRS[:max(1, min(len(LRS), n_points))]}})
 
@@ -67,8 +67,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--points", type=int, default=16)
+    ap.add_argument("--epochs", type=int, default=1, help="epochs of digits per point (the size of a point)")
     args = ap.parse_args(argv)
-    sweep = make_sweep(args.points)
+    sweep = make_sweep(args.points, args.epochs)
     n = len(sweep.expand())
     cores = sw.cores()
     contenders = {"sequential": sequential, "sequential, 1 thread": lambda s, o: sequential(s, o, 1),
