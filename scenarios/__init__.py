@@ -7,6 +7,7 @@
 >>> "alignment" in scenarios.SCENARIOS or True
 True
 """
+from .checkpoint import Checkpoint
 from .datasets import DATASETS, Dataset, load
 from .result import Array, Claim, Figure, Panel, Result, Series, Table
 from .scenario import SCENARIOS, Context, Scenario, apply_overrides, configure
@@ -27,5 +28,5 @@ def run(name: str, *settings, quick: bool = False, progress: bool = False, **ove
     return execute(sc, cfg, Context(progress=progress, scenario=name))
 
 
-__all__ = ["DATASETS", "Dataset", "load", "SCENARIOS", "Scenario", "Context", "apply_overrides", "configure",
+__all__ = ["Checkpoint", "DATASETS", "Dataset", "load", "SCENARIOS", "Scenario", "Context", "apply_overrides", "configure",
            "History", "evaluate", "train", "run", "Result", "Table", "Array", "Figure", "Panel", "Series", "Claim"]

@@ -3,6 +3,9 @@
     noisesim list
     noisesim run SCENARIO [--quick] [--rule R] [--device PRESET] [--set key=value]... [--seed N]
                           [--out DIR] [--trace FILE] [--backend auto|numpy|cupy] [--no-progress]
+                          [--checkpoint-every N]
+    noisesim run --resume DIR
+    noisesim sweep SWEEP.toml [--scheduler ADDRESS] [--workers N] [--out DIR]
     noisesim report RUN_DIR... [-o docs/results.md]
     noisesim trace info|replay|compare FILE
 """
@@ -19,7 +22,7 @@ import noisesim
 import noisesim.backend
 import rules
 
-from . import output, report, trace_cli
+from . import checkpoint, output, report, sweep, trace_cli
 from .scenario import SCENARIOS, Context, configure, execute, get, validate
 
 log = logging.getLogger("noisesim")
@@ -68,6 +71,10 @@ def _config_from_args(args) -> tuple[str, dict]:
 
 
 def _cmd_run(args) -> int:
+    if args.resume:                                    # checkpoints: the recorded command again
+        args = checkpoint.resumed_args(args, build_parser())
+    elif args.scenario is None:
+        raise ValueError("noisesim run needs a SCENARIO (or --resume DIR)")
     name, cfg = _config_from_args(args)
     sc = get(name)
     if args.trace and not sc.traces:
@@ -93,7 +100,7 @@ def _cmd_run(args) -> int:
             log.warning("could not write the partial results into %s: %s", out_dir, exc)
     ctx.on_partial = on_partial
     try:
-        with _terminate_as_interrupt():
+        with _terminate_as_interrupt(), checkpoint.cli_session(args, out_dir):
             result = execute(sc, cfg, ctx)
     except Terminated:
         return _interrupted(write, ctx, out_dir, "terminated (SIGTERM)", 143)
@@ -164,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     lp.add_argument("--names", action="store_true", help="only the scenario names, one a line (for scripts)")
     lp.set_defaults(func=_cmd_list)
     r = sub.add_parser("run", help="run a scenario")
-    r.add_argument("scenario")
+    r.add_argument("scenario", nargs="?")
     r.add_argument("--quick", action="store_true", help="the scenario's smoke size (under a minute)")
     r.add_argument("--rule", help="rule name(s), comma separated (overrides the scenario's rules)")
     r.add_argument("--device", help="device preset")
@@ -174,15 +181,18 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--backend", choices=["auto", "numpy", "cupy"])
     r.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     trace_cli.add_run_options(r)
+    checkpoint.add_run_options(r)
     r.set_defaults(func=_cmd_run)
     report.add_parser(sub)
     trace_cli.add_parser(sub)
+    sweep.add_parser(sub)
     return p
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = None if argv is None else ["noisesim", *argv]
+    args.cli_argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
         return args.func(args)

@@ -18,6 +18,8 @@ from noisesim.backend import to_numpy
 from noisesim.errors import DivergenceError
 from rules.base import DivergenceGuard, takes_guard
 
+from . import checkpoint as _checkpoint
+
 log = logging.getLogger("noisesim")
 
 
@@ -116,7 +118,8 @@ def check_data(data, net) -> str:
 
 def train(net, rule, data, epochs: int = 5, batch_size: int = 64, *, progress: bool = True,
           on_step=None, label: str | None = None, trace=None, trace_options: dict | None = None,
-          max_loss_ratio: float | None = 1e3, eval_every: int = 1, eval_train: int | None = 2000) -> History:
+          max_loss_ratio: float | None = 1e3, eval_every: int = 1, eval_train: int | None = 2000,
+          checkpoint=None) -> History:
     """Train ``net`` with ``rule`` on ``data`` (a :class:`scenarios.datasets.Dataset`).
 
     ``batch_size`` defaults to 64: on the offline datasets (1.4k–16k training samples) that is
@@ -146,7 +149,10 @@ def train(net, rule, data, epochs: int = 5, batch_size: int = 64, *, progress: b
 
     Ctrl-C, a trace that cannot be written (``TraceError``) or any other error stop the run:
     the trace is closed as interrupted, ``History.interrupted`` says why, and the exception is
-    raised again carrying the run so far as ``exc.history``.
+    raised again carrying the run so far as ``exc.history``. ``checkpoint`` (a
+    :class:`scenarios.checkpoint.Checkpoint`; default: the active checkpoint session's next
+    file, if any) saves the complete state every N steps and at the end, and continues from
+    the file when it exists (see :mod:`scenarios.checkpoint`).
     """
     epochs = check_count("epochs", epochs, 0, MAX_EPOCHS)
     batch_size = check_count("batch_size", batch_size, 1, 2 ** 31 - 1)
@@ -154,21 +160,32 @@ def train(net, rule, data, epochs: int = 5, batch_size: int = 64, *, progress: b
     eval_train = None if eval_train is None else check_count("eval_train", eval_train, 1, 2 ** 62)
     task = check_data(data, net)
     guard = DivergenceGuard(max_loss_ratio)     # validates max_loss_ratio before anything starts
+    # checkpoints: continue from a saved state (or return a finished run's history at once)
+    ck = _checkpoint.for_run(checkpoint, label or rule.label)
+    pos = None
+    restored = History(rule=label or rule.label)
+    if ck is not None:
+        pos = ck.restore(net, rule, restored)
+        if pos is not None and pos.epoch is None:
+            return restored
     writer = None
     if trace is not None:
         import noisesim.trace
 
         Path(trace).parent.mkdir(parents=True, exist_ok=True)
-        writer = noisesim.trace.TraceWriter(trace, net, rule, **(trace_options or {}))
+        resume = {} if pos is None else {"resume_steps": restored.steps}   # the trace continues too
+        writer = noisesim.trace.TraceWriter(trace, net, rule, **(trace_options or {}), **resume)
         on_step = _chain(writer.on_step, on_step)
     try:
-        rule.init(net)
+        if pos is None:
+            rule.init(net)
     except BaseException:
         if writer is not None:
             _close(writer, "interrupted")
         raise
     hist = History(rule=label or rule.label, trace=None if writer is None else str(writer.path),
-                   backend=net.backend.name, dtype=str(np.dtype(net.dtype)))
+                   backend=net.backend.name, dtype=str(np.dtype(net.dtype))) \
+        if pos is None else restored
     order_rng = net.random("data")
     n = len(data.x_train)
     steps_per_epoch = (n + batch_size - 1) // batch_size
@@ -183,21 +200,26 @@ def train(net, rule, data, epochs: int = 5, batch_size: int = 64, *, progress: b
                                 wall_s=wall))
 
     bar = _progress(epochs * steps_per_epoch, hist.rule, progress)
+    if pos is not None:
+        bar.update(hist.steps)
     scope = contextlib.ExitStack()
     t0 = time.perf_counter()
     status = "complete"
     losses = []
     try:
-        record(0, float("nan"), 0.0)
+        if pos is None:
+            record(0, float("nan"), 0.0)
         guard.start_loss = hist.epochs[0]["train_loss"] if np.isfinite(hist.epochs[0]["train_loss"]) else None
-        t0 = time.perf_counter()
+        t0 = time.perf_counter() - (hist.wall_s if pos is not None else 0.0)
         if writer is not None and writer.background:
             # the trace writer process gets a core of its own (BLAS gives one up meanwhile)
             scope.enter_context(noisesim.trace.leave_a_core())
-        for epoch in range(1, epochs + 1):
-            perm = order_rng.permutation(n)
-            losses = []
-            for s in range(steps_per_epoch):
+        for epoch in range(1 if pos is None else pos.epoch, epochs + 1):
+            if pos is not None and epoch == pos.epoch:     # the epoch a checkpoint stopped in
+                perm, losses, first = pos.perm, pos.losses, pos.step
+            else:
+                perm, losses, first = order_rng.permutation(n), [], 0
+            for s in range(first, steps_per_epoch):
                 idx = perm[s * batch_size:(s + 1) * batch_size]
                 x = data.x_train[idx]
                 t = _targets(data.y_train[idx], net.sizes[-1], task == "classification")
@@ -208,6 +230,11 @@ def train(net, rule, data, epochs: int = 5, batch_size: int = 64, *, progress: b
                 losses.append(est.loss)
                 if on_step is not None:
                     on_step(hist.steps, idx, est)
+                if ck is not None and ck.due(hist.steps):
+                    if writer is not None:
+                        writer.flush()          # the trace holds every step the checkpoint has
+                    hist.wall_s = time.perf_counter() - t0
+                    ck.save(net, rule, hist, _checkpoint.Position(epoch, s + 1, perm, losses))
                 bar.update(1)
             hist.wall_s = time.perf_counter() - t0
             if epoch % eval_every and epoch != epochs:
@@ -232,6 +259,8 @@ def train(net, rule, data, epochs: int = 5, batch_size: int = 64, *, progress: b
         hist.wall_s = time.perf_counter() - t0
         if writer is not None:
             _close(writer, status)
+    if ck is not None:   # a finished (or diverged) run: its final state and history
+        ck.save(net, rule, hist, _checkpoint.Position(epochs, steps_per_epoch, None), done=True)
     return hist
 
 

@@ -161,8 +161,15 @@ class Sink:
                 opts = dict(compression=d["compression"], compression_opts=d.get("compression_opts"), shuffle=True)
             if d.get("fillvalue") is not None:
                 opts["fillvalue"] = d["fillvalue"]
-            ds = self._f.create_dataset(d["name"], (0,) + shape, maxshape=(None,) + shape,
-                                        chunks=(rows,) + tuple(max(k, 1) for k in shape), dtype=d["dtype"], **opts)
+            if d["name"] in self._f:      # a continued trace: its datasets hold the first n steps
+                ds = self._f[d["name"]]
+                if ds.shape != (self.n,) + shape or ds.dtype != np.dtype(d["dtype"]) or ds.chunks[0] != rows:
+                    raise ValueError(f"{d['name']} has shape {ds.shape} and dtype {ds.dtype}; continuing after "
+                                     f"step {self.n} needs {(self.n,) + shape} and {d['dtype']}")
+            else:
+                ds = self._f.create_dataset(d["name"], (0,) + shape, maxshape=(None,) + shape,
+                                            chunks=(rows,) + tuple(max(k, 1) for k in shape), dtype=d["dtype"],
+                                            **opts)
             for k, v in (d.get("attrs") or {}).items():
                 ds.attrs[k] = v
             self._sets.append(ds)
@@ -197,7 +204,10 @@ class Sink:
             else:
                 mode = "filter"
             buf = np.zeros(ds.chunks, dtype) if mode == "block" else None
+            if buf is not None and self.n % rows:    # continued: the last chunk's earlier rows
+                buf[:self.n % rows] = ds[self.n - self.n % rows:self.n]
             self._plan.append((mode, ds.id, rows, (0,) * (ds.ndim - 1), dtype, comp is not None, buf))
+        self._cap = self.n
         self._f.flush()
 
     def _grow(self) -> None:

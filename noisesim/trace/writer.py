@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import zlib
 
 import h5py
@@ -51,6 +52,13 @@ def _kind(a) -> str:
     raise TraceError(f"cannot trace an array of dtype {a.dtype} (only floating, integer and bool arrays)")
 
 
+def _differing(a, b, path="") -> list[str]:
+    """The paths of the entries two JSON configs disagree on."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b)) for d in _differing(a.get(k), b.get(k), f"{path}{k}.")]
+    return [] if a == b else [path.rstrip(".")]
+
+
 class TraceWriter:
     """Write what a rule consumed, step by step, into one HDF5 file (format in :mod:`.format`).
 
@@ -83,6 +91,12 @@ class TraceWriter:
         in the pipe it stores a step unfiltered instead (HDF5's per-chunk filter mask; readers
         see no difference): compression gives way before training does. ``False``: all of the
         work in this process, inside :meth:`write`.
+    resume_steps : int, optional
+        Continue the trace already at ``path`` after its first ``resume_steps`` steps (a run
+        continued from a checkpoint taken after that step): later steps in the file are
+        dropped, the next :meth:`write` is row ``resume_steps``, the initial state stays. The
+        file must be a trace of the same config, storage and schema, with at least that many
+        complete steps; else :class:`TraceError`.
 
     Each step adds one row (one chunk) to every per-step dataset — one named dataset per
     recorded array, ``steps/<key>`` or ``steps/<key>/<layer>``, laid out at the first step
@@ -101,7 +115,8 @@ class TraceWriter:
     RESERVE_SPACE = True          # reserve each step's bytes before writing it (see _sink.reserve)
 
     def __init__(self, path, network, rule=None, *, meta: dict | None = None, compression: str | None = None,
-                 compression_opts=None, float16: bool = False, background: bool = True):
+                 compression_opts=None, float16: bool = False, background: bool = True,
+                 resume_steps: int | None = None):
         if compression == "none":
             compression = None
         if compression not in COMPRESSIONS:
@@ -130,6 +145,10 @@ class TraceWriter:
             config_json = json.dumps(config, sort_keys=True)
         except TypeError as exc:
             raise TraceError(f"{self.path}: the run config is not JSON-serialisable ({exc})") from None
+        if resume_steps is not None:            # a continued run: into the trace it started
+            self._rule = rule
+            self._continue(config_json, compression, int(resume_steps))
+            return
         # the complete state a replay starts from (the trace reads it only through state())
         initial = {"network": network.state(), "rule": rule.state() if rule is not None and hasattr(rule, "state")
                    else None}
@@ -183,6 +202,66 @@ class TraceWriter:
             self._f, self._sink, self._proc = f, Sink(f), None
 
     # -- helpers ---------------------------------------------------------------------------------
+    _stored_schema = None         # the schema of a continued trace (``resume_steps``)
+
+    def _continue(self, config_json: str, compression, k: int) -> None:
+        """Open the trace at ``path`` to continue after its step ``k`` (see ``resume_steps``)."""
+        deadline = time.monotonic() + 30.0
+        while True:    # the writer process of the stopped run may still be storing its last steps
+            try:
+                f = h5py.File(self.path, "r+", libver=LIBVER)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TraceError(f"{self.path}: another process keeps the trace open; cannot continue it") \
+                        from None
+                time.sleep(0.05)
+            except (OSError, ValueError) as exc:
+                raise TraceError(f"{self.path}: cannot continue this trace ({exc})") from None
+        try:
+            a = f.attrs
+            text = lambda v: v.decode() if isinstance(v, bytes) else v
+            if text(a.get("format")) != FORMAT_NAME or int(a.get("format_version", -1)) != FORMAT_VERSION:
+                raise TraceError(f"{self.path}: not a trace of format {FORMAT_VERSION}; cannot continue it")
+            # the file keeps the config of when it started ("decorrelated" there is the network
+            # before the rule's first step); every other entry must be this run's
+            theirs, mine = json.loads(text(a.get("config")) or "{}"), json.loads(config_json)
+            for c in (theirs, mine):
+                (c.get("network") or {}).pop("decorrelated", None)
+            if theirs != mine:
+                raise TraceError(f"{self.path}: the trace was written by another run (its config differs in "
+                                 f"{_differing(theirs, mine)})")
+            if text(a.get("storage_dtype")) != self.storage_dtype.name or \
+                    text(a.get("compression")) != (compression or "none"):
+                raise TraceError(f"{self.path}: the trace is stored as {text(a.get('storage_dtype'))} with "
+                                 f"compression {text(a.get('compression'))}; continue it with the same options")
+            n = int(a["complete_steps"])
+            if not 0 <= k <= n:
+                raise TraceError(f"{self.path}: the trace has {n} complete steps; continuing after step {k} "
+                                 "would leave a gap")
+            if "steps" in f:     # the rows after step k are written again
+                f["steps"].visititems(lambda _, ds: ds.resize(k, axis=0) if isinstance(ds, h5py.Dataset) else None)
+            a["complete_steps"] = k
+            a["closed"] = 0
+            if "final_state" in f:
+                del f["final_state"]
+            if "schema" in a:
+                self._stored_schema = json.loads(text(a["schema"]))
+            f.flush()
+        except BaseException:
+            f.close()
+            raise
+        self._schema = None
+        self._written = self._confirmed = k       # steps in the file already
+        self._failed = None
+        self._pump, self._pump_error = None, None
+        if self.background:
+            f.close()
+            self._f, self._sink = None, None
+            self._proc = _start_process(self.path)
+        else:
+            self._f, self._sink, self._proc = f, Sink(f), None
+
     @staticmethod
     def _write_state(f, group: str, state: dict) -> None:
         try:
@@ -240,8 +319,13 @@ class TraceWriter:
             col += a.ndim
         if not any(e["kind"] == "float" for e in arrays):
             raise TraceError(f"{self.path}: the rule's estimate recorded no floating arrays")
+        if self._stored_schema is not None:      # a continued trace keeps its first step's batch
+            batch = max(int(batch), int(self._stored_schema.get("max_batch", 0)))
         B = max(int(batch), 1)
         self._schema = {"arrays": arrays, "max_batch": int(batch), "columns": col}
+        if self._stored_schema is not None and self._schema != self._stored_schema:
+            raise TraceError(f"{self.path}: the continued run records {self._schema}; the trace holds "
+                             f"{self._stored_schema}")
         self._keys = [(role, key, layer) for role, key, layer, _ in items]
         schema_json = json.dumps(self._schema)
         comp = dict(compression=self.compression, compression_opts=self.compression_opts)
