@@ -30,7 +30,7 @@ draws the same numbers.
 from __future__ import annotations
 
 from .base import Estimate, host_float
-from .perturbation import BASELINES, Contraction, InjectingRule, concat, parts, record_inputs, stacked
+from .perturbation import BASELINES, Contraction, InjectingRule, concat, parts, placed, record_inputs, stacked
 
 
 def _add_node(acc, dL, eps, xs, sigma: float, eps2=None, shared=None) -> None:
@@ -117,13 +117,7 @@ class NodePerturbation(InjectingRule):
             lo = 0 if k0 == 0 else head + per * k0
             n = head + per * k1 - lo
             off = head if k0 == 0 else 0                # local index of this part's first sample pass
-            inject = []
-            for l, (b, m) in enumerate(shapes):
-                z = xp.zeros((n, b, m), dtype=dt)
-                z[off::per][:k] = eps[l]
-                if known2:
-                    z[off + 1::per][:k] = eps2[l]
-                inject.append(z)
+            inject = placed(xp, dt, n, off, per, shapes, eps, eps2)
             p = st.run(lo, lo + n, inject=inject)
             del inject
             L = self.loss.per_sample(p.out, t)

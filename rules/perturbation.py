@@ -159,6 +159,21 @@ def intrinsic_sigma_error(name: str, sigma) -> str:
             f"in one line with rules.with_sigma({name!r}, {sigma!r})")
 
 
+def placed(xp, dtype, n: int, off: int, per: int, shapes, first, second=None) -> list:
+    """A part's known perturbations in its pass layout: per layer an ``(n, *shape)`` array of
+    zeros holding sample k's ``first[l][k]`` in pass ``off + per·k`` and, when given,
+    ``second[l][k]`` in the pass after it."""
+    out = []
+    for l, shape in enumerate(shapes):
+        z = xp.zeros((n, *shape), dtype=dtype)
+        k = first[l].shape[0]
+        z[off::per][:k] = first[l]
+        if second is not None:
+            z[off + 1::per][:k] = second[l]
+        out.append(z)
+    return out
+
+
 def check_sigma(name: str, sigma) -> float:
     if not (isinstance(sigma, (int, float)) and np.isfinite(sigma) and sigma > 0):
         raise ValueError(f"{name}: sigma={sigma!r} is out of range; allowed range: (0, ∞)")

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from .base import Estimate, host_float
 from .node import draw_samples
-from .perturbation import BASELINES, InjectingRule, concat, parts, stacked
+from .perturbation import BASELINES, InjectingRule, concat, parts, placed, stacked
 
 
 def _add_weight(sums: list, dL, omega, omega2=None) -> None:
@@ -103,13 +103,7 @@ class WeightPerturbation(InjectingRule):
             lo = 0 if k0 == 0 else head + per * k0
             n = head + per * k1 - lo
             off = head if k0 == 0 else 0
-            full = []
-            for l, sh in enumerate(shapes):
-                o = xp.zeros((n, *sh), dtype=dt)
-                o[off::per][:k] = omega[l]
-                if known2:
-                    o[off + 1::per][:k] = omega2[l]
-                full.append(o)
+            full = placed(xp, dt, n, off, per, shapes, omega, omega2)
             p = st.run(lo, lo + n, omega=full)
             del full
             L = self.loss.per_sample(p.out, t)

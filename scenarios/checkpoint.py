@@ -48,37 +48,16 @@ VERSION = 1
 COMMAND = "command.json"
 
 
-def atomic_write_bytes(path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder, flushed to
-    disk and renamed over ``path``: readers see the old file or the new one, never a part."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-        raise
-
-
-def atomic_write_json(path, obj) -> None:
-    atomic_write_bytes(path, json.dumps(obj, indent=2, allow_nan=True, default=_plain).encode())
-
-
-def save_state(path, state: dict) -> None:
-    """:func:`noisesim.state.save` through a uniquely named temporary file (two writers of
-    one path never share one), flushed to disk before the rename."""
+@contextlib.contextmanager
+def replacing(path):
+    """A fresh temporary path beside ``path`` (uniquely named: two writers of one path never
+    share one); when the block ends cleanly it is flushed to disk and renamed over ``path``,
+    else removed. Readers see the old file or the new one, never a part."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
     os.close(fd)
     try:
-        with h5py.File(tmp, "w") as f:
-            f.attrs["format"] = "noisesim-state"
-            noisesim.state.write(f, state)
+        yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -86,6 +65,24 @@ def save_state(path, state: dict) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
         raise
+
+
+def atomic_write_bytes(path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (:func:`replacing`)."""
+    with replacing(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+
+
+def atomic_write_json(path, obj) -> None:
+    atomic_write_bytes(path, json.dumps(obj, indent=2, allow_nan=True, default=_plain).encode())
+
+
+def save_state(path, state: dict) -> None:
+    """:func:`noisesim.state.save` atomically (:func:`replacing`)."""
+    with replacing(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["format"] = "noisesim-state"
+            noisesim.state.write(f, state)
 
 
 def _plain(o):
