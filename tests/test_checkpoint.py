@@ -173,7 +173,7 @@ def _opened(path, wait=60.0):
     while True:
         try:
             return h5py.File(path, "r")
-        except BlockingIOError:
+        except OSError:      # locked, or still marked open for writing by the writer process
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.05)
