@@ -179,7 +179,12 @@ def test_report_writes_claims_tables_and_figures_from_run_folders(tmp_path):
     text = page.read_text()
     assert "| demo | BP learns | 0.500 (3 seeds) | 0.6 | holds |" in text
     assert "| BP | 0.500 |" in text and "smaller network" in text and '`dataset="digits"`' in text
-    assert (tmp_path / "docs" / "results" / "demo" / "fig.png").read_bytes()[:8] == PNG
+    stored = tmp_path / "docs" / "results" / "demo" / "fig.png"
+    assert stored.read_bytes()[:8] == PNG
+    from PIL import Image
+    with Image.open(stored) as im, Image.open(tmp_path / "run" / "fig.png") as orig:
+        assert im.mode == "P" and im.size == orig.size             # palette PNG, same picture size
+    assert stored.stat().st_size < (tmp_path / "run" / "fig.png").stat().st_size
     assert "](results/demo/fig.png)" in text
 
 
