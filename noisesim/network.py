@@ -13,6 +13,7 @@ Everything a learning rule may do to the device goes through the methods listed 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -23,16 +24,20 @@ from .backend import Backend, Streams, get_backend, to_numpy
 from .config import DeviceConfig
 from .errors import AccessError, DivergenceError
 from .tile import Tile
-from . import _kernels, drift, threads
+from . import _kernels, drift, layers as layers_mod, threads
 
 
 @dataclass
 class Pass:
     """Observables of one or more forward passes.
 
-    ``inputs[l]`` is the input fed to layer ``l``'s tile (after decorrelation),
-    ``pre[l]`` the observed pre-activation (ADC output), ``post[l]`` the activation.
-    Single pass: arrays of shape ``(B, n)``; stacked: ``(P, B, n)`` with ``passes = P``.
+    ``inputs[l]`` is the input fed to layer ``l``'s tile (after decorrelation; with the
+    constant bias input last when the network has biases), ``pre[l]`` the observed
+    pre-activation (ADC output), ``post[l]`` the activation. Single pass: arrays of shape
+    ``(B, n)``; stacked: ``(P, B, n)`` with ``passes = P``. A convolutional layer keeps its
+    spatial shape, channels last: ``pre[l]`` and ``post[l]`` are ``(P, B, *positions, C_out)``
+    and ``inputs[l]`` holds its patch vectors, ``(P, B, *positions, k·C_in)`` (see
+    :mod:`noisesim.layers`).
     """
 
     inputs: list
@@ -43,7 +48,9 @@ class Pass:
 
     @property
     def out(self):
-        return self.post[-1]
+        """The network output, one flat vector per sample (a convolutional last layer flattened)."""
+        y, lead = self.post[-1], 2 if self.stacked else 1
+        return y if y.ndim == lead + 1 else y.reshape(*y.shape[:lead], -1)
 
     def __getitem__(self, k: int) -> "Pass":
         if not self.stacked:
@@ -69,6 +76,9 @@ class Network:
         slope: float = 0.2,
         output_activation: str = "linear",
         decorrelate: bool = False,
+        layers=None,
+        input_shape: Sequence[int] | None = None,
+        bias: bool = False,
     ):
         if device is None:
             device = DeviceConfig.preset("ideal")
@@ -83,13 +93,35 @@ class Network:
         self.activation = Activation(activation, slope)
         self.output_activation = Activation(output_activation, slope)
         weights = [to_numpy(w) for w in weights]      # (np.asarray refuses CuPy arrays)
-        for l in range(1, len(weights)):
-            if weights[l].shape[1] != weights[l - 1].shape[0]:
-                raise ValueError(f"layer {l} expects {weights[l].shape[1]} inputs but layer {l-1} has {weights[l-1].shape[0]} outputs")
+        if not isinstance(bias, bool):
+            raise ValueError(f"bias={bias!r} must be True or False")
+        if layers is None:
+            if any(w.ndim != 2 for w in weights) or not weights:
+                raise ValueError("weights must be a non-empty list of 2-D matrices (n_out, n_in)")
+            for l in range(1, len(weights)):
+                if weights[l].shape[1] - bias != weights[l - 1].shape[0]:
+                    raise ValueError(f"layer {l} expects {weights[l].shape[1] - bias} inputs but layer {l-1} has "
+                                     f"{weights[l-1].shape[0]} outputs")
+            built = layers_mod.dense_layers([weights[0].shape[1] - bias] + [w.shape[0] for w in weights], bias)
+        else:
+            if input_shape is None:
+                raise ValueError("layers given without input_shape; give the shape of one input sample, "
+                                 "e.g. (32, 32, 3)")
+            built = layers_mod.build(input_shape, layers, bias=bias)
+            if len(built) != len(weights):
+                raise ValueError(f"{len(weights)} weight matrices for {len(built)} layers")
+            for lay, w in zip(built, weights):
+                if w.shape != (lay.n_out, lay.n_in):
+                    raise ValueError(f"{lay.describe()}: weights of shape {w.shape}, expected {(lay.n_out, lay.n_in)} "
+                                     f"(input {lay.in_shape} → output {lay.out_shape}"
+                                     f"{', plus the bias input' if bias else ''})")
+        self.layers = built
+        self.bias = bias
+        self.input_shape = built[0].in_shape
         # Tiles are built in layer order from the network's streams, so each layer's
         # fabrication draws (faults, d2d, drift exponents) are fixed by the seed.
         self.tiles = [Tile(w, device, self.backend, streams=self.streams) for w in weights]
-        self.sizes = [weights[0].shape[1]] + [w.shape[0] for w in weights]
+        self.sizes = [math.prod(self.input_shape)] + [lay.units for lay in built]
         self._R: list = [None] * len(self.tiles)
         if decorrelate:
             self.enable_decorrelation()
@@ -108,8 +140,10 @@ class Network:
         output_activation: str = "linear",
         decorrelate: bool = False,
         init: str = "he",
+        bias: bool = False,
     ) -> "Network":
-        """A fully connected network ``sizes[0] → … → sizes[-1]`` (no biases, as in the paper).
+        """A fully connected network ``sizes[0] → … → sizes[-1]`` (no biases by default, as in
+        the paper's equations; ``bias=True``: see :meth:`build`).
 
         ``init="he"``: ``W ~ N(0, 2/n_in)``; ``"glorot"``: ``N(0, 2/(n_in+n_out))``. Initial
         weights come from the ``init`` stream on the host, so backends start identical.
@@ -117,15 +151,64 @@ class Network:
         sizes = [int(s) for s in sizes]
         if len(sizes) < 2 or min(sizes) < 1:
             raise ValueError(f"sizes={sizes!r} must list at least two positive layer widths")
+        return cls.build((sizes[0],), [layers_mod.Dense(n) for n in sizes[1:]], device, seed=seed, backend=backend,
+                         dtype=dtype, activation=activation, slope=slope, output_activation=output_activation,
+                         decorrelate=decorrelate, init=init, bias=bias)
+
+    @classmethod
+    def build(
+        cls,
+        input_shape: Sequence[int] | int,
+        layers,
+        device: DeviceConfig | None = None,
+        *,
+        seed: int = 0,
+        backend: str | Backend = "auto",
+        dtype: str = "float32",
+        activation: str = "leaky_relu",
+        slope: float = 0.2,
+        output_activation: str = "linear",
+        decorrelate: bool = False,
+        init: str = "he",
+        bias: bool = False,
+    ) -> "Network":
+        """A network of dense and convolutional layers on crossbar tiles (see :mod:`noisesim.layers`).
+
+        ``input_shape``: one sample, channels last — ``(n,)``, ``(L, C)`` or ``(H, W, C)``; the
+        network still takes flat ``(B, prod(input_shape))`` batches. ``layers``: a list of
+        :class:`~noisesim.layers.Dense`/:class:`~noisesim.layers.Conv` or a string, e.g. the
+        paper's ConvNet ``Network.build((32, 32, 3), "c3x3x16s2 c3x3x32s2 c3x3x64 f1024 f10")``
+        and its Tiny ImageNet ConvNet ``Network.build((64, 64, 3), "c5x5x32s2 c3x3x64s2
+        c5x5x128 f512 f512 f200")``. Shapes that do not fit fail here, naming the layer.
+
+        ``bias=True`` gives every layer a bias the way a crossbar does it: one more input row
+        driven at the constant 1 (a full-scale input), whose conductances are the biases
+        ``b`` — ``a = W x* + b`` is read as ``[W b] [x*; 1]``, so the biases are programmed,
+        read with noise, converted, drifted and updated exactly like weights, and every rule
+        learns them as the last column of ``ΔW``. The constant row is not decorrelated.
+
+        ``init``: ``"he"`` ``W ~ N(0, 2/fan_in)`` or ``"glorot"`` ``N(0, 2/(fan_in+n_out))`` with
+        ``fan_in`` the read width (``k·C_in`` for a convolution); biases start at 0. Initial
+        weights come from the ``init`` stream on the host, so backends start identical.
+        """
         if init not in ("he", "glorot"):
             raise ValueError(f"init={init!r} is not known; allowed: ['he', 'glorot']")
+        shape = tuple(input_shape) if isinstance(input_shape, (tuple, list)) else (input_shape,)
+        built = layers_mod.build(shape, layers, bias=bool(bias) if isinstance(bias, bool) else bias)
         rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(int(seed), spawn_key=(0x1417,))))
         ws = []
-        for n_in, n_out in zip(sizes[:-1], sizes[1:]):
-            var = 2.0 / n_in if init == "he" else 2.0 / (n_in + n_out)
-            ws.append(rng.standard_normal((n_out, n_in)) * np.sqrt(var))
+        for lay in built:
+            var = 2.0 / lay.width if init == "he" else 2.0 / (lay.width + lay.n_out)
+            w = rng.standard_normal((lay.n_out, lay.width)) * np.sqrt(var)
+            ws.append(np.concatenate([w, np.zeros((lay.n_out, 1))], axis=1) if lay.bias else w)
         return cls(ws, device, seed=seed, backend=backend, dtype=dtype, activation=activation,
-                   slope=slope, output_activation=output_activation, decorrelate=decorrelate)
+                   slope=slope, output_activation=output_activation, decorrelate=decorrelate,
+                   layers=[_spec_of(lay) for lay in built], input_shape=shape, bias=bias)
+
+    @property
+    def convolutional(self) -> bool:
+        """Whether any layer is a convolution."""
+        return not layers_mod.is_dense(self.layers)
 
     # -- description ------------------------------------------------------------------------
     @property
@@ -174,6 +257,33 @@ class Network:
         if not self._first_read_checks_input() and not _kernels.all_finite(x):
             raise ValueError("input contains NaN or Inf")
         return x
+
+    def layer_input(self, l: int, h):
+        """``x*`` fed to layer ``l``'s tile from its input ``h`` (``N`` samples, any shape holding
+        ``in_shape``): the read vectors (patches of a convolution, the flattened input of a
+        dense layer), decorrelated (``R_l`` on each), with the constant bias input appended.
+        Shape ``(N, *positions, n_in)``. Digital and exact."""
+        lay = self.layers[l]
+        u = lay.unfold(h)
+        R = self._R[l]
+        if R is not None:
+            u = (u.reshape(-1, lay.width) @ R.T).reshape(u.shape)
+        if lay.bias:
+            xp = self.xp
+            u = xp.concatenate([u, xp.ones(u.shape[:-1] + (1,), dtype=u.dtype)], axis=-1)
+        return u
+
+    def input_gradient(self, l: int, d):
+        """``∂L/∂x_{l−1}`` from ``d = ∂L/∂x*_l`` (``(N, *positions, n_in or width)``): the bias
+        input dropped, ``R_lᵀ`` applied, the patches folded back onto the input (col2im);
+        shaped like layer ``l − 1``'s output. Digital and exact."""
+        lay = self.layers[l]
+        d = d[..., :lay.width]
+        R = self._R[l]
+        if R is not None:
+            d = (d.reshape(-1, lay.width) @ R).reshape(d.shape)
+        g = lay.fold(d)
+        return g.reshape(g.shape[0], *self.layers[l - 1].out_shape) if l > 0 else g
 
     def forward(self, x, *, purpose: str = "train") -> Pass:
         """One noisy forward pass of a batch ``x`` of shape ``(B, n_in)``."""
@@ -236,9 +346,12 @@ class Network:
 
     # -- transposed reads and references --------------------------------------------------------
     def backward_read(self, l: int, d):
-        """``Wᵀ_l d`` per row through a transposed crossbar read (needs ``backward``)."""
+        """``Wᵀ_l d`` per read through a transposed crossbar read (needs ``backward``):
+        ``d (N, *positions, n_out)`` → ``(N, *positions, n_in)`` (see :meth:`input_gradient`)."""
         self.require("a transposed crossbar read", ["backward"])
-        return self.tiles[l].read_transposed(self.backend.asarray(d))
+        d = self.backend.asarray(d)
+        out = self.tiles[l].read_transposed(d.reshape(-1, d.shape[-1]))
+        return out.reshape(d.shape[:-1] + (out.shape[-1],))
 
     def weights(self, l: int):
         """Exact current weights of layer ``l`` (needs ``oracle``; a copy)."""
@@ -255,9 +368,9 @@ class Network:
 
     def enable_decorrelation(self) -> None:
         """Put ``R_l = I`` in front of every layer input (no-op if already on)."""
-        for l, n in enumerate(self.sizes[:-1]):
+        for l, lay in enumerate(self.layers):
             if self._R[l] is None:
-                self._R[l] = self.xp.eye(n, dtype=self.dtype)
+                self._R[l] = self.xp.eye(lay.width, dtype=self.dtype)
 
     # -- updates --------------------------------------------------------------------------------
     def _check_delta(self, what: str, l: int, delta, shape):
@@ -331,10 +444,14 @@ class Network:
     def config(self) -> dict:
         """What it takes to build this network again (JSON): sizes, device, seed, backend,
         dtype and activations; the weights and everything else are in :meth:`state`."""
-        return {"sizes": list(self.sizes), "device": self.device.to_dict(), "seed": self.seed,
-                "backend": self.backend.name, "dtype": np.dtype(self.dtype).name,
-                "activation": self.activation.name, "output_activation": self.output_activation.name,
-                "slope": float(self.activation.slope)}
+        cfg = {"sizes": list(self.sizes), "device": self.device.to_dict(), "seed": self.seed,
+               "backend": self.backend.name, "dtype": np.dtype(self.dtype).name,
+               "activation": self.activation.name, "output_activation": self.output_activation.name,
+               "slope": float(self.activation.slope)}
+        if self.convolutional or self.bias:
+            cfg.update(input_shape=list(self.input_shape), layers=" ".join(l.spec() for l in self.layers),
+                       bias=self.bias)
+        return cfg
 
     def state(self) -> dict:
         """The complete state as plain data (host arrays and JSON; no pickle).
@@ -362,7 +479,7 @@ class Network:
             weights = [to_numpy(tiles[str(l)]["w"]) for l in range(len(cfg["sizes"]) - 1)]
             net = cls(weights, device, seed=int(cfg["seed"]), backend=backend or cfg["backend"], dtype=cfg["dtype"],
                       activation=cfg["activation"], slope=float(cfg["slope"]),
-                      output_activation=cfg["output_activation"])
+                      output_activation=cfg["output_activation"], **layout_options(cfg))
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"invalid network state: {type(exc).__name__}: {exc}") from None
         net.load_state(state)
@@ -378,9 +495,10 @@ class Network:
         """
         cfg = _check_state_header(state)
         mine = self.config()
-        for key in ("sizes", "device", "dtype", "activation", "output_activation", "slope"):
-            if cfg.get(key) != mine[key]:
-                raise ValueError(f"network state: {key}={cfg.get(key)!r} differs from this network's {mine[key]!r}")
+        for key in ("sizes", "device", "dtype", "activation", "output_activation", "slope", "layers",
+                    "input_shape", "bias"):
+            if cfg.get(key) != mine.get(key):
+                raise ValueError(f"network state: {key}={cfg.get(key)!r} differs from this network's {mine.get(key)!r}")
         tiles, R = state.get("tiles"), state.get("decorrelation")
         if not isinstance(tiles, dict) or not isinstance(R, dict):
             raise ValueError("network state: 'tiles' and 'decorrelation' must be mappings by layer")
@@ -393,7 +511,7 @@ class Network:
             except (TypeError, KeyError) as exc:
                 raise ValueError(f"network state, tile {l}: {type(exc).__name__}: {exc}") from None
         new_R = []
-        for l, n in enumerate(self.sizes[:-1]):
+        for l, n in enumerate(lay.width for lay in self.layers):
             r = R.get(str(l))
             if r is not None:
                 r = to_numpy(r)
@@ -448,17 +566,18 @@ class Stack:
             if len(clean) != self.P:
                 raise ValueError(f"clean has {len(clean)} entries for {self.P} passes")
             self.flags = [0 if c else 1 for c in clean]
-        R = net._R[0]
-        # the network input is the same in every pass: decorrelated, converted and multiplied once
-        self.x0 = x @ R.T if R is not None else x
-        self.first = net.tiles[0].prepare(self.x0, check_finite=net._first_read_checks_input())
+        # the network input is the same in every pass: unfolded, decorrelated, converted and
+        # multiplied once
+        self.x0 = net.layer_input(0, x)
+        self.first = net.tiles[0].prepare(self.x0.reshape(-1, self.x0.shape[-1]),
+                                          check_finite=net._first_read_checks_input())
         self.keys = [dict() for _ in net.tiles]
 
-    def _gate(self, start: int, stop: int):
+    def _gate(self, start: int, stop: int, reads: int):
         if self.flags is None or all(self.flags[start:stop]):
             return None
         xp = self.net.xp
-        return xp.repeat(xp.asarray(self.flags[start:stop], dtype=self.net.dtype), self.B)
+        return xp.repeat(xp.asarray(self.flags[start:stop], dtype=self.net.dtype), self.B * reads)
 
     def run(self, start: int, stop: int, *, inject: Sequence | None = None, omega: Sequence | None = None) -> Pass:
         """Passes ``start … stop−1`` as a stacked :class:`Pass` (``passes = stop − start``).
@@ -496,7 +615,10 @@ class Stack:
             def known(l, xs):
                 if inject[l] is None:
                     return None
-                return part(inject[l], "inject", l).reshape(n * B, net.tiles[l].n_out)
+                a = part(inject[l], "inject", l)
+                if a.shape[1:] != (B, *net.layers[l].out_shape):
+                    raise ValueError(f"inject[{l}] has shape {tuple(a.shape)}, expected {(n, B, *net.layers[l].out_shape)}")
+                return a.reshape(-1, net.tiles[l].n_out)
         elif omega is not None:
             net.require("a known weight perturbation", ["inject"])
             if len(omega) != net.n_layers:
@@ -509,26 +631,44 @@ class Stack:
                 om = part(omega[l], "omega", l)
                 if om.shape[1:] != (tile.n_out, tile.n_in):
                     raise ValueError(f"omega[{l}] has shape {tuple(om.shape)}, expected {(n, tile.n_out, tile.n_in)}")
-                return (xs.reshape(-1, B, tile.n_in) @ xp.swapaxes(om, 1, 2)).reshape(n * B, tile.n_out)
+                x2 = self.x0.reshape(-1, tile.n_in) if l == 0 else xs.reshape(n, -1, tile.n_in)
+                return (x2 @ xp.swapaxes(om, 1, 2)).reshape(-1, tile.n_out)
 
-        gate = self._gate(start, stop)
         inputs, pre, post = [], [], []
-        for l, tile in enumerate(net.tiles):
+        for l, (tile, lay) in enumerate(zip(net.tiles, net.layers)):
             if l == 0:
-                shared = xp.broadcast_to(self.x0, (n, *self.x0.shape))
-                xs, src = shared, self.first
+                xs = xp.broadcast_to(self.x0, (n, *self.x0.shape))
+                src = self.first
             else:
-                R = net._R[l]
-                xs = h @ R.T if R is not None else h
-                src = xs
+                xs = net.layer_input(l, h)
+                src = xs.reshape(-1, tile.n_in)
             inj = known(l, xs) if known is not None else None
-            a = tile.read(src, gate=gate, inject=inj, purpose=self.purpose, repeat=n if l == 0 else 1,
-                          row0=start * B, keys=self.keys[l], consume=l == 0 and self.P == 1)
-            h = net.act(l, a)
-            inputs.append(xs.reshape(n, B, -1))
-            pre.append(a.reshape(n, B, -1))
-            post.append(h.reshape(n, B, -1))
+            a = tile.read(src, gate=self._gate(start, stop, lay.reads), inject=inj, purpose=self.purpose,
+                          repeat=n if l == 0 else 1, row0=start * B * lay.reads, keys=self.keys[l],
+                          consume=l == 0 and self.P == 1)
+            h = net.act(l, a).reshape(n * B, *lay.out_shape)
+            inputs.append(xs.reshape(n, B, *lay.positions, tile.n_in))
+            pre.append(a.reshape(n, B, *lay.out_shape))
+            post.append(h.reshape(n, B, *lay.out_shape))
         return Pass(inputs, pre, post, passes=n, stacked=True)
+
+
+def _spec_of(layer):
+    if layer.kind == "dense":
+        return layers_mod.Dense(layer.n_out)
+    return layers_mod.Conv(layer.n_out, layer.kernel, layer.stride, layer.padding)
+
+
+def layout_options(cfg: dict) -> dict:
+    """The ``layers``/``input_shape``/``bias`` options of a recorded network config (none for a
+    plain fully connected network, which its ``sizes`` describe)."""
+    if "layers" not in cfg:
+        return {}
+    shape = cfg.get("input_shape")
+    if not isinstance(shape, list) or not isinstance(cfg["layers"], str):
+        raise ValueError(f"network config: layers={cfg['layers']!r} and input_shape={shape!r} must be a string "
+                         "and a list of sizes")
+    return {"layers": cfg["layers"], "input_shape": tuple(shape), "bias": cfg.get("bias", False)}
 
 
 def _check_state_header(state) -> dict:

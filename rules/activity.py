@@ -49,6 +49,7 @@ the sums are formed sample by sample, so the estimate does not depend on the par
 from __future__ import annotations
 
 from noisesim.backend import get_array_module
+from noisesim.layers import per_sample, sample_sum, unit_count
 
 from .base import Estimate, host_float
 from .perturbation import Contraction, PerturbationRule, concat, parts, record_inputs, stacked
@@ -59,15 +60,15 @@ def _add_activity(acc, dL, da, xs, n_units: int, shared=None, scratch: bool = Fa
     (``shared[l]``: see :meth:`Contraction.add`; ``scratch``: ``da`` is not needed afterwards
     and may be overwritten)."""
     xp = get_array_module(dL)
-    norm2 = sum((d * d).sum(axis=-1) for d in da)
+    norm2 = sum(sample_sum(d * d) for d in da)
     safe = xp.where(norm2 > 0, norm2, 1)
     c = xp.where(norm2 > 0, n_units * dL / safe, 0).astype(dL.dtype, copy=False)
     for l, (d, x) in enumerate(zip(da, xs)):
         if scratch:
-            d *= c[..., None]
+            d *= per_sample(c, d)
             G = d
         else:
-            G = c[..., None] * d
+            G = per_sample(c, d) * d
         acc.add(l, G, x, None if shared is None else shared[l])
 
 
@@ -174,6 +175,6 @@ class ActivityNodePerturbation(PerturbationRule):
         """
         if "updates" in record:
             return [u.copy() for u in record["updates"]]
-        n_units = sum(d.shape[-1] for d in record["da"])
+        n_units = sum(unit_count(d) for d in record["da"])
         return activity_updates(record["dL"], record["da"], record["inputs"], n_units)
 

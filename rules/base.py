@@ -13,6 +13,7 @@ import numpy as np
 from noisesim import _kernels
 from noisesim.backend import get_array_module, to_numpy
 from noisesim.errors import DivergenceError
+from noisesim.layers import dense_layers, rows
 from noisesim.protocol import Estimate
 
 from .decorrelation import update_decorrelation
@@ -367,12 +368,22 @@ def forward_with_output_error(rule, net, x, t):
     t = net.backend.asarray(t)
     L = net.n_layers
     losses = rule.loss.per_sample(p.out, t)
-    return p, losses, rule.loss.grad(p.out, t) * net.act_grad(L - 1, p.pre[L - 1])
+    a = p.pre[L - 1]
+    return p, losses, rule.loss.grad(p.out, t).reshape(a.shape) * net.act_grad(L - 1, a)
 
 
 def batch_outer(g, x):
-    """``⟨g xᵀ⟩`` over the batch: ``gᵀx / B`` for ``g (B, n_out)``, ``x (B, n_in)``."""
-    return (g.T @ x) / g.shape[0]
+    """``⟨g xᵀ⟩`` over the batch: ``gᵀx / B`` for ``g (B, n_out)``, ``x (B, n_in)``; for a
+    convolution ``g (B, *positions, n_out)`` and ``x (B, *positions, n_in)``, summed over the
+    positions (the kernel is shared by them) and averaged over the batch."""
+    return (rows(g).T @ rows(x)) / g.shape[0]
+
+
+def layout(net) -> list:
+    """The network's layers (:class:`noisesim.layers.Layer`: shapes, read width, positions);
+    for a device that describes itself by ``sizes`` only, its fully connected layers."""
+    found = getattr(net, "layers", None)
+    return found if found is not None else dense_layers(net.sizes)
 
 
 def host_float(v) -> float:

@@ -6,6 +6,8 @@
 
 where ``W_lᵀ g_l`` is a transposed read through the crossbar (its own read noise and ADC)
 and ``f′`` is evaluated at the *observed* pre-activations of the one noisy forward pass.
+A convolution reads ``W_lᵀ`` once per output position and folds the patch gradients back onto
+its input (col2im, :meth:`Network.input_gradient`); its ``ΔW_l`` sums over the positions.
 Needs ``backward`` access. ``rules.reference.exact_gradients`` is the noise-free software
 reference (``oracle``).
 """
@@ -32,10 +34,7 @@ class Backprop(Rule):
         deltas = [None] * L
         deltas[L - 1] = g
         for l in range(L - 1, 0, -1):
-            d = net.backward_read(l, g)
-            R = net.decorrelation(l)
-            if R is not None:
-                d = d @ R
+            d = net.input_gradient(l, net.backward_read(l, g))
             g = d * net.act_grad(l - 1, p.pre[l - 1])
             deltas[l - 1] = g
         record = {"g": deltas, "inputs": p.inputs}

@@ -6,7 +6,14 @@
 
 as in the authors' code: uncentred second moment over the batch, no variance term, the
 same α for every layer, R updated after the gradient estimate and before the optimizer
-step. The iteration is stable only for ``α < 2/λ_max`` of the off-diagonal second moment;
+step.
+
+A convolutional layer decorrelates what its crossbar multiplies — its patch vectors: one
+``R_l`` of size ``k·C_in`` applied to the patch at every position, its moment taken over all
+patches of the batch (every sample, every position). This is how the authors decorrelate
+convolutions (Ahmad et al. 2023 and the node-perturbation code: the unfolded input's
+``in_channels·kh·kw`` features, with the update over the patches; their code can subsample the
+batch for it, which this one does not). The iteration is stable only for ``α < 2/λ_max`` of the off-diagonal second moment;
 above it R diverges within a few steps, which :func:`check_decorrelation` reports.
 """
 from __future__ import annotations
@@ -16,6 +23,15 @@ import numpy as np
 from noisesim import _kernels
 from noisesim.backend import get_array_module, to_numpy
 from noisesim.errors import DivergenceError
+
+
+def read_vectors(inputs, n: int):
+    """The decorrelated read vectors ``x*`` of a layer's recorded inputs as rows ``(rows, n)``:
+    one per sample for a dense layer, one per sample and position for a convolution (its patch
+    vectors), without the constant bias input."""
+    if inputs.shape[-1] != n:
+        inputs = inputs[..., :n]
+    return inputs.reshape(-1, n)
 
 
 def offdiag_moment(xs):
@@ -93,10 +109,11 @@ def update_decorrelation(net, inputs, alpha: float, limit: float = 1e3) -> None:
     new = []
     for l in range(net.n_layers):
         R = net.decorrelation(l)
-        M = decorrelation_delta(inputs[l], R, alpha)
+        xs = read_vectors(inputs[l], R.shape[0])
+        M = decorrelation_delta(xs, R, alpha)
         M += R
         try:
-            check_decorrelation(M, inputs[l], alpha, l, limit)
+            check_decorrelation(M, xs, alpha, l, limit)
         except DivergenceError as err:
             err.layer = l                     # for a caller that names the layer its own way
             raise

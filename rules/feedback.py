@@ -8,8 +8,10 @@ rule needs no transposed read — only the observed pass:
     ΔW_l = ⟨ g_l x*ᵀ_{l−1} ⟩
 
 with ``f′`` at the observed pre-activations of one noisy pass. ``B_l`` has the shape of
-``W_l`` and the He scale ``N(0, 2/n_in)``; ``D_l`` maps the output error to layer ``l``
-with ``N(0, 1/n_L)``. Both are drawn once, from the network's ``"rule"`` stream, when the
+``W_l`` (without a bias column; for a convolution a fixed random kernel, applied per position
+and folded back like BP's transposed read) and the He scale ``N(0, 2/n_in)``; ``D_l`` maps the
+output error to every unit of layer ``l`` (every channel at every position) with
+``N(0, 1/n_L)``. Both are drawn once, from the network's ``"rule"`` stream, when the
 rule is initialised on a network, and never change. The feedback is computed digitally
 (``1 + feedback`` in the spec's table). ``R`` is the decorrelation matrix of the D variant
 (identity when off). The forward weights come to align with ``B`` ("the FA-BP angle falls
@@ -24,7 +26,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Estimate, Rule, batch_outer, forward_with_output_error, host_float
+from noisesim.layers import rows
+
+from .base import Estimate, Rule, batch_outer, forward_with_output_error, host_float, layout
 
 
 class FeedbackAlignment(Rule):
@@ -67,11 +71,10 @@ class FeedbackAlignment(Rule):
         self.feedback = self._draw(net)
 
     def _draw(self, net) -> list:
-        rng, sizes = net.random("rule"), net.sizes
+        rng, sizes, lays = net.random("rule"), net.sizes, layout(net)
         if self.direct:
             return [rng.normal((sizes[-1], n), float(np.sqrt(1.0 / sizes[-1]))) for n in sizes[1:-1]]
-        return [None] + [rng.normal((n_out, n_in), float(np.sqrt(2.0 / n_in)))
-                         for n_in, n_out in zip(sizes[1:-1], sizes[2:])]
+        return [None] + [rng.normal((lay.n_out, lay.width), float(np.sqrt(2.0 / lay.width))) for lay in lays[1:]]
 
     def _feedback_fits(self, net) -> bool:
         if self.feedback is None:
@@ -88,14 +91,11 @@ class FeedbackAlignment(Rule):
         g[L - 1] = e
         if self.direct:
             for l in range(L - 1):
-                g[l] = (e @ self.feedback[l]) * net.act_grad(l, p.pre[l])
+                g[l] = (e @ self.feedback[l]).reshape(p.pre[l].shape) * net.act_grad(l, p.pre[l])
         else:
             for l in range(L - 1, 0, -1):
-                d = g[l] @ self.feedback[l]
-                R = net.decorrelation(l)
-                if R is not None:
-                    d = d @ R
-                g[l - 1] = d * net.act_grad(l - 1, p.pre[l - 1])
+                d = (rows(g[l]) @ self.feedback[l]).reshape(*g[l].shape[:-1], -1)
+                g[l - 1] = net.input_gradient(l, d) * net.act_grad(l - 1, p.pre[l - 1])
         record = {"g": g, "inputs": p.inputs}
         return Estimate(self.updates_from_record(record), host_float(losses.mean()), 1,
                         p.inputs, p.out, losses, record)

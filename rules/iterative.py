@@ -27,19 +27,20 @@ reference passes (1 where shared: the clean reference, layer 0); or ``updates`` 
 from __future__ import annotations
 
 from noisesim.backend import get_array_module
+from noisesim.layers import per_sample, sample_sum, unit_count
 
 from .base import Estimate, host_float
 from .node import draw_samples
-from .perturbation import Contraction, InjectingRule, concat, parts, record_inputs, stacked
+from .perturbation import Contraction, InjectingRule, concat, parts, record_inputs, stacked, unit_shapes
 
 
 def _add_iterative(acc, dL, eps, xs, shared=None) -> None:
     xp = get_array_module(dL)
     for l, (v, x) in enumerate(zip(eps, xs)):
-        n2 = (v * v).sum(axis=-1)                                # (K, B)
+        n2 = sample_sum(v * v)                                   # (K, B)
         safe = xp.where(n2 > 0, n2, 1)
-        c = xp.where(n2 > 0, v.shape[-1] * dL[:, l] / safe, 0).astype(v.dtype, copy=False)
-        acc.add(l, c[..., None] * v, x, None if shared is None else shared[l])
+        c = xp.where(n2 > 0, unit_count(v) * dL[:, l] / safe, 0).astype(v.dtype, copy=False)
+        acc.add(l, per_sample(c, v) * v, x, None if shared is None else shared[l])
 
 
 def iterative_updates(dL, eps, xs) -> list:
@@ -77,7 +78,7 @@ class IterativeNodePerturbation(InjectingRule):
         return self.samples * n_layers + 1 if self.baseline == "clean" else self.samples * (n_layers + 1)
 
     def _record_floats(self, net) -> int:
-        return net.n_layers + sum(net.sizes[1:]) + sum(net.sizes[1:-1])
+        return net.n_layers + super()._record_floats(net) - 1
 
     def estimate(self, net, x, t) -> Estimate:
         K, L_, B, xp, dt = self.samples, net.n_layers, len(x), net.xp, net.dtype
@@ -90,7 +91,7 @@ class IterativeNodePerturbation(InjectingRule):
         rng = net.random("inject")
         t = net.backend.asarray(t)
         st = stacked(net, x, P, clean=[True] * P if clean else None)
-        shapes = [(B, n) for n in net.sizes[1:]]
+        shapes = unit_shapes(net, B)
         acc = Contraction(L_)
         rec = {"dL": [], "eps": [[] for _ in range(L_)], "inputs": [[] for _ in range(L_)]}
         ref = None
@@ -104,8 +105,8 @@ class IterativeNodePerturbation(InjectingRule):
             off = head if k0 == 0 else 0
             g = 0 if clean else 1                   # the perturbed passes of a sample start here
             inject = []
-            for l, (b, m) in enumerate(shapes):
-                z = xp.zeros((n, b, m), dtype=dt)
+            for l, shape in enumerate(shapes):
+                z = xp.zeros((n, *shape), dtype=dt)
                 z[off + g + l::per][:k] = eps[l]
                 inject.append(z)
             p = st.run(lo, lo + n, inject=inject)
@@ -121,7 +122,7 @@ class IterativeNodePerturbation(InjectingRule):
                 xs = xs_ref
             else:
                 dL = Lk[:, 1:] - Lk[:, :1]
-                xs = [xi[off:].reshape(k, per, B, -1)[:, 0] for xi in p.inputs]
+                xs = [xi[off:].reshape(k, per, *xi.shape[1:])[:, 0] for xi in p.inputs]
             _add_iterative(acc, dL, eps, xs, shared)
             if keep:
                 rec["dL"].append(dL)

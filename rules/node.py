@@ -29,8 +29,11 @@ draws the same numbers.
 """
 from __future__ import annotations
 
+from noisesim.layers import per_sample
+
 from .base import Estimate, host_float
-from .perturbation import BASELINES, Contraction, InjectingRule, concat, parts, placed, record_inputs, stacked
+from .perturbation import (BASELINES, Contraction, InjectingRule, concat, parts, placed, record_inputs, stacked,
+                           unit_shapes)
 
 
 def _add_node(acc, dL, eps, xs, sigma: float, eps2=None, shared=None) -> None:
@@ -38,11 +41,11 @@ def _add_node(acc, dL, eps, xs, sigma: float, eps2=None, shared=None) -> None:
     if eps2 is None:
         c = dL / (sigma * sigma)
         for l, (e, x) in enumerate(zip(eps, xs)):
-            acc.add(l, c[..., None] * e, x, sh(l))
+            acc.add(l, per_sample(c, e) * e, x, sh(l))
         return
     c = dL / (2 * sigma * sigma)
     for l, (e1, e2, x) in enumerate(zip(eps, eps2, xs)):
-        acc.add(l, c[..., None] * (e1 - e2), x, sh(l))
+        acc.add(l, per_sample(c, e1) * (e1 - e2), x, sh(l))
 
 
 def node_updates(dL, eps, xs, sigma: float, eps2=None) -> list:
@@ -102,7 +105,7 @@ class NodePerturbation(InjectingRule):
         rng = net.random("inject")
         t = net.backend.asarray(t)
         st = stacked(net, x, P, clean=[True] * P if clean else None)
-        shapes = [(B, n) for n in net.sizes[1:]]
+        shapes = unit_shapes(net, B)
         L_ = net.n_layers
         acc = Contraction(L_)
         rec = {"dL": [], "eps": [[] for _ in range(L_)], "eps2": [[] for _ in range(L_)],

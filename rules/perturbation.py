@@ -36,7 +36,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Rule
+from noisesim.layers import rows
+
+from .base import Rule, layout
 
 BASELINES = ("clean", "noisy", "noisy-known")
 
@@ -57,6 +59,9 @@ def shares_input(xs, K: int | None = None) -> bool:
 
 class Contraction:
     """``Σ_{k,b} G_kb x_kbᵀ / (K·B)`` per layer, accumulated one sample at a time.
+
+    A convolution's ``G (k, B, *positions, n_out)`` and ``xs (k, B, *positions, n_in)`` are
+    contracted over the positions too (one kernel serves them all): ``Σ_{k,b,i} G_kbi x_kbiᵀ``.
 
     Samples are added in order, each with its own GEMM (``G_kᵀ x_k``), so the sums do not
     depend on how the K samples were split into parts: an estimate run in parts and
@@ -88,7 +93,7 @@ class Contraction:
                     self.g[l] += G[k]
             return
         for k in range(G.shape[0]):
-            t = G[k].T @ xs[k]
+            t = rows(G[k]).T @ rows(xs[k])
             if self.u[l] is None:
                 self.u[l] = t
             else:
@@ -99,7 +104,7 @@ class Contraction:
         out = []
         for u, g, x in zip(self.u, self.g, self.x):
             if g is not None:
-                v = g.T @ x
+                v = rows(g).T @ rows(x)
                 u = v if u is None else u + v
             out.append(u / count)
         return out
@@ -174,6 +179,17 @@ def placed(xp, dtype, n: int, off: int, per: int, shapes, first, second=None) ->
     return out
 
 
+def _read_floats(net) -> int:
+    """Numbers of the tile inputs x* of one sample, past layer 0 (whose input is shared):
+    a convolution's patch vectors, ``positions × n_in``."""
+    return sum(lay.reads * lay.n_in for lay in layout(net)[1:])
+
+
+def unit_shapes(net, B: int) -> list:
+    """Per layer the shape of a batch's per-unit perturbation, ``(B, *out_shape)``."""
+    return [(B, *lay.out_shape) for lay in layout(net)]
+
+
 def check_sigma(name: str, sigma) -> float:
     if not (isinstance(sigma, (int, float)) and np.isfinite(sigma) and sigma > 0):
         raise ValueError(f"{name}: sigma={sigma!r} is out of range; allowed range: (0, ∞)")
@@ -242,11 +258,11 @@ class PerturbationRule(Rule):
         inputs x* (layer 0's is shared), pre- and post-activations, and about two more per unit
         for the differences and products formed from them."""
         units = sum(net.sizes[1:])
-        return sum(net.sizes[1:-1]) + 4 * units
+        return _read_floats(net) + 4 * units
 
     def _record_floats(self, net) -> int:
         """Numbers one sample's full record holds per batch row (δL, δa or ε, x*)."""
-        return 1 + sum(net.sizes[1:]) + sum(net.sizes[1:-1])
+        return 1 + sum(net.sizes[1:]) + _read_floats(net)
 
     def _plan(self, net, B: int, per: int, extra_bytes: int = 0):
         """``(samples per part, keep the full record)`` for K samples of ``per`` passes each.

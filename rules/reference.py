@@ -8,6 +8,9 @@ from __future__ import annotations
 import numpy as np
 
 from noisesim.backend import to_numpy
+from noisesim.layers import rows
+
+from .base import batch_outer
 
 from .losses import Loss
 
@@ -18,13 +21,26 @@ def exact_forward(net, x):
     h = net.backend.asarray(x)
     inputs, pre = [], []
     for l in range(net.n_layers):
-        R = net.decorrelation(l)
-        xs = h @ R.T if R is not None else h
-        a = xs @ net.weights(l).T
+        xs = _layer_input(net, l, h)
+        a = (rows(xs) @ net.weights(l).T).reshape(*xs.shape[:-1], -1)
         inputs.append(xs)
         pre.append(a)
         h = net.act(l, a)
-    return inputs, pre, h
+    return inputs, pre, h.reshape(h.shape[0], -1)
+
+
+def _layer_input(net, l, h):
+    if hasattr(net, "layer_input"):
+        return net.layer_input(l, h)
+    R = net.decorrelation(l)
+    return h @ R.T if R is not None else h
+
+
+def _input_gradient(net, l, d):
+    if hasattr(net, "input_gradient"):
+        return net.input_gradient(l, d)
+    R = net.decorrelation(l)
+    return d @ R if R is not None else d
 
 
 def exact_gradients(net, x, t, loss: str | Loss = "cce") -> list:
@@ -33,16 +49,13 @@ def exact_gradients(net, x, t, loss: str | Loss = "cce") -> list:
     inputs, pre, y = exact_forward(net, x)
     t = net.backend.asarray(t)
     L = net.n_layers
-    g = loss.grad(y, t) * net.act_grad(L - 1, pre[L - 1])
+    g = loss.grad(y, t).reshape(pre[L - 1].shape) * net.act_grad(L - 1, pre[L - 1])
     grads = [None] * L
     for l in range(L - 1, -1, -1):
-        grads[l] = (g.T @ inputs[l]) / g.shape[0]
+        grads[l] = batch_outer(g, inputs[l])
         if l:
-            d = g @ net.weights(l)
-            R = net.decorrelation(l)
-            if R is not None:
-                d = d @ R
-            g = d * net.act_grad(l - 1, pre[l - 1])
+            d = (rows(g) @ net.weights(l)).reshape(*g.shape[:-1], -1)
+            g = _input_gradient(net, l, d) * net.act_grad(l - 1, pre[l - 1])
     return grads
 
 

@@ -48,7 +48,7 @@ import numpy as np
 
 from noisesim.backend import get_array_module
 
-from .base import Estimate, host_float
+from .base import Estimate, batch_outer, host_float
 from .perturbation import PerturbationRule, concat, parts, stacked
 
 
@@ -126,11 +126,15 @@ def gcv_ridge(A, At, y, M, scale, grid=GCV_GRID):
 
 
 def regression_updates(dL, da, xs, ridge: float) -> list:
-    """``ΔW_l = ⟨g_l x*ᵀ⟩`` with ``g_l`` the per-layer ridge solution."""
+    """``ΔW_l = ⟨g_l x*ᵀ⟩`` with ``g_l`` the per-layer ridge solution.
+
+    A convolution's units are every channel at every position: ``δa_l`` is regressed as one
+    vector of ``positions × C_out`` per copy, and ``g_l`` contracted over the positions."""
     out = []
     for d, x in zip(da, xs):
-        g = ridge_gradients(dL, d, ridge)
-        out.append((g.T @ x[0]) / g.shape[0])
+        S, B = d.shape[:2]
+        g = ridge_gradients(dL, d.reshape(S, B, -1), ridge).reshape(d.shape[1:])
+        out.append(batch_outer(g, x[0]))
     return out
 
 

@@ -22,7 +22,7 @@ unperturbed ``W x*`` of layer 0 is shared between the passes.
 """
 from __future__ import annotations
 
-from .base import Estimate, host_float
+from .base import Estimate, host_float, layout
 from .node import draw_samples
 from .perturbation import BASELINES, InjectingRule, concat, parts, placed, stacked
 
@@ -84,7 +84,7 @@ class WeightPerturbation(InjectingRule):
         head, per = (1, 1) if clean else (0, 2)
         P = head + per * K
         known2 = self.baseline == "noisy-known"
-        shapes = [(n_out, n_in) for n_in, n_out in zip(net.sizes[:-1], net.sizes[1:])]
+        shapes = [(lay.n_out, lay.n_in) for lay in layout(net)]
         W = sum(a * b for a, b in shapes)
         item = xp.dtype(dt).itemsize
         # per sample: the Ω of its passes (and its ⟨Ω x*⟩), and Ω in the record
