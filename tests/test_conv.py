@@ -257,3 +257,40 @@ def test_read_noise_per_position_matches_the_closed_form():
     flat = noise.reshape(noise.shape[0], -1)
     c = np.corrcoef(flat.T)
     assert np.abs(c - np.eye(c.shape[0])).max() < 0.1
+
+
+# -- traces, state ------------------------------------------------------------------------------
+@pytest.mark.parametrize("rule_name", ["danp", "dbp", "np", "inp", "fa"])
+def test_conv_traces_record_and_replay_exactly(tmp_path, digits, rule_name):
+    import scenarios
+    from noisesim.trace import TraceWriter, open_trace, replay
+    data = scenarios.load("digits", n_train=300, n_test=50)
+    dev = DeviceConfig.preset("ideal", access=("observe", "backward", "inject", "clean", "oracle"))
+    net = Network.build((8, 8, 1), "c3x3x4s2 c3x3x4 f10", dev, seed=3, bias=True)
+    rule = rules.make(rule_name, lr=1e-2)
+    path = tmp_path / "conv.h5"
+    with TraceWriter(path, net, rule) as tw:
+        hist = scenarios.train(net, rule, data, epochs=1, batch_size=100, progress=False, on_step=tw.on_step)
+    assert hist.steps == 3
+    with open_trace(path) as tr:
+        step = tr.step(0)
+        xs = [a for k, a in step.record.items() if k == "inputs"] if hasattr(step, "record") else []
+    res = replay(path)
+    assert res.matches is True and res.steps == 3
+    final = net.get_state()
+    assert all(np.array_equal(res.state[k], final[k]) for k in final)
+
+
+def test_conv_network_state_round_trips(tmp_path):
+    from noisesim import state as state_io
+    dev = DeviceConfig.preset("pcm")
+    net = Network.build((12, 2), "c3x4s2p1 f5", dev, seed=5, bias=True, decorrelate=True)
+    x = np.random.default_rng(0).standard_normal((4, 24)).astype(np.float32)
+    path = tmp_path / "net.h5"
+    state_io.save(path, net.state())
+    other = Network.from_state(state_io.load(path))
+    assert other.config() == net.config() and other.layers == net.layers
+    np.testing.assert_array_equal(other.forward(x).out, net.forward(x).out)
+    mlp = Network.mlp([24, 24, 5], dev, seed=5)     # the same units, but dense and bias-free
+    with pytest.raises(ValueError, match="layers"):
+        mlp.load_state(net.state())

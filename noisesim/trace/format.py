@@ -198,7 +198,8 @@ def validate_config(c, where: str) -> dict:
     if (not isinstance(sizes, list) or not 2 <= len(sizes) <= MAX_LAYERS + 1
             or any(not isinstance(s, int) or isinstance(s, bool) or not 0 < s <= MAX_WIDTH for s in sizes)):
         bad("network.sizes", sizes, f"a list of 2 to {MAX_LAYERS + 1} layer widths from 1 to {MAX_WIDTH}")
-    weights = sum(a * b for a, b in zip(sizes, sizes[1:]))
+    shapes = tile_shapes(net, bad)
+    weights = sum(a * b for a, b in shapes)
     if weights > MAX_WEIGHTS:
         bad("network.sizes", sizes, f"a network of at most {MAX_WEIGHTS} weights (it has {weights})")
     for key in ("activation", "output_activation", "backend", "class"):
@@ -217,6 +218,38 @@ def validate_config(c, where: str) -> dict:
     seeds = c.get("seeds") or {}
     opt(seeds, "network", int, "an integer", "seeds.network")
     return c
+
+
+MAX_LAYERS_TEXT = 10_000
+
+
+def tile_shapes(net: dict, bad=None) -> list:
+    """Per layer the ``(n_out, n_in)`` of its tile, from a recorded network config: its
+    ``layers``, ``input_shape`` and ``bias`` when it has them (convolutions, biases), else its
+    fully connected ``sizes``. Checked against ``sizes``; ``bad(field, value, want)`` raises."""
+    if bad is None:
+        def bad(field, value, want):
+            raise TraceError(f"config {field}={_short(value)}: expected {want}")
+    sizes = net.get("sizes")
+    if "layers" not in net:
+        return [(b, a) for a, b in zip(sizes, sizes[1:])]
+    from .. import layers as layers_mod
+    text, shape, bias = net.get("layers"), net.get("input_shape"), net.get("bias", False)
+    if not isinstance(text, str) or len(text) > MAX_LAYERS_TEXT:
+        bad("network.layers", text, f"a layer string of at most {MAX_LAYERS_TEXT} characters")
+    if (not isinstance(shape, list) or not 1 <= len(shape) <= 3
+            or any(not isinstance(s, int) or isinstance(s, bool) or not 0 < s <= MAX_WIDTH for s in shape)):
+        bad("network.input_shape", shape, f"a list of 1 to 3 sizes from 1 to {MAX_WIDTH}")
+    if not isinstance(bias, bool):
+        bad("network.bias", bias, "true or false")
+    try:
+        built = layers_mod.build(tuple(shape), text, bias=bias)
+    except (ValueError, TypeError) as exc:
+        bad("network.layers", text, f"layers that fit input_shape {shape} ({exc})")
+    units = [math.prod(shape)] + [lay.units for lay in built]
+    if units != sizes:
+        bad("network.sizes", sizes, f"the units of its layers, {units}")
+    return [(lay.n_out, lay.n_in) for lay in built]
 
 
 def _short(v) -> str:

@@ -29,6 +29,7 @@ import numpy as np
 from .. import _hdf5
 from ._sink import STRING_ATTRS, strings_crc32
 from .. import state as state_io
+from .format import tile_shapes
 from .format import (FORMAT_NAME, MAX_STEP_BYTES, META, STATUSES, STORAGE_DTYPES, SUPPORTED_VERSIONS,
                      TraceError, decode_json_attr, step_checksum, validate_config, validate_schema)
 
@@ -158,8 +159,9 @@ class TraceReader:
         c = validate_config(self.config, self.path)
         self.sizes, self.dtype = c["network"]["sizes"], c["dtype"]
         self.n_layers = len(self.sizes) - 1
+        self.tile_shapes = tile_shapes(c["network"])
         # a replay holds the recorded weights a few times over (state, device arrays, optimizer)
-        need = REPLAY_COPIES * sum(a * b for a, b in zip(self.sizes, self.sizes[1:])) * np.dtype(self.dtype).itemsize
+        need = REPLAY_COPIES * sum(a * b for a, b in self.tile_shapes) * np.dtype(self.dtype).itemsize
         have = _hdf5.available_memory()
         if have is not None and need > have:
             raise TraceError(f"{self.path}: config network.sizes={self.sizes} needs about {need / 2**30:.1f} GiB to "
@@ -189,7 +191,7 @@ class TraceReader:
                 raise TraceError(f"{self.path}: missing group {group!r} (the recorded state)")
             return False
         for l in range(self.n_layers):
-            shape = (self.sizes[l + 1], self.sizes[l])
+            shape = self.tile_shapes[l]
             ds = self._dataset(f"{group}/network/tiles/{l}/w", self.dtype, shape[1:], shape[0],
                                f"weights of layer {l}")
             if ds.shape != shape:
@@ -220,8 +222,9 @@ class TraceReader:
         arrays = sch["arrays"]
         for l in range(self.n_layers):
             xs = [e for e in arrays if e["role"] == "xstar" and e["layer"] == l]
-            if len(xs) != 1 or xs[0]["kind"] != "float" or xs[0]["shape"][-1:] != [self.sizes[l]]:
-                raise TraceError(f"{where}: the schema lacks x* of layer {l} with last dimension {self.sizes[l]}")
+            n_in = self.tile_shapes[l][1]
+            if len(xs) != 1 or xs[0]["kind"] != "float" or xs[0]["shape"][-1:] != [n_in]:
+                raise TraceError(f"{where}: the schema lacks x* of layer {l} with last dimension {n_in}")
         if any(e["role"] == "xstar" and e["layer"] is not None and e["layer"] >= self.n_layers for e in arrays):
             raise TraceError(f"{where}: the schema has x* of a layer the network does not have")
         for e in arrays:

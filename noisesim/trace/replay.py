@@ -50,17 +50,19 @@ def build_network(config: dict, *, backend: str | None = None):
     """A fresh ``noisesim.Network`` from a trace's recorded config (not its state: the initial
     weights come from the seed)."""
     from ..config import DeviceConfig
-    from ..network import Network
+    from ..network import Network, layout_options
 
     net_cfg, dev = config["network"], config.get("device")
     try:
         device = DeviceConfig.from_dict(dev) if dev is not None else None
-        return Network.mlp(
-            net_cfg["sizes"], device=device, seed=int(net_cfg.get("seed") or 0),
-            backend=backend or net_cfg.get("backend") or "auto", dtype=config["dtype"],
-            activation=net_cfg.get("activation", "leaky_relu"), slope=float(net_cfg.get("slope", 0.2)),
-            output_activation=net_cfg.get("output_activation", "linear"),
-        )
+        opts = dict(device=device, seed=int(net_cfg.get("seed") or 0),
+                    backend=backend or net_cfg.get("backend") or "auto", dtype=config["dtype"],
+                    activation=net_cfg.get("activation", "leaky_relu"), slope=float(net_cfg.get("slope", 0.2)),
+                    output_activation=net_cfg.get("output_activation", "linear"))
+        layout = layout_options(net_cfg)
+        if layout:
+            return Network.build(layout["input_shape"], layout["layers"], bias=layout["bias"], **opts)
+        return Network.mlp(net_cfg["sizes"], **opts)
     except (TypeError, ValueError, KeyError) as exc:
         raise TraceError(f"cannot rebuild the recorded network from the trace's config: {exc}") from None
 
