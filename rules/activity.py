@@ -118,7 +118,7 @@ class ActivityNodePerturbation(PerturbationRule):
     def forward_passes(self, n_layers: int | None = None) -> int:
         return self.samples + 1 if self.baseline == "clean" else 2 * self.samples
 
-    def estimate(self, net, x, t) -> Estimate:
+    def _estimate(self, net, x, t) -> Estimate:
         K, B, xp = self.samples, len(x), net.xp
         clean = self.baseline == "clean"
         head, per = (1, 1) if clean else (0, 2)

@@ -80,7 +80,7 @@ class IterativeNodePerturbation(InjectingRule):
     def _record_floats(self, net) -> int:
         return net.n_layers + super()._record_floats(net) - 1
 
-    def estimate(self, net, x, t) -> Estimate:
+    def _estimate(self, net, x, t) -> Estimate:
         K, L_, B, xp, dt = self.samples, net.n_layers, len(x), net.xp, net.dtype
         clean = self.baseline == "clean"
         # clean: one noise-gated reference, then per sample one pass per layer; noisy: per

@@ -95,7 +95,7 @@ class NodePerturbation(InjectingRule):
     def _record_floats(self, net) -> int:
         return super()._record_floats(net) + (sum(net.sizes[1:]) if self.baseline == "noisy-known" else 0)
 
-    def estimate(self, net, x, t) -> Estimate:
+    def _estimate(self, net, x, t) -> Estimate:
         K, B, xp, dt = self.samples, len(x), net.xp, net.dtype
         clean = self.baseline == "clean"
         head, per = (1, 1) if clean else (0, 2)

@@ -38,7 +38,7 @@ import numpy as np
 
 from noisesim.layers import rows
 
-from .base import Rule, layout
+from .base import Estimate, Rule, layout
 
 BASELINES = ("clean", "noisy", "noisy-known")
 
@@ -251,6 +251,41 @@ class PerturbationRule(Rule):
     def required_access(self) -> tuple:
         need = ["observe"] + (["clean"] if self.baseline == "clean" else [])
         return tuple(need + (["inject"] if self.injects else []))
+
+    # -- a batch too large for the budget ----------------------------------------------------
+    def estimate(self, net, x, t) -> Estimate:
+        """The estimate of :meth:`_estimate`, in slices of the batch when one sample's passes for
+        the whole batch do not fit ``memory_budget`` (convolutions unfold into many patch
+        vectors per sample): each slice is estimated on its own and the updates are averaged
+        weighted by the slice sizes — the batch mean of the same per-sample terms, each slice
+        with its own noise draws — and the record then holds the averaged ``updates``."""
+        B = len(x)
+        n = self._batch_slice(net, B)
+        if n >= B:
+            return self._estimate(net, x, t)
+        pieces = [(len(x[i:i + n]), self._estimate(net, x[i:i + n], t[i:i + n])) for i in range(0, B, n)]
+        xp = net.xp
+        updates = [sum(b / B * e.updates[l] for b, e in pieces) for l in range(len(pieces[0][1].updates))]
+        first = pieces[0][1]
+        join = lambda arrays: xp.concatenate(arrays, axis=0)
+        return Estimate(updates, float(sum(b * e.loss for b, e in pieces) / B), first.forward_passes,
+                        [join([e.inputs[l] for _, e in pieces]) for l in range(len(first.inputs))],
+                        join([e.outputs for _, e in pieces]), join([e.losses for _, e in pieces]),
+                        {"updates": updates})
+
+    def _estimate(self, net, x, t) -> Estimate:
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def _batch_slice(self, net, B: int) -> int:
+        """Samples of the batch whose passes for one of the K samples fit the memory budget."""
+        budget = float(self.memory_budget if self.memory_budget is not None else MEMORY_BUDGET)
+        return max(1, int(budget // (self.sample_bytes(net, B) / B)))
+
+    def sample_bytes(self, net, B: int) -> int:
+        """Bytes one of the K samples holds for a batch of ``B`` while its part is processed:
+        the smallest ``memory_budget`` that runs the batch whole (in parts of one sample)."""
+        per = -(-self.forward_passes(net.n_layers) // self.samples)     # passes per sample, rounded up
+        return np.dtype(net.dtype).itemsize * per * self._pass_floats(net) * B
 
     # -- K samples within a memory budget ----------------------------------------------------
     def _pass_floats(self, net) -> int:

@@ -294,3 +294,49 @@ def test_conv_network_state_round_trips(tmp_path):
     mlp = Network.mlp([24, 24, 5], dev, seed=5)     # the same units, but dense and bias-free
     with pytest.raises(ValueError, match="layers"):
         mlp.load_state(net.state())
+
+
+# -- memory: a batch too large for the budget is estimated in slices ------------------------------
+def _conv_setup(B=40):
+    dev = DeviceConfig.preset("ideal")
+    net = Network.build((16, 16, 2), "c3x3x8 c3x3x8s2 f10", dev, seed=4)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((B, net.sizes[0])).astype(np.float32)
+    return net, x, np.eye(10, dtype=np.float32)[rng.integers(0, 10, B)]
+
+
+@pytest.mark.parametrize("name", ["danp", "np", "inp"])
+def test_a_batch_over_the_budget_is_the_size_weighted_mean_of_its_slices(name):
+    net, x, t = _conv_setup()
+    whole = rules.make(name, samples=2).sample_bytes(net, len(x))
+    rule = rules.make(name, samples=2, memory_budget=whole * 0.3)      # 12 of the 40 samples per slice
+    assert rule._batch_slice(net, len(x)) == 12
+    est = rule.estimate(net, x, t)
+    assert list(est.record) == ["updates"]
+    again, _, _ = _conv_setup()
+    ref = rules.make(name, samples=2, memory_budget=whole * 0.3)
+    pieces = [(len(x[i:i + 12]), ref._estimate(again, x[i:i + 12], t[i:i + 12])) for i in range(0, 40, 12)]
+    assert [b for b, _ in pieces] == [12, 12, 12, 4]
+    for l, u in enumerate(est.updates):
+        np.testing.assert_allclose(u, sum(b / 40 * e.updates[l] for b, e in pieces), rtol=1e-6, atol=1e-9)
+    assert est.loss == pytest.approx(sum(b * e.loss for b, e in pieces) / 40)
+    assert est.inputs[1].shape == (40, *net.layers[1].positions, net.layers[1].n_in)
+    assert est.forward_passes == rule.forward_passes(net.n_layers)
+
+
+def test_slicing_the_batch_bounds_the_estimates_peak_memory():
+    import tracemalloc
+
+    def peak(budget):
+        net, x, t = _conv_setup(B=120)
+        rule = rules.make("danp", memory_budget=budget)
+        rule.estimate(net, x, t)
+        tracemalloc.start()
+        rule.estimate(net, x, t)
+        p = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        return p
+
+    net, x, _ = _conv_setup(B=120)
+    whole = rules.make("danp").sample_bytes(net, len(x))
+    assert peak(whole / 8) < 0.4 * peak(None)

@@ -29,6 +29,12 @@ CASES = [("anp", "clean"), ("anp", "noisy"), ("np", "clean"), ("np", "noisy"), (
 RICH = dict(read_noise=0.02, out_noise=0.01, out_bits=8, out_bound=8.0, in_bits=8, in_bound=1.0, tile_rows=7)
 
 
+def one_sample(name, baseline, net, B, K):
+    """The smallest memory budget that runs a batch of ``B`` whole: the K samples in parts of
+    one sample each, the batch not sliced."""
+    return rules.make(name, baseline=baseline, samples=K).sample_bytes(net, B)
+
+
 def _setup(dtype="float32", device=None, sizes=(12, 20, 20, 5), B=16):
     r = np.random.default_rng(0)
     x = r.standard_normal((B, sizes[0])).astype(dtype)
@@ -56,14 +62,15 @@ def test_a_stack_run_in_parts_draws_the_whole_stack_s_noise(device):
 @pytest.mark.parametrize("device", [None, RICH], ids=["ideal", "rich"])
 @pytest.mark.parametrize("name,baseline", CASES)
 def test_an_estimate_in_parts_equals_the_whole_estimate_and_replays(name, baseline, device):
-    """memory_budget=1 byte runs one sample per part; tolerance 0 (same bits): the noise is the
+    """a budget of one sample's passes runs one sample per part; tolerance 0 (same bits): the noise is the
     same and the sums are formed sample by sample in the same order. The record of the parts
     is the record of the whole, and ``updates_from_record`` of it gives the estimate's bits."""
     K = 5
     ests = []
     for budget in (None, 1):
         net, x, t = _setup(device=device)
-        rule = rules.make(name, baseline=baseline, samples=K, memory_budget=budget, record=True)
+        rule = rules.make(name, baseline=baseline, samples=K, memory_budget=budget and one_sample(name, baseline, net, len(x), K),
+                          record=True)
         ests.append(rule.estimate(net, x, t))
     whole, parts = ests
     assert whole.forward_passes == parts.forward_passes == rule.forward_passes(3)
@@ -81,7 +88,7 @@ def test_an_estimate_in_parts_equals_the_whole_estimate_and_replays(name, baseli
 @pytest.mark.parametrize("name,baseline", [("anp", "noisy"), ("np", "clean"), ("inp", "noisy"), ("wp", "noisy")])
 def test_without_the_full_record_the_summed_update_is_recorded_and_replays(name, baseline):
     net, x, t = _setup()
-    rule = rules.make(name, baseline=baseline, samples=4, memory_budget=1)        # parts: no full record
+    rule = rules.make(name, baseline=baseline, samples=4, memory_budget=one_sample(name, baseline, net, len(x), 4))   # parts: no full record
     est = rule.estimate(net, x, t)
     assert list(est.record) == ["updates"]
     for u, v in zip(est.updates, rule.updates_from_record(est.record)):
@@ -126,7 +133,8 @@ def test_passes_share_layer_0_s_gemm(monkeypatch):
         for budget in (None, 1):
             net, x, t = _setup()
             rows.clear()
-            rules.make(name, baseline=baseline, samples=3, memory_budget=budget).estimate(net, x, t)
+            rules.make(name, baseline=baseline, samples=3,
+                       memory_budget=budget and one_sample(name, baseline, net, len(x), 3)).estimate(net, x, t)
             assert rows == [len(x)], (name, baseline, budget)
 
 
@@ -172,7 +180,8 @@ def test_forward_passes_counts_the_passes_actually_run(monkeypatch, budget):
         for K in (1, 3, 4):
             net, x, t = _setup()
             out_rows.clear()
-            rule = rules.make(name, baseline=baseline, samples=K, memory_budget=budget)
+            rule = rules.make(name, baseline=baseline, samples=K,
+                              memory_budget=budget and one_sample(name, baseline, net, len(x), K))
             est = rule.estimate(net, x, t)
             ran = sum(out_rows) // len(x)
             assert ran == est.forward_passes == rule.forward_passes(net.n_layers), (name, baseline, K)
@@ -237,16 +246,16 @@ def test_the_folded_decorrelation_update_equals_check_then_add(B):
 
 
 # -- traces of K-sample runs ------------------------------------------------------------------------------
-@pytest.mark.parametrize("record", [None, True], ids=["summed-update", "full-record"])
+@pytest.mark.parametrize("record", [False, True], ids=["summed-update", "full-record"])
 def test_a_k_sample_run_in_parts_replays_bit_for_bit(tmp_path, record):
-    """DANP with K = 3 in parts of one sample (memory_budget=1): traced with the summed update
+    """DANP with K = 3 in parts of one sample: traced with the summed update
     (the default beyond one part) or the full record, the replay reproduces the run exactly."""
     import scenarios
     from noisesim.trace import TraceWriter, replay
 
     digits = scenarios.load("digits")
     net = noisesim.Network.mlp([64, 16, 10], device=noisesim.DeviceConfig.preset("ideal"), seed=3, backend="numpy")
-    rule = rules.make("danp", samples=3, memory_budget=1, record=record, lr=1e-2)
+    rule = rules.make("danp", samples=3, memory_budget=one_sample("anp", "noisy", net, 200, 3), record=record, lr=1e-2)
     path = tmp_path / "run.h5"
     with TraceWriter(path, net, rule) as tw:
         hist = scenarios.train(net, rule, digits, epochs=1, batch_size=200, progress=False, on_step=tw.on_step)
