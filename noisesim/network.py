@@ -182,7 +182,7 @@ class Network:
         c5x5x128 f512 f512 f200")``. Shapes that do not fit fail here, naming the layer.
 
         ``bias=True`` gives every layer a bias the way a crossbar does it: one more input row
-        driven at the constant 1 (a full-scale input), whose conductances are the biases
+        driven at the constant 1 (converted like every input), whose conductances are the biases
         ``b`` — ``a = W x* + b`` is read as ``[W b] [x*; 1]``, so the biases are programmed,
         read with noise, converted, drifted and updated exactly like weights, and every rule
         learns them as the last column of ``ΔW``. The constant row is not decorrelated.

@@ -17,7 +17,8 @@ class Estimate:
     """One batch's update directions and what the rule observed to make them.
 
     ``updates[l]`` is ``ΔW_l`` (shape of ``W_l``); ``inputs[l]`` the decorrelated input
-    ``x*_{l-1}`` of the reference pass, shape ``(B, n_{l-1})``; ``outputs`` the reference
+    ``x*_{l-1}`` of the reference pass, shape ``(B, n_{l-1})`` (a convolution's patch vectors,
+    ``(B, *positions, k·C_in)``); ``outputs`` the reference
     pass's network output (``None`` when rebuilt from a trace); ``losses`` the per-sample
     losses of the reference pass; ``record`` the arrays the rule consumed (what a trace stores).
     """
@@ -33,7 +34,7 @@ class Estimate:
 
 @runtime_checkable
 class DeviceNetwork(Protocol):
-    sizes: list            # layer widths, input first
+    sizes: list            # units per layer (all positions × channels of a convolution), input first
     xp: Any                # array module of the device's arrays
     dtype: Any             # floating dtype of the device's arrays
 
@@ -50,6 +51,10 @@ class DeviceNetwork(Protocol):
     def act_grad(self, l: int, a): ...
     def forward_weight_perturbed(self, x, omega, *, clean=None, purpose: str = "train"): ...  # needs "inject"
     def backward_read(self, l: int, d): ...            # needs "backward"
+    # optional, for convolutions and biases (a device without them is fully connected):
+    # layers — per layer a noisesim.layers.Layer (shapes, read width, positions);
+    # layer_input(l, h) — x* of layer l from its input (unfold, R, bias input);
+    # input_gradient(l, d) — ∂L/∂x_{l−1} from ∂L/∂x*_l (bias dropped, Rᵀ, fold)
     def weights(self, l: int): ...                     # needs "oracle"
     def random(self, name: str): ...
 

@@ -340,3 +340,22 @@ def test_slicing_the_batch_bounds_the_estimates_peak_memory():
     net, x, _ = _conv_setup(B=120)
     whole = rules.make("danp").sample_bytes(net, len(x))
     assert peak(whole / 8) < 0.4 * peak(None)
+
+
+@pytest.mark.parametrize("change,field", [
+    ({"layers": "c9x9x4 f10"}, "network.layers"),              # a kernel larger than the input
+    ({"layers": "x" * 20000}, "network.layers"),
+    ({"layers": 7}, "network.layers"),
+    ({"input_shape": [8, 8, 1, 1]}, "network.input_shape"),
+    ({"input_shape": [8, -8, 1]}, "network.input_shape"),
+    ({"bias": "yes"}, "network.bias"),
+    ({"layers": "c3x3x4 f12"}, "network.sizes"),               # layers that do not give the recorded sizes
+])
+def test_a_trace_config_with_bad_conv_layers_is_refused_naming_the_field(change, field):
+    from noisesim.trace.format import TraceError, validate_config
+    net = Network.build((8, 8, 1), "c3x3x4 f10", seed=0, bias=True)
+    cfg = {"network": {**net.config(), **change}, "dtype": "float32"}
+    cfg["network"].pop("device")
+    validate_config({"network": {**net.config()}, "dtype": "float32"}, "ok.h5")
+    with pytest.raises(TraceError, match=field.replace(".", r"\.")):
+        validate_config(cfg, "bad.h5")
