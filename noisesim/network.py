@@ -127,33 +127,21 @@ class Network:
             self.enable_decorrelation()
 
     @classmethod
-    def mlp(
-        cls,
-        sizes: Sequence[int],
-        device: DeviceConfig | None = None,
-        *,
-        seed: int = 0,
-        backend: str | Backend = "auto",
-        dtype: str = "float32",
-        activation: str = "leaky_relu",
-        slope: float = 0.2,
-        output_activation: str = "linear",
-        decorrelate: bool = False,
-        init: str = "he",
-        bias: bool = False,
-    ) -> "Network":
+    def mlp(cls, sizes: Sequence[int], device: DeviceConfig | None = None, **options) -> "Network":
         """A fully connected network ``sizes[0] → … → sizes[-1]`` (no biases by default, as in
-        the paper's equations; ``bias=True``: see :meth:`build`).
+        the paper's equations).
 
-        ``init="he"``: ``W ~ N(0, 2/n_in)``; ``"glorot"``: ``N(0, 2/(n_in+n_out))``. Initial
+        ``options`` are those of :meth:`build`: ``seed``, ``backend``, ``dtype``,
+        ``activation``, ``slope``, ``output_activation``, ``decorrelate``, ``init`` (``"he"``:
+        ``W ~ N(0, 2/n_in)``; ``"glorot"``: ``N(0, 2/(n_in+n_out))``) and ``bias``. Initial
         weights come from the ``init`` stream on the host, so backends start identical.
         """
+        if isinstance(sizes, (str, bytes)) or not hasattr(sizes, "__len__"):
+            raise ValueError(f"sizes={sizes!r} must list at least two positive layer widths")
         sizes = [int(s) for s in sizes]
         if len(sizes) < 2 or min(sizes) < 1:
             raise ValueError(f"sizes={sizes!r} must list at least two positive layer widths")
-        return cls.build((sizes[0],), [layers_mod.Dense(n) for n in sizes[1:]], device, seed=seed, backend=backend,
-                         dtype=dtype, activation=activation, slope=slope, output_activation=output_activation,
-                         decorrelate=decorrelate, init=init, bias=bias)
+        return cls.build((sizes[0],), [layers_mod.Dense(n) for n in sizes[1:]], device, **options)
 
     @classmethod
     def build(

@@ -359,3 +359,29 @@ def test_a_trace_config_with_bad_conv_layers_is_refused_naming_the_field(change,
     validate_config({"network": {**net.config()}, "dtype": "float32"}, "ok.h5")
     with pytest.raises(TraceError, match=field.replace(".", r"\.")):
         validate_config(cfg, "bad.h5")
+
+
+@pytest.mark.parametrize("preset,extra", [("pcm", {}), ("reram", {"stuck_off": 0.05, "stuck_on": 0.05}),
+                                          ("ecram", {"node_noise": 0.01})])
+def test_a_conv_layer_reads_its_tile_exactly_as_a_dense_layer_reads_the_patch_rows(preset, extra):
+    """Every non-ideality (converters, read/output/node noise, tiling, programming, faults, d2d,
+    drift, the update model) is the tile's: a conv layer's outputs are, bit for bit, those of a
+    dense layer with the same weights fed the patch vectors as rows — also after an update and
+    after drift."""
+    dev = DeviceConfig.preset(preset, **extra)
+    shape, spec = (9, 9, 3), "c3x3x6s2p1"
+    lay = build(shape, spec)[0]
+    w = np.random.default_rng(0).standard_normal((lay.n_out, lay.width)) * 0.3
+    conv_net = Network([w], dev, seed=11, layers=spec, input_shape=shape)
+    dense_net = Network([w], dev, seed=11)
+    x = np.random.default_rng(1).standard_normal((5, 243)).astype(np.float32)
+    patches = lay.unfold(x.reshape(5, *shape)).reshape(-1, lay.width)
+    delta = np.random.default_rng(2).standard_normal(w.shape).astype(np.float32) * 0.01
+    for step in range(3):
+        got = conv_net.forward_stacked(x, 2).pre[0]
+        want = dense_net.forward_stacked(patches, 2).pre[0]
+        np.testing.assert_array_equal(got.reshape(2, -1, lay.n_out), want)
+        assert got.shape == (2, 5, *lay.positions, lay.n_out)
+        for net in (conv_net, dense_net):
+            net.apply_update(0, delta)
+            net.advance_time(100.0)
