@@ -193,6 +193,19 @@ class Network:
                    slope=slope, output_activation=output_activation, decorrelate=decorrelate,
                    layers=[_spec_of(lay) for lay in built], input_shape=shape, bias=bias)
 
+    def pass_flops(self, rows: int) -> float:
+        """Floating-point operations of the largest product of one pass of ``rows`` samples: a
+        tile's GEMM (``reads × n_in × n_out`` per sample: a convolution reads once per position)
+        or a decorrelation product of a layer's read vectors with themselves (``reads × width²``).
+        What :func:`noisesim.threads.for_flops` chooses BLAS threads by."""
+        largest = max(max(l.reads * l.n_in * l.n_out, l.reads * l.width * l.width) for l in self.layers)
+        return 2.0 * rows * largest
+
+    def blas_threads(self, rows: int):
+        """A context in which BLAS uses the threads chosen for a pass of ``rows`` samples
+        (:func:`noisesim.threads.for_flops` of :meth:`pass_flops`)."""
+        return threads.for_flops(self.pass_flops(rows))
+
     @property
     def convolutional(self) -> bool:
         """Whether any layer is a convolution."""
@@ -278,7 +291,6 @@ class Network:
         p = self.forward_stacked(x, 1, purpose=purpose)
         return p[0]
 
-    @threads.sized
     def forward_stacked(self, x, passes: int, *, clean: Sequence[bool] | None = None,
                         inject: Sequence | None = None, purpose: str = "train") -> Pass:
         """``passes`` forward passes of one batch, one GEMM per layer for all of them.
@@ -298,7 +310,8 @@ class Network:
         ``inputs[0]`` of the result is a read-only view of that one input (``(P, B, n)``,
         stride 0 along the passes). :meth:`stack` runs the same passes in parts.
         """
-        return self.stack(x, passes, clean=clean, purpose=purpose).run(0, int(passes), inject=inject)
+        with self.blas_threads(len(x)):
+            return self.stack(x, passes, clean=clean, purpose=purpose).run(0, int(passes), inject=inject)
 
     def stack(self, x, passes: int, *, clean: Sequence[bool] | None = None, purpose: str = "train") -> "Stack":
         """A stack of ``passes`` forward passes of one batch ``x``, to be run in parts.
@@ -574,9 +587,9 @@ class Stack:
         ``(P, B, n_l)`` for the whole stack (needs ``inject``); ``omega[l]``: a known weight
         perturbation, ``(stop − start | P, n_out, n_in)`` (see
         :meth:`Network.forward_weight_perturbed`). BLAS threads are chosen for the batch size
-        (:func:`noisesim.threads.for_layers`) while it runs.
+        (:meth:`Network.blas_threads`) while it runs.
         """
-        with threads.for_layers(self.net.sizes, self.B):
+        with self.net.blas_threads(self.B):
             return self._run(start, stop, inject, omega)
 
     def _run(self, start, stop, inject, omega) -> Pass:

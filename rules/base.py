@@ -6,11 +6,12 @@ the one place weights change. Sign convention: ``W_l ← W_l − η·ΔW_l`` (th
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 
 import numpy as np
 
-from noisesim import _kernels
+from noisesim import _kernels, threads
 from noisesim.backend import get_array_module, to_numpy
 from noisesim.errors import DivergenceError
 from noisesim.layers import dense_layers, rows
@@ -200,6 +201,10 @@ class Rule:
         check_batch(net, x, t, self.label)
         if self.optimizer is None:
             self.init(net)
+        with blas_threads(net, len(x)):          # the update's products too, not only the passes
+            return self._step(net, x, t, guard)
+
+    def _step(self, net, x, t, guard):
         est = self.estimate(net, x, t)
         if takes_guard(self.apply):
             self.apply(net, est, guard=guard)
@@ -225,6 +230,16 @@ class Rule:
                 raise guard.decorrelation_error(self, est, exc.layer, exc) from None
         for l, d in enumerate(self.optimizer.update(est.updates, self.opt_state)):
             net.apply_update(l, d)
+
+
+def blas_threads(net, rows: int):
+    """The network's choice of BLAS threads for ``rows`` samples (by its layers' products); for a
+    device that describes itself by ``sizes`` only, the choice for those widths."""
+    choose = getattr(net, "blas_threads", None)
+    if choose is not None:
+        return choose(rows)
+    sizes = getattr(net, "sizes", None)
+    return threads.for_layers(sizes, rows) if sizes is not None else contextlib.nullcontext()
 
 
 def takes_guard(method) -> bool:

@@ -263,14 +263,26 @@ class PerturbationRule(Rule):
         n = self._batch_slice(net, B)
         if n >= B:
             return self._estimate(net, x, t)
-        pieces = [(len(x[i:i + n]), self._estimate(net, x[i:i + n], t[i:i + n])) for i in range(0, B, n)]
         xp = net.xp
-        updates = [sum(b / B * e.updates[l] for b, e in pieces) for l in range(len(pieces[0][1].updates))]
-        first = pieces[0][1]
-        join = lambda arrays: xp.concatenate(arrays, axis=0)
-        return Estimate(updates, float(sum(b * e.loss for b, e in pieces) / B), first.forward_passes,
-                        [join([e.inputs[l] for _, e in pieces]) for l in range(len(first.inputs))],
-                        join([e.outputs for _, e in pieces]), join([e.losses for _, e in pieces]),
+        updates = inputs = None
+        outputs, losses, loss = [], [], 0.0
+        for i in range(0, B, n):
+            e = self._estimate(net, x[i:i + n], t[i:i + n])
+            b = len(e.losses)
+            if updates is None:         # the whole batch's reference inputs, filled slice by slice
+                updates = [b / B * u for u in e.updates]
+                inputs = [xp.empty((B, *a.shape[1:]), dtype=a.dtype) for a in e.inputs]
+                passes = e.forward_passes
+            else:
+                for u, v in zip(updates, e.updates):
+                    u += b / B * v
+            for whole, a in zip(inputs, e.inputs):
+                whole[i:i + b] = a
+            outputs.append(e.outputs)
+            losses.append(e.losses)
+            loss += b * e.loss
+            del e
+        return Estimate(updates, float(loss / B), passes, inputs, xp.concatenate(outputs), xp.concatenate(losses),
                         {"updates": updates})
 
     def _estimate(self, net, x, t) -> Estimate:

@@ -13,10 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from noisesim import threads
 from noisesim.backend import to_numpy
 from noisesim.errors import DivergenceError
-from rules.base import DivergenceGuard, takes_guard
+from rules.base import DivergenceGuard, blas_threads, takes_guard
 
 from . import checkpoint as _checkpoint
 
@@ -223,7 +222,7 @@ def train(net, rule, data, epochs: int = 5, batch_size: int = 64, *, progress: b
                 idx = perm[s * batch_size:(s + 1) * batch_size]
                 x = data.x_train[idx]
                 t = _targets(data.y_train[idx], net.sizes[-1], task == "classification")
-                with threads.for_layers(net.sizes, len(idx)):     # BLAS threads for this size
+                with blas_threads(net, len(idx)):                 # BLAS threads for this size
                     est = rule.step(net, x, t, guard=guard) if takes_guard(rule.step) else rule.step(net, x, t)
                 hist.forward_passes += est.forward_passes
                 hist.steps += 1

@@ -339,7 +339,7 @@ def test_slicing_the_batch_bounds_the_estimates_peak_memory():
 
     net, x, _ = _conv_setup(B=120)
     whole = rules.make("danp").sample_bytes(net, len(x))
-    assert peak(whole / 8) < 0.4 * peak(None)
+    assert peak(whole / 8) < 0.5 * peak(None)         # the whole batch's reference inputs are kept either way
 
 
 @pytest.mark.parametrize("change,field", [
