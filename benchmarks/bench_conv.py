@@ -1,7 +1,7 @@
 """Convolutional layers: speed and memory, each figure a ratio measured in one run.
 
     python benchmarks/bench_conv.py [--figures forward,aihwkit,steps,memory] [--repeats 7]
-                                    [--batch 1000] [--step-batch 1000]
+                                    [--batch 1000] [--step-batch 1000] [--array-col2im]
 
 ``forward``  a noisy forward of the paper's three conv layers ``c3x3x16s2 c3x3x32s2 c3x3x64``
              on 32×32×3 inputs (``DeviceConfig.preset("pcm")``, batch 1000, float32) ÷ the
@@ -10,8 +10,8 @@
              tile read and activation ÷ its GEMM) and for the whole forward (``net.forward``
              ÷ the three GEMMs back to back). The im2col is inside the noisy side only. Both
              sides run under the BLAS threads noisesim chooses for the network
-             (:func:`noisesim.threads.for_layers`). Also printed: each layer's im2col alone
-             (the Numba kernel and the array code kept for CuPy, ``Layer.unfold_plain``).
+             (:func:`noisesim.threads.for_layers`). Also printed: each layer's im2col
+             (``Layer.unfold``) alone.
 ``aihwkit``  the same three layers as aihwkit ``AnalogConv2d`` with an inference configuration
              like ``pcm``'s (read noise 0.0175, output noise 0.04, 8-bit DAC/ADC), each forward
              timed alone against noisesim's. Skipped, saying why, where aihwkit does not import
@@ -21,9 +21,9 @@
              ``--step-batch``: ANP with a noisy baseline (DANP without decorrelation), DANP,
              DBP and BP, each on its own copy of the network, interleaved; each step runs
              under :func:`noisesim.threads.for_layers` as ``scenarios.train`` runs it.
-             ``--array-im2col`` adds BP and ANP steps that run the array im2col/col2im
-             (``Layer.unfold_plain``/``fold_plain``, the code kept for CuPy) instead of the
-             Numba kernels: the kernels' gain, in the same run.
+             ``--array-col2im`` adds BP and DBP steps that run the array col2im
+             (``Layer.fold_plain``, the code kept for CuPy) instead of the Numba kernel
+             (``Layer.fold``): the kernel's gain, in the same run.
 ``memory``   peak resident memory (``ru_maxrss``) of a fresh process that builds the network
              and takes one DANP step (noisy baseline, ``ideal``), on the paper's ConvNet and on
              the Tiny ImageNet ConvNet ``c5x5x32s2 c3x3x64s2 c5x5x128 f512 f512 f200``
@@ -140,7 +140,6 @@ def fig_forward(args) -> dict:
         contenders[f"layer{l}"] = sized(layer(l))
         contenders[f"gemm{l}"] = sized(gemm(l))
         contenders[f"unfold{l}"] = (lambda lay=lay, h=ins[l]: lay.unfold(h))
-        contenders[f"plain{l}"] = (lambda lay=lay, h=ins[l]: lay.unfold_plain(h))
     with threads.for_layers(net.sizes, B):
         from threadpoolctl import threadpool_info
         nthreads = min((i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"), default="?")
@@ -148,13 +147,13 @@ def fig_forward(args) -> dict:
     times = interleave(contenders, args.repeats)
     out = {}
     print(f"{'layer':<12} {'patch rows':>18} {'noisy':>10} {'GEMM':>10} {'ratio (range)':>22} "
-          f"{'im2col (Numba)':>15} {'im2col (array)':>15}")
+          f"{'its im2col':>11}")
     for l, lay in enumerate(net.layers):
         u, W = gemm_ops[l]
         r = ratio(times, f"layer{l}", f"gemm{l}")
         out[lay.spec()] = r
         print(f"{lay.spec():<12} {str(u.shape):>18} {ms(times[f'layer{l}']):>10} {ms(times[f'gemm{l}']):>10} "
-              f"{fmt(r):>22} {ms(times[f'unfold{l}']):>15} {ms(times[f'plain{l}']):>15}")
+              f"{fmt(r):>22} {ms(times[f'unfold{l}']):>11}")
     r = ratio(times, "forward", "gemms")
     out["all"] = r
     print(f"{'all':<12} {'':>18} {ms(times['forward']):>10} {ms(times['gemms']):>10} {fmt(r):>22}   "
@@ -241,18 +240,18 @@ STEP_RULES = [("BP", "bp", {}), ("ANP", "anp", {"baseline": "noisy"}),
               ("DANP", "danp", {"baseline": "noisy"}), ("DBP", "dbp", {})]
 
 
-def with_array_im2col(fn):
-    """``fn`` run with ``Layer.unfold``/``Layer.fold`` replaced by the array code kept for CuPy
-    (what every NumPy step ran before the Numba kernels)."""
+def with_array_col2im(fn):
+    """``fn`` run with ``Layer.fold`` replaced by the array code kept for CuPy (what every
+    NumPy step ran before the Numba kernel)."""
     from noisesim.layers import Layer
 
     def run():
-        fast = Layer.unfold, Layer.fold
-        Layer.unfold, Layer.fold = Layer.unfold_plain, Layer.fold_plain
+        fast = Layer.fold
+        Layer.fold = Layer.fold_plain
         try:
             fn()
         finally:
-            Layer.unfold, Layer.fold = fast
+            Layer.fold = fast
     return run
 
 
@@ -270,13 +269,13 @@ def fig_steps(args) -> dict:
             with threads.for_layers(net.sizes, B):
                 rule.step(net, x, t)
         contenders[label] = step
-        if args.array_im2col and label in ("BP", "ANP"):
+        if args.array_col2im and label in ("BP", "DBP"):
             net2, rule2 = trainer(name, opts, shape, spec)
 
             def step2(net=net2, rule=rule2):
                 with threads.for_layers(net.sizes, B):
                     rule.step(net, x, t)
-            contenders[label + " (array im2col)"] = with_array_im2col(step2)
+            contenders[label + " (array col2im)"] = with_array_col2im(step2)
     print(load())
     times = interleave(contenders, args.repeats)
     print("  " + ", ".join(f"{k} {ms(v)}" for k, v in times.items()))
@@ -288,11 +287,11 @@ def fig_steps(args) -> dict:
         tail = f"   goal ≤ {goal}×: {'met' if r[0] <= goal else 'NOT met'}" if goal else ""
         label = f"{num} ÷ {den}" + (" (DANP without decorrelation ÷ BP)" if num == "ANP" else "")
         print(f"  {label:<42} {fmt(r)}{tail}")
-    for label in ("BP", "ANP"):
-        if label + " (array im2col)" in times:
-            r = ratio(times, label, label + " (array im2col)")
-            out[f"{label}/{label} (array im2col)"] = r
-            print(f"  {label + ' ÷ the same with the array im2col/col2im':<42} {fmt(r)}")
+    for label in ("BP", "DBP"):
+        if label + " (array col2im)" in times:
+            r = ratio(times, label, label + " (array col2im)")
+            out[f"{label}/{label} (array col2im)"] = r
+            print(f"  {label + ' ÷ the same with the array col2im':<42} {fmt(r)}")
     return out
 
 
@@ -334,8 +333,8 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--batch", type=int, default=1000, help="batch of the forward figures")
     ap.add_argument("--step-batch", type=int, default=1000, help="batch of the step and memory figures")
-    ap.add_argument("--array-im2col", action="store_true",
-                    help="steps: also time BP and ANP with the array im2col/col2im (Layer.unfold_plain/fold_plain)")
+    ap.add_argument("--array-col2im", action="store_true",
+                    help="steps: also time BP and DBP with the array col2im (Layer.fold_plain)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child is not None:

@@ -318,90 +318,37 @@ def _pulsed_ser(gp, gm, d, r, z, dws, bp, bm, tprog, w, w_scale, now, dw_min, as
         _pulsed_row(gp, gm, i, d, r, z, dws, bp, bm, tprog, w, w_scale, now, dw_min, asym, c2c)
 
 
-# im2col / col2im of a channels-last batch, 2-D (a 1-D layer is a 2-D one of height 1): the
-# patch copy of a convolution's forward and its adjoint in one pass each. ``x`` is
-# ``(N, H, W·C)``, the patches ``(N, H_out, W_out, kh·kw·C)`` (channels fastest, then kw,
-# then kh); zero padding is never materialised. col2im adds the contributions to each input
-# pixel in the order of the kernel offsets (kh, then kw), as the NumPy path does, so both
-# give the same numbers bit for bit.
-@numba.njit(cache=True, inline="always", error_model="numpy")
-def _im2col_sample(x, out, n, C, kh, kw, sh, sw, ph, pw):
-    H, WC = x.shape[1], x.shape[2]
-    W = WC // C
-    Ho, Wo = out.shape[1], out.shape[2]
-    run = kw * C
-    zero = out.dtype.type(0.0)
-    for i in range(Ho):
-        for j in range(Wo):
-            x0 = j * sw - pw
-            inside = x0 >= 0 and x0 + kw <= W
-            for a in range(kh):
-                y = i * sh - ph + a
-                base = a * run
-                if y < 0 or y >= H:
-                    for m in range(run):
-                        out[n, i, j, base + m] = zero
-                elif inside:
-                    s0 = x0 * C
-                    for m in range(run):
-                        out[n, i, j, base + m] = x[n, y, s0 + m]
-                else:
-                    for b in range(kw):
-                        xx = x0 + b
-                        if xx < 0 or xx >= W:
-                            for c in range(C):
-                                out[n, i, j, base + b * C + c] = zero
-                        else:
-                            for c in range(C):
-                                out[n, i, j, base + b * C + c] = x[n, y, xx * C + c]
-
-
-@numba.njit(cache=True, parallel=True, error_model="numpy")
-def _im2col_par(x, out, C, kh, kw, sh, sw, ph, pw):
-    for n in numba.prange(x.shape[0]):
-        _im2col_sample(x, out, n, C, kh, kw, sh, sw, ph, pw)
-
-
+# col2im of a channels-last batch, 2-D (a 1-D layer is a 2-D one of height 1): the adjoint
+# of a convolution's patch copy in one pass. The patch gradients are ``(N, H_out, W_out,
+# kh·kw·C)`` (channels fastest, then kw, then kh), the result ``(N, H, W·C)``; padding is
+# never materialised. The contributions to each input pixel are added in the order of the
+# kernel offsets (kh, then kw), as the array code does, so both give the same numbers bit for
+# bit. Serial: a pass over memory that two threads do not speed up on a busy 2-core machine,
+# and numba's threads would compete with BLAS's (see _PARALLEL_MIN). The copy itself (im2col)
+# stays array code: NumPy's strided copy measured as fast as a Numba loop or faster.
 @numba.njit(cache=True, error_model="numpy")
-def _im2col_ser(x, out, C, kh, kw, sh, sw, ph, pw):
-    for n in range(x.shape[0]):
-        _im2col_sample(x, out, n, C, kh, kw, sh, sw, ph, pw)
-
-
-@numba.njit(cache=True, inline="always", error_model="numpy")
-def _col2im_sample(d, out, n, C, kh, kw, sh, sw, ph, pw):
+def _col2im_numba(d, out, C, kh, kw, sh, sw, ph, pw):
     H, WC = out.shape[1], out.shape[2]
     W = WC // C
     Ho, Wo = d.shape[1], d.shape[2]
-    for m in range(WC):
-        for y in range(H):
-            out[n, y, m] = 0
-    for a in range(kh):
-        for b in range(kw):
-            off = (a * kw + b) * C
-            for i in range(Ho):
-                y = i * sh - ph + a
-                if y < 0 or y >= H:
-                    continue
-                for j in range(Wo):
-                    xx = j * sw - pw + b
-                    if xx < 0 or xx >= W:
-                        continue
-                    t = xx * C
-                    for c in range(C):
-                        out[n, y, t + c] += d[n, i, j, off + c]
-
-
-@numba.njit(cache=True, parallel=True, error_model="numpy")
-def _col2im_par(d, out, C, kh, kw, sh, sw, ph, pw):
-    for n in numba.prange(d.shape[0]):
-        _col2im_sample(d, out, n, C, kh, kw, sh, sw, ph, pw)
-
-
-@numba.njit(cache=True, error_model="numpy")
-def _col2im_ser(d, out, C, kh, kw, sh, sw, ph, pw):
     for n in range(d.shape[0]):
-        _col2im_sample(d, out, n, C, kh, kw, sh, sw, ph, pw)
+        for y in range(H):
+            for m in range(WC):
+                out[n, y, m] = 0
+        for a in range(kh):
+            for b in range(kw):
+                off = (a * kw + b) * C
+                for i in range(Ho):
+                    y = i * sh - ph + a
+                    if y < 0 or y >= H:
+                        continue
+                    for j in range(Wo):
+                        xx = j * sw - pw + b
+                        if xx < 0 or xx >= W:
+                            continue
+                        t = xx * C
+                        for c in range(C):
+                            out[n, y, t + c] += d[n, i, j, off + c]
 
 
 def _numba(par, ser):
@@ -653,25 +600,12 @@ def _as2d(kernel, stride, padding):
     return (int(kernel[0]), int(kernel[1]), int(stride[0]), int(stride[1]), int(padding[0]), int(padding[1]))
 
 
-def im2col(x, positions, kernel, stride, padding):
-    """The patch vectors of a channels-last batch ``x`` ``(N, *spatial, C)`` (NumPy, 1 or 2
-    spatial axes) in one pass: ``(N, *positions, k·C)``, zero padding included, the layout of
-    :meth:`noisesim.layers.Layer.unfold`. CPU only (a Numba kernel); the layer keeps its NumPy
-    code for other arrays."""
-    x = np.ascontiguousarray(x)
-    N, C = x.shape[0], x.shape[-1]
-    kh, kw, sh, sw, ph, pw = _as2d(kernel, stride, padding)
-    H = x.shape[1] if len(kernel) == 2 else 1
-    Ho, Wo = (positions[0], positions[1]) if len(kernel) == 2 else (1, positions[0])
-    out = np.empty((N, Ho, Wo, kh * kw * C), x.dtype)
-    (_im2col_par if out.size >= _PARALLEL_MIN else _im2col_ser)(x.reshape(N, H, -1), out, C, kh, kw, sh, sw, ph, pw)
-    return out.reshape(N, *positions, kh * kw * C)
-
-
 def col2im(d, spatial, kernel, stride, padding):
-    """The adjoint of :func:`im2col`: patch gradients ``d`` ``(N, *positions, k·C)`` summed
-    onto the input pixels, ``(N, *spatial, C)`` (NumPy, one pass, the sums in the order of the
-    NumPy path's: bit for bit the same result)."""
+    """col2im: patch gradients ``d`` ``(N, *positions, k·C)`` (NumPy, 1 or 2 spatial axes,
+    the layout of :meth:`noisesim.layers.Layer.unfold`) summed onto the input pixels,
+    ``(N, *spatial, C)``, in one pass; the sums run in the order of the layer's array code
+    (:meth:`~noisesim.layers.Layer.fold_plain`), so the result is the same bit for bit. CPU
+    only (a Numba kernel)."""
     N = d.shape[0]
     kh, kw, sh, sw, ph, pw = _as2d(kernel, stride, padding)
     C = d.shape[-1] // (kh * kw)
@@ -680,7 +614,7 @@ def col2im(d, spatial, kernel, stride, padding):
     H, W = (spatial[0], spatial[1]) if len(kernel) == 2 else (1, spatial[0])
     d = np.ascontiguousarray(d).reshape(N, Ho, Wo, kh * kw * C)
     out = np.empty((N, H, W * C), d.dtype)
-    (_col2im_par if d.size >= _PARALLEL_MIN else _col2im_ser)(d, out, C, kh, kw, sh, sw, ph, pw)
+    _col2im_numba(d, out, C, kh, kw, sh, sw, ph, pw)
     return out.reshape(N, *spatial, C)
 
 
