@@ -1,6 +1,6 @@
 """Convolutional layers: speed and memory, each figure a ratio measured in one run.
 
-    python benchmarks/bench_conv.py [--figures forward,aihwkit,steps,memory] [--repeats 7]
+    python benchmarks/bench_conv.py [--figures forward,fold,aihwkit,steps,memory] [--repeats 7]
                                     [--batch 1000] [--step-batch 1000] [--array-col2im]
 
 ``forward``  a noisy forward of the paper's three conv layers ``c3x3x16s2 c3x3x32s2 c3x3x64``
@@ -12,6 +12,8 @@
              sides run under the BLAS threads noisesim chooses for the network
              (:func:`noisesim.threads.for_layers`). Also printed: each layer's im2col
              (``Layer.unfold``) alone.
+``fold``     the col2im of every conv layer of both ConvNets (batch ``--batch``): the Numba
+             kernel (``Layer.fold``) ÷ the array code kept for CuPy (``Layer.fold_plain``).
 ``aihwkit``  the same three layers as aihwkit ``AnalogConv2d`` with an inference configuration
              like ``pcm``'s (read noise 0.0175, output noise 0.04, 8-bit DAC/ADC), each forward
              timed alone against noisesim's. Skipped, saying why, where aihwkit does not import
@@ -159,6 +161,24 @@ def fig_forward(args) -> dict:
     print(f"{'all':<12} {'':>18} {ms(times['forward']):>10} {ms(times['gemms']):>10} {fmt(r):>22}   "
           f"goal ≤ {GOAL}×: {'met' if r[0] <= GOAL else 'NOT met'}")
     return {"forward": out, "times_ms": {k: statistics.median(v) * 1e3 for k, v in times.items()}}
+
+
+# --------------------------------------------------------------------------- col2im
+def fig_fold(args) -> dict:
+    print(f"\n[fold] col2im of each conv layer, batch {args.batch}: Layer.fold (Numba) ÷ Layer.fold_plain (array code)")
+    rng = np.random.default_rng(0)
+    out = {}
+    for which in ("convnet", "tiny"):
+        shape, spec, _ = NETS[which]
+        for lay in noisesim.layers.build(shape, spec):
+            if lay.kind != "conv":
+                continue
+            d = rng.standard_normal((args.batch, *lay.positions, lay.width)).astype(np.float32)
+            times = interleave({"numba": lambda: lay.fold(d), "array": lambda: lay.fold_plain(d)}, args.repeats)
+            r = ratio(times, "numba", "array")
+            out[f"{lay.spec()} on {lay.in_shape}"] = r
+            print(f"  {lay.spec():<10} on {str(lay.in_shape):<13} {ms(times['numba']):>10} ÷ {ms(times['array']):>10}: {fmt(r)}")
+    return out
 
 
 # --------------------------------------------------------------------------- aihwkit
@@ -329,7 +349,7 @@ def fig_memory(args) -> list:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--figures", default="forward,aihwkit,steps,memory")
+    ap.add_argument("--figures", default="forward,fold,aihwkit,steps,memory")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--batch", type=int, default=1000, help="batch of the forward figures")
     ap.add_argument("--step-batch", type=int, default=1000, help="batch of the step and memory figures")
@@ -346,6 +366,8 @@ def main(argv=None):
     res = {}
     if "forward" in figs:
         res["forward"] = fig_forward(args)
+    if "fold" in figs:
+        res["fold"] = fig_fold(args)
     if "steps" in figs:
         res["steps"] = fig_steps(args)
     if "memory" in figs:
