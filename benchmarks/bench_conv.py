@@ -4,7 +4,7 @@
                                     [--batch 1000] [--step-batch 1000] [--array-col2im]
 
 ``forward``  a noisy forward of the paper's three conv layers ``c3x3x16s2 c3x3x32s2 c3x3x64``
-             on 32×32×3 inputs (``DeviceConfig.preset("pcm")``, batch 1000, float32) ÷ the
+             on 32×32×3 inputs (``DeviceConfig.preset("pcm")``, batch ``--batch``, float32) ÷ the
              bare GEMMs of the same unfolded shapes (``u @ W.T`` with ``u`` the patch rows,
              ``(B·positions, k·C_in)``, unfolded beforehand): per layer (the layer's im2col,
              tile read and activation ÷ its GEMM) and for the whole forward (``net.forward``
@@ -338,7 +338,8 @@ def fig_memory(args) -> list:
         cmd = [sys.executable, __file__, "--child", which, "--step-batch", str(B)]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
-            print(f"{spec} on {shape}: the child failed (exit {done.returncode}): {done.stderr.strip()[-300:]}")
+            print(f"{spec} on {shape}: the child failed (exit {done.returncode}; out of memory?): "
+                  f"{done.stderr.strip()[-300:]}")
             continue
         r = json.loads(done.stdout.strip().splitlines()[-1])
         out.append(r)
