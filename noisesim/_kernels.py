@@ -318,6 +318,39 @@ def _pulsed_ser(gp, gm, d, r, z, dws, bp, bm, tprog, w, w_scale, now, dw_min, as
         _pulsed_row(gp, gm, i, d, r, z, dws, bp, bm, tprog, w, w_scale, now, dw_min, asym, c2c)
 
 
+# col2im of a channels-last batch, 2-D (a 1-D layer is a 2-D one of height 1): the adjoint
+# of a convolution's patch copy in one pass. The patch gradients are ``(N, H_out, W_out,
+# kh·kw·C)`` (channels fastest, then kw, then kh), the result ``(N, H, W·C)``; padding is
+# never materialised. The contributions to each input pixel are added in the order of the
+# kernel offsets (kh, then kw), as the array code does, so both give the same numbers bit for
+# bit. Serial: a pass over memory that two threads do not speed up on a busy 2-core machine,
+# and numba's threads would compete with BLAS's (see _PARALLEL_MIN). The copy itself (im2col)
+# stays array code: NumPy's strided copy measured as fast as a Numba loop or faster.
+@numba.njit(cache=True, error_model="numpy")
+def _col2im_numba(d, out, C, kh, kw, sh, sw, ph, pw):
+    H, WC = out.shape[1], out.shape[2]
+    W = WC // C
+    Ho, Wo = d.shape[1], d.shape[2]
+    for n in range(d.shape[0]):
+        for y in range(H):
+            for m in range(WC):
+                out[n, y, m] = 0
+        for a in range(kh):
+            for b in range(kw):
+                off = (a * kw + b) * C
+                for i in range(Ho):
+                    y = i * sh - ph + a
+                    if y < 0 or y >= H:
+                        continue
+                    for j in range(Wo):
+                        xx = j * sw - pw + b
+                        if xx < 0 or xx >= W:
+                            continue
+                        t = xx * C
+                        for c in range(C):
+                            out[n, y, t + c] += d[n, i, j, off + c]
+
+
 def _numba(par, ser):
     def run(first, *args):
         (par if first.size >= _PARALLEL_MIN else ser)(first, *args)
@@ -558,6 +591,31 @@ def read_epilogue(a, *, read_z=None, read_std=None, node_z=None, node_std=None, 
         has_r, has_n, has_inj, has_post, acc, mode, half, step, b,
     )
     return out if acc else a
+
+
+def _as2d(kernel, stride, padding):
+    """A 1-D layer's geometry as a 2-D one of height 1: ``(kh, kw, sh, sw, ph, pw)``."""
+    if len(kernel) == 1:
+        return 1, int(kernel[0]), 1, int(stride[0]), 0, int(padding[0])
+    return (int(kernel[0]), int(kernel[1]), int(stride[0]), int(stride[1]), int(padding[0]), int(padding[1]))
+
+
+def col2im(d, spatial, kernel, stride, padding):
+    """col2im: patch gradients ``d`` ``(N, *positions, k·C)`` (NumPy, 1 or 2 spatial axes,
+    the layout of :meth:`noisesim.layers.Layer.unfold`) summed onto the input pixels,
+    ``(N, *spatial, C)``, in one pass; the sums run in the order of the layer's array code
+    (:meth:`~noisesim.layers.Layer.fold_plain`), so the result is the same bit for bit. CPU
+    only (a Numba kernel)."""
+    N = d.shape[0]
+    kh, kw, sh, sw, ph, pw = _as2d(kernel, stride, padding)
+    C = d.shape[-1] // (kh * kw)
+    positions = d.shape[1:-1]
+    Ho, Wo = (positions[0], positions[1]) if len(kernel) == 2 else (1, positions[0])
+    H, W = (spatial[0], spatial[1]) if len(kernel) == 2 else (1, spatial[0])
+    d = np.ascontiguousarray(d).reshape(N, Ho, Wo, kh * kw * C)
+    out = np.empty((N, H, W * C), d.dtype)
+    _col2im_numba(d, out, C, kh, kw, sh, sw, ph, pw)
+    return out.reshape(N, *spatial, C)
 
 
 def pulsed_update(gp, gm, d, r=None, *, dw_min, asymmetry=0.0, c2c=0.0, z=None, dw_scale=None,
