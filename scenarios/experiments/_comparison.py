@@ -63,9 +63,10 @@ def spec(cfg, label: str, name: str, lr: float, **perturbation):
     return label, lambda: make_rule(name, lr, **opts)
 
 
-def search_trial(cfg, data, sz, batch_size: int, rule_kw: dict):
-    """The lr-search trial of these scenarios: a short run (``lr_search.epochs``) on the first seed."""
-    return training_trial(cfg, data, sz, batch_size=batch_size, rule_kw=rule_kw)
+def search_trial(cfg, data, sz, batch_size: int, rule_kw: dict, net_kw: dict | None = None):
+    """The lr-search trial of these scenarios: a short run (``lr_search.epochs``) on the first seed
+    (``net_kw``: the network's ``layers``/``input_shape`` for a convolutional one)."""
+    return training_trial(cfg, data, sz, batch_size=batch_size, rule_kw=rule_kw, net_kw=net_kw)
 
 
 def per_seed(runs: dict, label: str, key: str = "test_acc", peak: bool = True) -> list[float]:
