@@ -51,27 +51,18 @@ rates, all BLAS threads. Offline BLAS runs on one thread (``blas_threads``).
 """
 from __future__ import annotations
 
-import dataclasses
-import math
-
-import numpy as np
-
 from .. import paper
 from ..experiment import (EVALUATION, common, learning_curves, learning_table, make_rule, resolve_lrs, rule_names,
                           train_runs)
 from ..result import Result, fmt_spread, spread
 from ..scenario import register
-from ._comparison import (QUICK_SEARCH, SEARCH, differences, gain_verdict, load_data, mean, per_seed, rule_kw,
-                          search_trial, spec)
+from ._comparison import (QUICK_SEARCH, SEARCH, channels_last, conv_architecture, differences, gain_verdict, load_data,
+                          mean, per_seed, rule_kw, search_trial, spec)
 
 RULES = ("bp", "dbp", "np", "dnp", "anp", "danp", "inp", "dinp")
 PAIRS = (("np", "dnp"), ("anp", "danp"), ("inp", "dinp"), ("bp", "dbp"))
 ARCH = "convnet"                               # the Table 1/2/3 column
 
-# one sample of each dataset, channels last (CIFAR-10's python rows are channel-first: see channels_last)
-INPUT_SHAPES = {"mnist1d": (40, 1), "digits": (8, 8, 1), "cifar10": (32, 32, 3), "mnist": (28, 28, 1),
-                "tiny-imagenet": (64, 64, 3)}
-CHANNEL_FIRST = {"cifar10": (3, 32, 32)}
 PAPER_CONVNET = "c3x3x16s2 c3x3x32s2 c3x3x64 f1024 f10"
 
 DEFAULTS = common(
@@ -86,37 +77,6 @@ QUICK = {"n_train": 300, "n_test": 200, "epochs": 2, "n_seeds": 1,
          "layers.mnist1d": "c5x4s2 c3x8s2 f16 f10", "layers.digits": "c3x3x4 c3x3x8s2 f16 f10",
          "lr_search": dict(QUICK_SEARCH)}
 PAPER = {"blas_threads": None, "datasets": ["cifar10"], "batch_size": 1000, "epochs": 100, "lr": "paper"}
-
-
-def channels_last(data, name: str):
-    """``data`` with its rows in channels-last order (a no-op but for channel-first datasets)."""
-    if name not in CHANNEL_FIRST:
-        return data
-    c, *hw = CHANNEL_FIRST[name]
-
-    def tr(x):
-        return np.ascontiguousarray(x.reshape(len(x), c, *hw).transpose(0, 2, 3, 1).reshape(len(x), -1))
-    return dataclasses.replace(data, x_train=tr(data.x_train), x_test=tr(data.x_test),
-                               meta={**data.meta, "layout": "channels last (H, W, C)"})
-
-
-def architecture(cfg, name: str, data) -> dict:
-    """``{"input_shape", "layers"}`` of dataset ``name``'s network, checked against the data."""
-    layers = (cfg.get("layers") or {}).get(name)
-    if not isinstance(layers, str) or not layers.strip():
-        raise ValueError(f"layers.{name} is not set; give the network as a layer string, e.g. "
-                         f"--set 'layers.{name}=c3x3x16s2 c3x3x32s2 f128 f{data.n_outputs}'")
-    shape = INPUT_SHAPES.get(name)
-    if shape is None or math.prod(shape) != data.n_features:
-        raise ValueError(f"dataset {name!r}: no channels-last input shape known for {data.n_features} features "
-                         f"(known: {sorted(INPUT_SHAPES)})")
-    from noisesim.layers import build
-
-    built = build(shape, layers)
-    if built[-1].kind != "dense" or built[-1].n_out != data.n_outputs:
-        raise ValueError(f"layers.{name}={layers!r} ends in {built[-1].spec()}; {name} needs a dense output layer "
-                         f"of {data.n_outputs} units (f{data.n_outputs})")
-    return {"input_shape": shape, "layers": layers}
 
 
 def _label(name: str) -> str:
@@ -135,7 +95,7 @@ def run(cfg: dict, ctx) -> Result:
     loaded = {}
     for ds in datasets:                            # every dataset and network checked before anything trains
         data = channels_last(load_data({**cfg, "dataset": ds}), ds)
-        loaded[ds] = (data, architecture(cfg, ds, data))
+        loaded[ds] = (data, conv_architecture(cfg.get("layers"), "layers", ds, data))
 
     res = Result(main="final")
     B = int(cfg["batch_size"])
