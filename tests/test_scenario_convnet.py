@@ -119,6 +119,22 @@ def test_paper_scale_configures_cifar10_and_the_papers_convnet_and_fails_clearly
         get("convnet").run(cfg, scenarios.Context(progress=False))
 
 
+def test_paper_scale_trains_the_papers_convnet_on_cifar10_files(tmp_path, monkeypatch):
+    """Tiny files in CIFAR-10's python-batch format (30 train, 6 test images): the paper's
+    ConvNet on (32, 32, 3), Table 2's ConvNet rates, one step of batch 1 000 (the whole split)."""
+    from test_datasets import _write_cifar
+
+    _write_cifar(tmp_path)
+    monkeypatch.setenv("NOISESIM_DATA", str(tmp_path))
+    r = scenarios.run("convnet", "scale=paper", "n_seeds=1", "epochs=1", "rules=[\"bp\", \"danp\"]")
+    rows = {row["rule"]: row for row in r.tables["final"].rows}
+    assert set(rows) == {"BP (cifar10)", "DANP (cifar10)"}
+    assert rows["BP (cifar10)"]["network"] == convnet.PAPER_CONVNET
+    assert (rows["BP (cifar10)"]["lr"], rows["DANP (cifar10)"]["lr"]) == (1e-3, 1e-4)       # Table 2, ConvNet
+    assert (rows["BP (cifar10)"]["forward_passes"], rows["DANP (cifar10)"]["forward_passes"]) == (1, 2)
+    assert all(math.isfinite(row["test_loss"]) for row in rows.values())
+
+
 @pytest.mark.slow
 def test_fig9_bottom_claims_at_the_default_size():
     """The default run (MNIST-1D and digits, 8 rules, 3 seeds, lr=auto): see the scenario's

@@ -22,18 +22,50 @@ He initialisation, no biases (the paper's equations; ``--set bias=true`` for cro
 Offline substitutes, one conv net per dataset (``layers.<dataset>``, channels-last input):
 
 * MNIST-1D (4 000/1 000 samples, input (40, 1), 1-D convolutions — the task MNIST-1D was
-  designed for): ``c5x16s2 c3x32s2 f128 f10``, two strided convolutions that see a digit's
-  local shape wherever it was shifted (a kernel of 5 covers about one of the 12 template points
-  stretched to 40), then a dense head. It learns: BP at 1e-3 reaches 0.52 test accuracy in
-  5 epochs where the 3 × 256 MLP of ``decorrelation`` needs about 20 for that.
+  designed for): ``c5x16s2 c3x32s2 f128 f10`` (40 → 18×16 → 8×32 → 128 → 10; 35 664 weights),
+  two strided convolutions that find a digit's local shape wherever it was shifted, then a
+  dense head. Chosen because it learns what an MLP does not: BP peaks at 0.816 test accuracy
+  (default run), where the ``decorrelation`` scenario's 40-256-256-256-10 MLP (143 872 weights)
+  peaked at 0.662 at the best rate of a grid (its docstring), and every NP variant learns
+  within 20 epochs (0.31–0.47 below).
 * digits (1 437/360, input (8, 8, 1), 2-D convolutions): ``c3x3x16 c3x3x32s2 f128 f10``
-  (8×8 → 6×6×16 → 2×2×32 → 128 → 10).
+  (8×8 → 6×6×16 → 2×2×32 → 128 → 10; 22 416 weights).
 
-Batch 100 instead of 1 000, ``epochs`` epochs. Learning rates: ``lr=auto`` (default), the
-paper's procedure — for each rule and dataset, doubling from ``lr_search.start`` with short
+Batch 100 instead of 1 000, 20 epochs. Learning rates: ``lr=auto`` (default), the paper's
+procedure — for each rule and dataset, doubling from ``lr_search.start`` = 2.5e-4 with 5-epoch
 trials on the first seed until the training loss rises, ends above where it started or ends
 higher than at half the rate, keeping the last stable rate (cached); ``lr=paper`` uses Table
 2's ConvNet rates (set at batch 1 000 on CIFAR-10; NP has none there and keeps its default).
+The search picked the same rates on both datasets: BP and DBP 1.6e-2, NP, ANP and INP 2e-3,
+DNP 4e-3, DANP and DINP 8e-3 — decorrelation again buys a 2–4× higher stable rate.
+
+Measured (default run, 3 seeds; peak test accuracy, mean per-seed gain and its range):
+
+======================  ===========================  ===========================
+comparison              MNIST-1D (1-D conv)          digits (2-D conv)
+======================  ===========================  ===========================
+DNP − NP                0.068 (0.054–0.089)          0.069 (0.047–0.092)
+DANP − ANP              0.103 (0.073–0.134)          0.047 (0.039–0.053)
+DINP − INP              0.074 (0.049–0.091)          0.047 (0.042–0.056)
+ANP − NP                0.048 (0.028–0.079)          0.048 (0.033–0.075)
+DANP − DNP              0.083 (0.069–0.098)          0.027 (0.008–0.036)
+DBP − BP (no claim)     0.030 (0.027–0.031)          0.011 (0.008–0.014)
+======================  ===========================  ===========================
+
+with peaks on MNIST-1D NP 0.314, DNP 0.383, ANP 0.363, DANP 0.466, INP 0.392, DINP 0.466,
+BP 0.816, DBP 0.846, and on digits NP 0.856, DNP 0.924, ANP 0.904, DANP 0.951, INP 0.919,
+DINP 0.966, BP 0.971, DBP 0.982. Every claim holds on both datasets: the paper's pattern
+(decorrelation +2.3 to +3.4 points for the NP variants, ANP over NP +5.4, DANP over DNP +4.7),
+with larger gains on MNIST-1D. DANP's lead over DNP on digits is the narrowest (one seed
+0.008, mean 0.027 against the margin 0.02). Unlike the paper's ConvNet on CIFAR-10 (DBP
+60.5 % vs BP 62.1 %), DBP also edges out BP here.
+
+With ``lr=paper`` (Table 2's ConvNet rates: 1e-4 for ANP, DANP, INP and DINP, 1e-3 for DNP,
+BP and DBP, NP's default 1e-3) every claim fails on both datasets: at batch 100 and 20 epochs
+the 1e-4 rules barely learn (MNIST-1D DANP 0.129, DINP 0.135 against DNP 0.305 and NP 0.295;
+digits DANP 0.348 against DNP 0.845), and DNP gains only 0.010 (MNIST-1D) and 0.009 (digits)
+over NP at one equal rate. Table 2's rates were the highest stable ones at batch 1 000 on
+CIFAR-10; here they sit 4–80× below the searched limits, so that comparison measures the rates.
 
 Outputs: table ``final`` (one row per rule and dataset: final and peak accuracies, passes,
 the rate, the paper's peak accuracies), ``gains`` (per dataset and pair: both peaks, the
@@ -164,7 +196,7 @@ def _claims(res, cfg, gains, datasets, lrs_by):
         holds = gain_verdict(g, margin)
         res.claim(key, statement, holds,
                   f"gain {fmt_spread(g)}; {better.upper()} {mean(a):.3f} vs {base.upper()} {mean(b):.3f} ({rate_note})",
-                  paper=paper_text, values={"gain": g, better: a, base: b,
+                  paper=paper_text, note="" if holds or cfg["lr"] != "paper" else PAPER_RATES_NOTE, values={"gain": g, better: a, base: b,
                                             "lr": {base: lrs_by[ds][base], better: lrs_by[ds][better]}})
         return holds
 
@@ -188,3 +220,10 @@ def _claims(res, cfg, gains, datasets, lrs_by):
                 f"{better.upper()} beats {base.upper()} on the conv net ({ds}): its peak test accuracy exceeds "
                 f"{base.upper()}'s by ≥ {margin:g} on average and in every seed", ds, base, better,
                 ptext(base, better) + "; '(D)ANP outperforms (D)NP in this experiment as well' (Appendix K)")
+
+
+PAPER_RATES_NOTE = (
+    "Table 2's ConvNet rates were the highest stable ones at batch 1 000 on CIFAR-10 (1e-4 for ANP, DANP, INP "
+    "and DINP; 1e-3 for DNP); at batch 100 on the offline data they sit far below each rule's own stable limit "
+    "(the search finds 2e-3 to 8e-3), so the 1e-4 rules barely learn and the comparison measures the rates; "
+    "see lr=auto (the default) and the scenario's docstring.")
