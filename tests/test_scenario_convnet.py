@@ -137,17 +137,18 @@ def test_paper_scale_trains_the_papers_convnet_on_cifar10_files(tmp_path, monkey
 
 @pytest.mark.slow
 def test_fig9_bottom_claims_at_the_default_size():
-    """The default run (MNIST-1D and digits, 8 rules, 3 seeds, lr=auto): see the scenario's
-    docstring for the numbers; asserted are the verdicts measured there."""
+    """The default run: MNIST-1D (1-D conv) and digits (2-D conv), 8 rules, 3 seeds, 20 epochs,
+    lr=auto. Measured (mean per-seed gain in peak test accuracy, range; MNIST-1D / digits): DNP − NP
+    0.068 (0.054–0.089) / 0.069 (0.047–0.092), DANP − ANP 0.103 / 0.047, DINP − INP 0.074 / 0.047,
+    ANP − NP 0.048 (0.028–0.079) / 0.048 (0.033–0.075), DANP − DNP 0.083 (0.069–0.098) / 0.027
+    (0.008–0.036). Asserted: every claim holds — each gain ≥ 0.02 (the margin) on average and
+    positive in every seed, on both datasets."""
     r = scenarios.run("convnet")
     c = {c.key: c for c in r.claims}
     print({k: (v.holds, v.ours) for k, v in c.items()})
     assert set(c) == CLAIMS
-    for key in EXPECTED_HOLD:
+    for key in sorted(CLAIMS):
         assert c[key].holds is True, (key, c[key].ours)
-    for key in EXPECTED_FAIL:
-        assert c[key].holds is False, (key, c[key].ours)
-
-
-EXPECTED_HOLD: tuple = ()
-EXPECTED_FAIL: tuple = ()
+        if "every" not in key:
+            g = c[key].values["gain"]
+            assert len(g) == 3 and min(g) > 0 and np.mean(g) >= 0.02, (key, g)

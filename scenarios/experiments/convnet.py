@@ -7,7 +7,8 @@ conv 3×3×64, FC 1024, FC 10) on CIFAR-10. Every conv layer runs on crossbar ti
 way (:mod:`noisesim.layers`): its kernel matrix is read once per output position, each read
 with its own noise; NP, ANP and INP perturb every unit at every position; the ``D`` variants
 decorrelate what a conv layer multiplies, its patch vectors (one ``R`` per layer over the
-``k·C_in`` patch entries, as the authors' code does). Measured: each run's peak train and test
+``k·C_in`` patch entries, its moment over every patch of the batch, as the authors' code does;
+:mod:`rules.decorrelation`). Measured: each run's peak train and test
 accuracy over its epochs (the paper's Table 3 measure) and, per seed, the gain in peak test
 accuracy of each decorrelated rule over its plain one and of (D)ANP over (D)NP (same seed, same
 initial weights).
@@ -79,7 +80,11 @@ every seed) and all three together; ANP beats NP and DANP beats DNP (same test).
 ``--set scale=paper``: CIFAR-10 (``data_batch_1..5``, ``test_batch`` under ``$NOISESIM_DATA``;
 the channel-first rows of the python batches are transposed to (32, 32, 3) channels last),
 the paper's ConvNet, batch 1 000, 100 epochs (the seed does not state its epochs), Table 2's
-rates, all BLAS threads. Offline BLAS runs on one thread (``blas_threads``).
+rates, all BLAS threads. Offline BLAS runs on one thread (``blas_threads``: the layers are
+small and a second thread only contends on a shared 2-core machine). Default run: 6.9 min on
+2 cores under a load of 5–6 from other jobs (3.5 min of CPU time), of which the sixteen rate
+searches (102 five-epoch trials, cached) took about a third; with the rates cached 4.3 min
+(2.5 min of CPU time, load 2–5). ``--quick``: 14 s.
 """
 from __future__ import annotations
 
