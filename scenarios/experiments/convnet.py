@@ -81,9 +81,9 @@ every seed) and all three together; ANP beats NP and DANP beats DNP (same test).
 the channel-first rows of the python batches are transposed to (32, 32, 3) channels last),
 the paper's ConvNet, batch 1 000, 100 epochs (the seed does not state its epochs), Table 2's
 rates, all BLAS threads. Offline BLAS runs on one thread (``blas_threads``: the layers are
-small and a second thread only contends on a shared 2-core machine). Default run: 6.9 min on
-2 cores under a load of 5–6 from other jobs (3.5 min of CPU time), of which the sixteen rate
-searches (102 five-epoch trials, cached) took about a third; with the rates cached 4.3 min
+small and a second thread only contends on a shared 2-core machine).
+Default run: 6.9 min on 2 cores under a load of 5–6 from other jobs (3.5 min of CPU time), of
+which the sixteen rate searches (102 five-epoch trials, cached) took about a third; with the rates cached 4.3 min
 (2.5 min of CPU time, load 2–5). ``--quick``: 14 s.
 """
 from __future__ import annotations
