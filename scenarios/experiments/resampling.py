@@ -48,9 +48,13 @@ feature, batch 1 000, 100 epochs, the paper's Tiny ImageNet ConvNet (Table 1:
 layers on crossbar tiles, im2col, then three dense ones); ``--set architecture=mlp`` runs the
 MLP 12288-512-512-200 instead (the ConvNet's dense head on raw pixels, not the paper's
 network). In the conv net the stacking budget counts, per layer, a sample's patch vectors or
-outputs over every position. Decorrelating 12 288 raw pixels (MLP) may need α below 1e-3
-(``--set rule_options.danp.alpha=…``): α above 2/λ_max stops with an error naming the bound. BLAS runs on one thread offline (``blas_threads``; the layers are small
-and a second thread only contends on a shared 2-core machine), on all of them at paper scale.
+outputs over every position; one sample a chunk is the least it stacks, so at paper scale one
+stacked DINP call (7 passes × 1 000 rows; 297 772 patch values a row over the six layers, most
+in the third conv layer's 100 patches of 1 600) reads about 8 GB of float32 patch vectors,
+whatever the budget. Decorrelating 12 288 raw pixels (MLP) may
+need α below 1e-3 (``--set rule_options.danp.alpha=…``): α above 2/λ_max stops with an error
+naming the bound. BLAS runs on one thread offline (``blas_threads``; the layers are small and a
+second thread only contends on a shared 2-core machine), on all of them at paper scale.
 
 The conv net (``--set architecture=convnet``, default sizes otherwise, 3 seeds) keeps every
 claim: peak test accuracy DANP 0.174 → 0.327 and DINP 0.202 → 0.343 from K = 1 to 100,
@@ -87,9 +91,9 @@ from ._comparison import (SEARCH, channels_last, conv_architecture, differences,
                           search_trial, sizes)
 
 RULES = ("danp", "dinp", "dnp", "bp", "anp", "inp", "np", "dbp")
-RESAMPLED = ("danp", "dinp", "anp", "inp")
+RESAMPLED = ("danp", "dinp", "anp", "inp")           # run at every K of ``samples``
 TINY_CONVNET = "c5x5x32s2 c3x3x64s2 c5x5x128 f512 f512 f200"     # Table 1's ConvNet Tiny ImageNet
-ARCHITECTURES = ("mlp", "convnet")           # run at every K of ``samples``
+ARCHITECTURES = ("mlp", "convnet")
 PROBE_SEED = 7919                                    # offsets the alignment copy's noise streams
 
 DEFAULTS = common(
@@ -103,8 +107,8 @@ DEFAULTS = common(
     stack_budget=20_000_000,
     margin=0.02, angle_margin=5.0,
 )
-QUICK = {"hidden": [16, 16], "conv_layers.mnist1d": "c5x4s2 c3x8s2 f16 f10", "epochs": 1, "n_train": 200, "n_test": 100, "samples": [1, 3], "dnp_samples": [3],
-         "align_points": 2, "stack_budget": 2_000}
+QUICK = {"hidden": [16, 16], "conv_layers.mnist1d": "c5x4s2 c3x8s2 f16 f10", "epochs": 1, "n_train": 200,
+         "n_test": 100, "samples": [1, 3], "dnp_samples": [3], "align_points": 2, "stack_budget": 2_000}
 PAPER = {"blas_threads": None, "dataset": "tiny-imagenet", "standardize": True, "hidden": [512, 512],
          "architecture": "convnet",
          "batch_size": 1000, "epochs": 100, "lr": "paper"}
