@@ -67,9 +67,17 @@ def device(cfg, **overrides) -> noisesim.DeviceConfig:
     return noisesim.DeviceConfig.preset(cfg["device"], **{**cfg.get("device_overrides", {}), **overrides})
 
 
-def network(cfg, sizes, dev, seed: int, **kw) -> noisesim.Network:
+def network(cfg, sizes, dev, seed: int, *, layers=None, input_shape=None, **kw) -> noisesim.Network:
+    """The fully connected network ``sizes`` or, with ``layers`` (a layer string or list, see
+    :mod:`noisesim.layers`) and ``input_shape`` (one sample, channels last), a network of
+    convolutional and dense layers (:meth:`noisesim.Network.build`; ``sizes`` is then unused)."""
     opts = dict(activation=cfg.get("activation", "leaky_relu"), slope=cfg.get("slope", 0.2))
     opts.update(kw)
+    if layers is not None:
+        if input_shape is None:
+            raise ValueError("a network of layers needs the input_shape of one sample")
+        return noisesim.Network.build(tuple(input_shape), layers, dev, seed=seed, backend=cfg["backend"],
+                                      dtype=cfg["dtype"], **opts)
     return noisesim.Network.mlp(sizes, device=dev, seed=seed, backend=cfg["backend"], dtype=cfg["dtype"], **opts)
 
 

@@ -95,9 +95,29 @@ def test_paper_scale_configures_tiny_imagenet_and_fails_clearly_without_the_file
     cfg = configure(get("resampling"), ["scale=paper"])
     assert (cfg["dataset"], cfg["standardize"], cfg["hidden"], cfg["batch_size"]) == \
         ("tiny-imagenet", True, [512, 512], 1000)
+    assert cfg["architecture"] == "convnet"                           # the paper's Tiny ImageNet ConvNet
+    assert cfg["conv_layers"]["tiny-imagenet"] == "c5x5x32s2 c3x3x64s2 c5x5x128 f512 f512 f200"
+    assert configure(get("resampling"), ["scale=paper", "architecture=mlp"])["architecture"] == "mlp"
     monkeypatch.setenv("NOISESIM_DATA", str(tmp_path))
     with pytest.raises(FileNotFoundError, match="NOISESIM_DATA"):
         get("resampling").run(cfg, scenarios.Context(progress=False))
+
+
+def test_quick_conv_setting_trains_and_measures_angles_on_a_conv_net():
+    """``architecture=convnet`` offline: MNIST-1D as (40, 1) through two 1-D conv layers and two
+    dense ones (the quick size's c5x4s2 c3x8s2 f16 f10); angles per layer, passes of a 4-layer net."""
+    r = scenarios.run("resampling", "n_seeds=1", "architecture=convnet", quick=True)
+    rows = r.tables["final"].rows
+    # the quick budget stacks one sample a call: DANP K (1 + 1), DINP K (L + 1) with L = 4, BP 1
+    assert [r_["passes_per_update"] for r_ in rows] == [2, 6, 5, 15, 6, 1]
+    a = r.arrays["alignment"]
+    assert a.values.shape == (6, 1, 2, 5) and a.coords["layer"] == ["1", "2", "3", "4", "all"]
+    assert np.isfinite(a.values).all()
+    assert r.tables["final"].where(rule="BP")[0]["hidden_angle_deg"] < 5
+    assert "c5x4s2 c3x8s2 f16 f10" in r.figures["resampling"].title
+    assert {c.key for c in r.claims} == CLAIMS
+    with pytest.raises(ValueError, match="architecture='cnn' is not known"):
+        scenarios.run("resampling", "n_seeds=1", "architecture=cnn", quick=True)
 
 
 @pytest.mark.slow

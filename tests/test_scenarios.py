@@ -31,7 +31,7 @@ def test_every_scenario_module_registers_a_scenario_and_every_scenario_comes_fro
 
 def test_the_issue_s_scenarios_are_all_registered():
     expected = {"quickstart", "alignment", "decorrelation", "noisy-baseline", "resampling", "depth",
-                "regression", "fa-linear", "weight-perturbation", "weak-gradient", "device-sweep", "compare"}
+                "regression", "fa-linear", "weight-perturbation", "weak-gradient", "device-sweep", "compare", "convnet"}
     missing = expected - set(SCENARIOS)
     assert not missing, f"scenarios not registered yet: {sorted(missing)}"
 

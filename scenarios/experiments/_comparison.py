@@ -44,6 +44,47 @@ def load_data(cfg):
     return data
 
 
+# one sample of each dataset, channels last (CIFAR-10's python rows are channel-first: see channels_last)
+INPUT_SHAPES = {"mnist1d": (40, 1), "digits": (8, 8, 1), "cifar10": (32, 32, 3), "mnist": (28, 28, 1),
+                "tiny-imagenet": (64, 64, 3)}
+CHANNEL_FIRST = {"cifar10": (3, 32, 32)}
+
+
+def channels_last(data, name: str):
+    """``data`` with its rows in channels-last order, as networks of layers read them (a no-op
+    but for CIFAR-10, whose python batches hold channel-first 3×32×32 rows)."""
+    if name not in CHANNEL_FIRST:
+        return data
+    c, *hw = CHANNEL_FIRST[name]
+
+    def tr(x):
+        return np.ascontiguousarray(x.reshape(len(x), c, *hw).transpose(0, 2, 3, 1).reshape(len(x), -1))
+    return dataclasses.replace(data, x_train=tr(data.x_train), x_test=tr(data.x_test),
+                               meta={**data.meta, "layout": "channels last (H, W, C)"})
+
+
+def conv_architecture(layers_by_dataset, setting: str, name: str, data) -> dict:
+    """``{"input_shape", "layers"}`` of dataset ``name``'s network of layers (``setting.<name>``, a
+    layer string such as ``"c5x16s2 c3x32s2 f128 f10"``), checked against the data: the input
+    shape of one sample must hold its features and the last layer must be dense with one unit
+    per class. Raises ValueError naming the setting."""
+    layers = (layers_by_dataset or {}).get(name)
+    if not isinstance(layers, str) or not layers.strip():
+        raise ValueError(f"{setting}.{name} is not set; give the network as a layer string, e.g. "
+                         f"--set '{setting}.{name}=c3x3x16s2 c3x3x32s2 f128 f{data.n_outputs}'")
+    shape = INPUT_SHAPES.get(name)
+    if shape is None or int(np.prod(shape)) != data.n_features:
+        raise ValueError(f"dataset {name!r}: no channels-last input shape known for {data.n_features} features "
+                         f"(known: {sorted(INPUT_SHAPES)})")
+    from noisesim.layers import build
+
+    built = build(shape, layers)
+    if built[-1].kind != "dense" or built[-1].n_out != data.n_outputs:
+        raise ValueError(f"{setting}.{name}={layers!r} ends in {built[-1].spec()}; {name} needs a dense output "
+                         f"layer of {data.n_outputs} units (f{data.n_outputs})")
+    return {"input_shape": shape, "layers": layers}
+
+
 def sizes(data, hidden) -> list[int]:
     """``[n_in, *hidden, n_out]`` for ``data``."""
     return [data.n_features, *[int(h) for h in hidden], data.n_outputs]
@@ -63,9 +104,10 @@ def spec(cfg, label: str, name: str, lr: float, **perturbation):
     return label, lambda: make_rule(name, lr, **opts)
 
 
-def search_trial(cfg, data, sz, batch_size: int, rule_kw: dict):
-    """The lr-search trial of these scenarios: a short run (``lr_search.epochs``) on the first seed."""
-    return training_trial(cfg, data, sz, batch_size=batch_size, rule_kw=rule_kw)
+def search_trial(cfg, data, sz, batch_size: int, rule_kw: dict, net_kw: dict | None = None):
+    """The lr-search trial of these scenarios: a short run (``lr_search.epochs``) on the first seed
+    (``net_kw``: the network's ``layers``/``input_shape`` for a convolutional one)."""
+    return training_trial(cfg, data, sz, batch_size=batch_size, rule_kw=rule_kw, net_kw=net_kw)
 
 
 def per_seed(runs: dict, label: str, key: str = "test_acc", peak: bool = True) -> list[float]:
