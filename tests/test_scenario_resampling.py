@@ -1,5 +1,5 @@
-"""The ``resampling`` scenario: quick-size outputs, K samples estimated in bounded stacked
-chunks, its paper setting, and (slow) the claims about more samples per update."""
+"""The ``resampling`` scenario: quick-size outputs, K samples estimated within a memory budget
+(parts and slices), its paper setting, and (slow) the claims about more samples per update."""
 from __future__ import annotations
 
 import math
@@ -27,9 +27,9 @@ def test_quick_run_has_every_rule_and_sample_count(quick):
     assert [(r["rule"], r["samples"]) for r in rows] == [
         ("DANP(clean)", 1), ("DANP(clean, K=3)", 3), ("DINP(clean)", 1), ("DINP(clean, K=3)", 3),
         ("DNP(clean, K=3)", 3), ("BP", 1)]
-    # passes per update: DANP K+1 (one clean pass per stacked chunk: the quick size stacks one sample
-    # a call, so K chunks of 2), DINP K (L+1) with L = 3 layers, DNP like DANP, BP 1
-    assert [r["passes_per_update"] for r in rows] == [2, 6, 4, 12, 6, 1]
+    # passes per update: DANP K+1 (one clean reference for the K samples, however many parts the
+    # budget makes), DINP K·L+1 with L = 3 layers, DNP like DANP, BP 1
+    assert [r["passes_per_update"] for r in rows] == [2, 4, 4, 10, 4, 1]
     for r in rows:
         assert 0 <= r["hidden_angle_deg"] <= 180 and math.isfinite(r["all_angle_deg"])
     bp = quick.tables["final"].where(rule="BP")[0]
@@ -52,43 +52,21 @@ def _net(seed=0, sizes=(12, 8, 8, 3)):
                                 backend="numpy", dtype="float64")
 
 
-@pytest.mark.parametrize("name", ["danp", "dinp", "dnp"])
-def test_chunked_update_is_the_sample_weighted_mean_of_its_chunks(name):
-    """K = 7 in chunks of 3, 3, 1: the same update as the three chunk estimates drawn in turn from an
-    identical network, weighted 3/7, 3/7, 1/7; passes add up (each chunk with its own reference)."""
+def test_the_memory_budget_reaches_every_perturbation_rule_and_parts_keep_the_estimate():
+    """``memory_budget`` is handed to the perturbation rules (BP takes none); a K = 7 DINP run in
+    parts of one sample gives the estimate of one stacked call, bit for bit."""
+    cfg = configure(get("resampling"), ["memory_budget=5000"])
+    assert cfg["memory_budget"] == 5000
     rng = np.random.default_rng(0)
     x, t = rng.standard_normal((5, 12)), np.eye(3)[rng.integers(0, 3, 5)]
-    rule = rules.make(name, baseline="clean", samples=7)
-    ch = rs.Chunked(rule, 3)
-    assert [p.samples for p in ch.parts] == [3, 3, 1] and ch.label == rule.label
-    a = ch.estimate(_net(), x, t)
-    net_b = _net()
-    parts = [rules.make(name, baseline="clean", samples=k).estimate(net_b, x, t) for k in (3, 3, 1)]
-    for l in range(3):
-        want = sum(k / 7 * p.updates[l] for k, p in zip((3, 3, 1), parts))
-        np.testing.assert_allclose(a.updates[l], want, rtol=1e-12, atol=1e-15)
-    assert a.forward_passes == sum(p.forward_passes for p in parts)
-
-
-def test_bounded_chunks_only_when_the_stack_would_exceed_the_budget():
-    sz = [40, 128, 128, 10]
-    r = rules.make("dinp", baseline="clean", samples=100)
-    assert rs.bounded(r, sz, 100, 20_000_000) is r                  # 400 × 100 rows × 128 fits
-    ch = rs.bounded(r, sz, 100, 128 * 4 * 100 * 10)                  # room for 10 samples of 4 passes
-    assert isinstance(ch, rs.Chunked) and [p.samples for p in ch.parts] == [10] * 10
-    assert rs.bounded(rules.make("bp"), sz, 100, 1) is not None
-
-
-def test_chunked_rule_trains_and_learns():
-    """A chunked DANP (K = 6 in chunks of 2) trains through the ordinary loop: the loss falls
-    (measured 2.48 → 2.02 in 3 epochs; asserted below 0.9 of the start)."""
-    data = scenarios.load("digits", n_train=300, n_test=100)
-    net = noisesim.Network.mlp([64, 32, 10], device=noisesim.DeviceConfig.preset("ideal"), seed=0, backend="numpy")
-    h = scenarios.train(net, rs.Chunked(rules.make("danp", baseline="clean", samples=6, lr=3e-3), 2), data,
-                        epochs=3, batch_size=50, progress=False)
-    loss = h.column("train_loss")
-    assert h.diverged is None and loss[-1] < 0.9 * loss[0]
-    assert h.forward_passes == h.steps * 3 * 3                       # 3 chunks of (2 noisy + 1 clean)
+    whole = rules.make("dinp", baseline="clean", samples=7).estimate(_net(), x, t)
+    one = rules.make("dinp", baseline="clean", samples=7).sample_bytes(_net(), len(x))   # one sample a part
+    parts = rules.make("dinp", baseline="clean", samples=7, memory_budget=one).estimate(_net(), x, t)
+    for u, v in zip(whole.updates, parts.updates):
+        np.testing.assert_array_equal(u, v)
+    assert list(parts.record) == ["updates"] and whole.forward_passes == parts.forward_passes == 7 * 3 + 1
+    r = scenarios.run("resampling", "n_seeds=1", "rules=[\"danp\", \"bp\"]", "samples=[3]", "memory_budget=2000", quick=True)
+    assert [row["rule"] for row in r.tables["final"].rows] == ["DANP(clean, K=3)", "BP"]
 
 
 def test_paper_scale_configures_tiny_imagenet_and_fails_clearly_without_the_files(tmp_path, monkeypatch):
@@ -108,8 +86,8 @@ def test_quick_conv_setting_trains_and_measures_angles_on_a_conv_net():
     dense ones (the quick size's c5x4s2 c3x8s2 f16 f10); angles per layer, passes of a 4-layer net."""
     r = scenarios.run("resampling", "n_seeds=1", "architecture=convnet", quick=True)
     rows = r.tables["final"].rows
-    # the quick budget stacks one sample a call: DANP K (1 + 1), DINP K (L + 1) with L = 4, BP 1
-    assert [r_["passes_per_update"] for r_ in rows] == [2, 6, 5, 15, 6, 1]
+    # DANP K + 1, DINP K·L + 1 with L = 4, DNP K + 1, BP 1 (the quick budget runs them in parts)
+    assert [r_["passes_per_update"] for r_ in rows] == [2, 4, 5, 13, 4, 1]
     a = r.arrays["alignment"]
     assert a.values.shape == (6, 1, 2, 5) and a.coords["layer"] == ["1", "2", "3", "4", "all"]
     assert np.isfinite(a.values).all()

@@ -27,9 +27,10 @@ the ``convnet`` scenario's MNIST-1D network) for the paper's ConvNet, batch 100 
 the run's time), so a longer run does not fit in minutes. The comparison is at an equal number of updates,
 as in the paper's Fig. 5. ``lr=auto`` searches each rule's rate at K = 1 and uses it for every K.
 
-Memory: K samples are stacked in chunks whose stacked rows (passes × batch) stay below
-``stack_budget`` elements per widest layer, so a K = 100 DINP step on a wide input runs in
-several stacked calls with the same average (each chunk with its own reference pass).
+Memory: each perturbation rule runs its K samples in parts (and, when one sample's passes of
+the batch do not fit, the batch in slices) within ``memory_budget`` bytes (``None``: the
+library's default, 1 GiB; see :class:`rules.perturbation.PerturbationRule`) — the same estimate
+as one stacked call, the same noise.
 
 Outputs: table ``final`` (one row per rule and K: accuracies, forward passes, the mean
 hidden-layer and whole-network angle to BP, the paper's Table 4 accuracies), ``alignment``
@@ -47,11 +48,10 @@ feature, batch 1 000, 100 epochs, the paper's Tiny ImageNet ConvNet (Table 1:
 ``conv_layers.tiny-imagenet = "c5x5x32s2 c3x3x64s2 c5x5x128 f512 f512 f200"``: three conv
 layers on crossbar tiles, im2col, then three dense ones); ``--set architecture=mlp`` runs the
 MLP 12288-512-512-200 instead (the ConvNet's dense head on raw pixels, not the paper's
-network). In the conv net the stacking budget counts, per layer, a sample's patch vectors or
-outputs over every position; one sample a chunk is the least it stacks, so at paper scale one
-stacked DINP call (7 passes × 1 000 rows; 297 772 patch values a row over the six layers, most
-in the third conv layer's 100 patches of 1 600) reads about 8 GB of float32 patch vectors,
-whatever the budget. Decorrelating 12 288 raw pixels (MLP) may
+network). A sample's passes of the conv net hold its patch vectors at every position (at paper
+scale 297 772 values a row over the six layers, most in the third conv layer's 100 patches of
+1 600); the rules slice the batch to keep them within ``memory_budget``. Decorrelating 12 288
+raw pixels (MLP) may
 need α below 1e-3 (``--set rule_options.danp.alpha=…``): α above 2/λ_max stops with an error
 naming the bound. BLAS runs on one thread offline (``blas_threads``; the layers are small and a
 second thread only contends on a shared 2-core machine), on all of them at paper scale.
@@ -73,12 +73,10 @@ ReLU under a tenth each. Default run: 2.2 min on 2 cores (load about 1; 2.3 min 
 """
 from __future__ import annotations
 
-import copy
 
 import numpy as np
 
 import rules as rules_pkg
-from rules.base import Estimate
 
 from .. import paper
 from ..experiment import (EVALUATION, common, eval_options, device, label, learning_curves, learning_table, make_rule, network, options,
@@ -104,75 +102,21 @@ DEFAULTS = common(
     epochs=2, batch_size=100, baseline="clean",
     rules=["danp", "dinp", "dnp", "bp"], samples=[1, 10, 30, 100], dnp_samples=[100],
     lr="paper", lr_search=dict(SEARCH), lr_architecture="convnet-tiny", align_points=5, align_batch=None,
-    stack_budget=20_000_000,
+    memory_budget=None,
     margin=0.02, angle_margin=5.0,
 )
 QUICK = {"hidden": [16, 16], "conv_layers.mnist1d": "c5x4s2 c3x8s2 f16 f10", "epochs": 1, "n_train": 200,
-         "n_test": 100, "samples": [1, 3], "dnp_samples": [3], "align_points": 2, "stack_budget": 2_000}
+         "n_test": 100, "samples": [1, 3], "dnp_samples": [3], "align_points": 2, "memory_budget": 100_000}
 PAPER = {"blas_threads": None, "dataset": "tiny-imagenet", "standardize": True, "hidden": [512, 512],
          "architecture": "convnet",
          "batch_size": 1000, "epochs": 100, "lr": "paper"}
 
 
-# --------------------------------------------------------------------------- K in chunks
-def passes_per_sample(rule, n_layers: int) -> int:
-    """Stacked passes one noise sample adds (INP: its reference and one per layer)."""
-    if rule.name == "inp":
-        return n_layers + 1
-    return 1 if rule.baseline == "clean" else 2
-
-
-class Chunked:
-    """A perturbation rule whose K samples are estimated in stacked calls of at most ``chunk``
-    samples each and averaged with weights k_i/K — the same estimate as one call of K, in
-    bounded memory. Everything else (init, apply, label, loss, access) is the wrapped rule's."""
-
-    def __init__(self, rule, chunk: int):
-        self.rule = rule
-        K = rule.samples
-        self.parts = []
-        for k in [chunk] * (K // chunk) + ([K % chunk] if K % chunk else []):
-            part = copy.copy(rule)
-            part.samples = k
-            self.parts.append(part)
-
-    def __getattr__(self, name):
-        return getattr(self.rule, name)
-
-    def estimate(self, net, x, t) -> Estimate:
-        K = self.rule.samples
-        ests = [p.estimate(net, x, t) for p in self.parts]
-        updates = [sum((p.samples / K) * e.updates[l] for p, e in zip(self.parts, ests))
-                   for l in range(len(ests[0].updates))]
-        first = ests[0]
-        return Estimate(updates, first.loss, sum(e.forward_passes for e in ests), first.inputs, first.outputs,
-                        first.losses, {})
-
-    def step(self, net, x, t, *, guard=None) -> Estimate:
-        if self.rule.optimizer is None:
-            self.rule.init(net)
-        est = self.estimate(net, x, t)
-        self.rule.apply(net, est, guard=guard)
-        return est
-
-
-def bounded(rule, sz, batch: int, budget: float):
-    """``rule`` itself, or :class:`Chunked` when its stacked passes would exceed ``budget``
-    elements in the widest layer."""
-    K = getattr(rule, "samples", 1)
-    if K <= 1:
-        return rule
-    rows = max(1, int(budget // max(sz)))
-    chunk = max(1, rows // (passes_per_sample(rule, len(sz) - 1) * batch))
-    return rule if chunk >= K else Chunked(rule, chunk)
-
-
 # --------------------------------------------------------------------------- the run
 def _architecture(cfg):
     """``(data, sz, net_kw, description)``: the data (channels last for a conv net), ``sz`` —
-    per layer the widths of the MLP, or for the conv net the elements one sample puts in each
-    layer's widest array (its patch vectors or outputs, every position), which the stacking
-    budget counts — the network options and a description for titles."""
+    per layer the widths of the MLP, or the conv net's units per layer (every position) — the
+    network options and a description for titles."""
     kind = cfg["architecture"]
     if kind not in ARCHITECTURES:
         raise ValueError(f"architecture={kind!r} is not known; allowed: {list(ARCHITECTURES)}")
@@ -185,7 +129,7 @@ def _architecture(cfg):
     data = channels_last(data, cfg["dataset"])
     net_kw = conv_architecture(cfg.get("conv_layers"), "conv_layers", cfg["dataset"], data)
     built = build(net_kw["input_shape"], net_kw["layers"])
-    sz = [data.n_features] + [lay.reads * max(lay.width, lay.n_out) for lay in built]
+    sz = [data.n_features] + [lay.units for lay in built]
     return data, sz, net_kw, f"{'×'.join(map(str, net_kw['input_shape']))} {net_kw['layers']}"
 
 
@@ -226,7 +170,8 @@ def run(cfg: dict, ctx) -> Result:
         res.notes.append(f"device {cfg['device']!r} does not grant 'oracle' access: no angles to exact BP measured")
 
     def make(n, K):
-        return make_rule(n, lrs[n], **{**options(cfg, n), **rule_kw(n, baseline=cfg["baseline"], samples=K)})
+        return make_rule(n, lrs[n], **{**options(cfg, n), **rule_kw(n, baseline=cfg["baseline"], samples=K,
+                                                                         memory_budget=cfg["memory_budget"])})
 
     labels, runs = {}, {}
     for n, K in configs:                          # access checked for every rule before any trains
@@ -239,7 +184,7 @@ def run(cfg: dict, ctx) -> Result:
         for j, s in enumerate(seeds(cfg)):
             net = network(cfg, sz, dev, s, **net_kw)
             probe = network(cfg, sz, dev, s + PROBE_SEED, **net_kw)
-            probe_rule = bounded(make(n, K), sz, nb, cfg["stack_budget"])
+            probe_rule = make(n, K)
 
             def measure(step, net=net, probe=probe, probe_rule=probe_rule, i=i, j=j):
                 if step not in points or not oracle:
@@ -249,7 +194,7 @@ def run(cfg: dict, ctx) -> Result:
                 angles[i, j, points.index(step)] = [a[l] for l in range(n_layers)] + [a["all"]]
 
             measure(0)
-            h = trained(ctx, f"{lab} s{s}", net, bounded(make(n, K), sz, B, cfg["stack_budget"]), data, group=lab,
+            h = trained(ctx, f"{lab} s{s}", net, make(n, K), data, group=lab,
                         epochs=cfg["epochs"], batch_size=B, progress=ctx.progress,
                         on_step=lambda step, idx, est, m=measure: m(step), max_loss_ratio=cfg.get("max_loss_ratio", 1e3), **eval_options(cfg))
             runs.setdefault(lab, []).append(h)
