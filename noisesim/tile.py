@@ -41,7 +41,7 @@ import numpy as np
 import dataclasses
 
 from . import _kernels, conductance, drift, update
-from .backend import Backend, KeyTape, Streams, to_numpy
+from .backend import Backend, KeyTape, Streams, sole_owner, to_numpy
 from .config import DeviceConfig
 
 
@@ -195,7 +195,10 @@ class Tile:
         """Apply an update ``W ← W + delta`` through the device update model."""
         delta = self._check_shape("apply", delta)
         if not self.mapped:  # exact software weights: the ideal update is the only model
-            self._w = self._w + delta
+            if sole_owner(self._w, 1):          # nothing else sees W: add in place, same bits
+                self.xp.add(self._w, delta, out=self._w)
+            else:
+                self._w = self._w + delta
             return
         update.MODELS[self.config.update](self, delta)
         if self._stale:
