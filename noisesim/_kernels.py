@@ -36,7 +36,6 @@ import numba
 import numpy as np
 
 from . import _rng_numba
-from ._rng_numba import fill_row as _fill_row
 from .backend import get_array_module
 
 _MODE_NONE, _MODE_CLIP, _MODE_QUANT, _MODE_SIGN = 0, 1, 2, 3
@@ -228,6 +227,32 @@ def _epilogue_ser(a, out, zr, rs, zn, ns, inj, post, gain, has_r, has_n, has_inj
 
 
 @numba.njit(cache=True, inline="always", error_model="numpy")
+def _fill_row(z, bits, tail, key, i):
+    # noisesim._rng_numba.fill_row, the same numbers by the same steps (its hashes, its
+    # central inversion, its tail for the draws beyond W_SPLIT), with one change that is not
+    # in the numbers: whether a row has a tail draw is a uint8 maximum of the flags, which
+    # vectorises with the inversion; fill_row's integer count of them did not (its loop
+    # measured 1.5× this one's time per number)
+    s = _rng_numba.row_state(key, i)
+    n = z.shape[0]
+    h = (n + 1) // 2
+    for m in range(h):
+        r = _rng_numba._mix(s + np.uint64(m + 1) * _rng_numba._GAMMA)
+        bits[m] = np.uint32(r & _rng_numba._M32)
+        bits[m + h] = np.uint32(r >> _rng_numba._S32)
+    beyond = np.uint8(0)
+    for j in range(n):
+        v, t = _rng_numba._central(np.int32(bits[j]))
+        z[j] = v
+        tail[j] = t
+        beyond = max(beyond, np.uint8(t))
+    if beyond:
+        for j in range(n):
+            if tail[j]:
+                z[j] = _rng_numba._tail(np.int32(bits[j]))
+
+
+@numba.njit(cache=True, inline="always", error_model="numpy")
 def _keyed_row(a, out, i, rkey, rs, nkey, ns, inj, post, g, has_r, has_n, has_inj, has_post, acc,
                mode, half, s, b, w, zr, zn, bits, tail, row0):
     # the epilogue with its Gaussian noise drawn in place (see noisesim._rng_numba); w, zr,
@@ -316,6 +341,55 @@ def _pulsed_par(gp, gm, d, r, z, dws, bp, bm, tprog, w, w_scale, now, dw_min, as
 def _pulsed_ser(gp, gm, d, r, z, dws, bp, bm, tprog, w, w_scale, now, dw_min, asym, c2c):
     for i in range(gp.shape[0]):
         _pulsed_row(gp, gm, i, d, r, z, dws, bp, bm, tprog, w, w_scale, now, dw_min, asym, c2c)
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _column_sumsq_numba(x, out):
+    # out_j = Σ_i x_ij² row after row: NumPy's (x * x).sum(axis=0) in its order and precision
+    out[:] = 0
+    for i in range(x.shape[0]):
+        for j in range(x.shape[1]):
+            v = x[i, j]
+            out[j] += v * v
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _decorrelation_tail_numba(M, bits, R, d, c, has_d, add_r, mask):
+    # M_ij ← (M_ij − d_i R_ij)·c (+ R_ij), every operation rounded to M's precision as the
+    # NumPy expressions, and the largest |M_ij| as integer bits (see _dac_absmax_numba), each
+    # row scanned while it is in cache
+    m = bits[0, 0] & 0
+    for i in range(M.shape[0]):
+        row = M[i]
+        if has_d:
+            di = d[i]
+            if add_r:
+                for j in range(row.shape[0]):
+                    r = R[i, j]
+                    row[j] = (row[j] - di * r) * c + r
+            else:
+                for j in range(row.shape[0]):
+                    row[j] = (row[j] - di * R[i, j]) * c
+        elif add_r:
+            for j in range(row.shape[0]):
+                row[j] = row[j] * c + R[i, j]
+        else:
+            for j in range(row.shape[0]):
+                row[j] = row[j] * c
+        b = bits[i]
+        for j in range(b.shape[0]):
+            v = b[j] & mask
+            m = v if v > m else m
+    return m
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _leaky_relu_numba(a, out, s):
+    # out = max(a, s·a): NumPy's maximum(a, a * s) in one pass (NaN propagates as there)
+    for i in range(a.shape[0]):
+        v = a[i]
+        w = v * s
+        out[i] = v if v >= w or v != v else w
 
 
 def _numba(par, ser):
@@ -475,6 +549,59 @@ def max_abs(x) -> float:
     m = _max_magnitude_bits(x.view(ints), ints.type(np.iinfo(ints).max))
     v = float(np.array(m, ints).view(x.dtype))
     return v if math.isfinite(v) else math.inf
+
+
+def column_sumsq(x):
+    """``d_j = Σ_i x_ij²`` of a 2-D array: the bits of ``(x * x).sum(axis=0)`` without its
+    temporary (on the CPU one pass, summed row after row in ``x``'s precision, as NumPy's
+    reduction over the leading axis does)."""
+    xp = get_array_module(x)
+    if _path(x) == "cupy" or x.dtype.kind != "f" or not x.flags.c_contiguous or x.shape[0] == 0:
+        return (x * x).sum(axis=0)
+    out = np.empty(x.shape[1], x.dtype)
+    _column_sumsq_numba(x, out)
+    return out
+
+
+def decorrelation_tail(M, R, d, scale: float, add: bool) -> float:
+    """In place: ``M ← (M − diag(d) R) · scale (+ R)`` (``d=None``: ``M ← M · scale (+ R)``);
+    returns ``max |M|`` of the result (``inf`` when it holds NaN or Inf).
+
+    On the CPU one pass over ``M`` and ``R`` with every operation rounded to their precision
+    in the order written (the bits of the NumPy expressions ``M -= d[:, None] * R``,
+    ``M *= scale``, ``M += R`` and :func:`max_abs`); the divergence check of the
+    decorrelation update reads the result while it is in cache.
+    """
+    xp = get_array_module(M)
+    c = M.dtype.type(scale)
+    if (_path(M) == "cupy" or M.dtype.itemsize not in (4, 8) or M.size == 0
+            or not (M.flags.c_contiguous and R.flags.c_contiguous) or R.dtype != M.dtype):
+        if d is not None:
+            for i in range(0, M.shape[0], 256):          # a bounded temporary, never n×n
+                M[i:i + 256] -= d[i:i + 256, None] * R[i:i + 256]
+        M *= c
+        if add:
+            M += R
+        return max_abs(M)
+    ints = np.dtype(f"int{8 * M.itemsize}")
+    has_d = d is not None
+    m = _decorrelation_tail_numba(M, M.view(ints), R, d if has_d else M[0, :0], c, has_d, bool(add),
+                                  ints.type(np.iinfo(ints).max))
+    v = float(np.array(m, ints).view(M.dtype))
+    return v if math.isfinite(v) else math.inf
+
+
+def leaky_relu(a, slope: float):
+    """``max(a, slope·a)`` (leaky ReLU for ``0 ≤ slope < 1``) into a new array: on the CPU one
+    pass with the bits of NumPy's ``maximum(a, a * slope)``."""
+    s = a.dtype.type(slope)
+    if _path(a) == "cupy" or a.dtype.kind != "f" or not a.flags.c_contiguous or a.size < 4096:
+        xp = get_array_module(a)
+        out = a * s
+        return xp.maximum(a, out, out=out)
+    out = np.empty_like(a)
+    _leaky_relu_numba(a.reshape(-1), out.reshape(-1), s)
+    return out
 
 
 def dac_absmax(x, bits, bound, out=None, *, chunk=None):
