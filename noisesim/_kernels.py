@@ -516,21 +516,28 @@ def convert(x, bits, bound, out=None, *, gain=None):
     return out
 
 
+# per float dtype: (integers of its width, the mask of every bit but the sign, +Inf's bits)
+_BITS = {}
+for _t in (np.float32, np.float64):
+    _i = np.dtype(f"int{8 * np.dtype(_t).itemsize}")
+    _BITS[np.dtype(_t)] = (_i, _i.type(np.iinfo(_i).max), np.array(np.inf, _t).view(_i)[()])
+del _t, _i
+
+
 def all_finite(x) -> bool:
     """Whether every element of ``x`` is finite (no NaN, no ±Inf).
 
     On the CPU one vectorised pass over the integer bits: a float is finite exactly when its
     magnitude bits are below those of +Inf.
     """
-    xp = get_array_module(x)
     if x.size == 0:
         return True
-    if _path(x) == "cupy" or x.dtype.kind != "f" or x.dtype.itemsize not in (4, 8):
-        return bool(xp.isfinite(x).all())
-    x = np.ascontiguousarray(x).reshape(-1)
-    ints = np.dtype(f"int{8 * x.itemsize}")
-    inf = np.array(np.inf, x.dtype).view(ints)
-    return bool(_max_magnitude_bits(x.view(ints), ints.type(np.iinfo(ints).max)) < inf)
+    bits = _BITS.get(x.dtype) if type(x) is np.ndarray and not _CUPY_PATH_ON_NUMPY else None
+    if bits is None:
+        return bool(get_array_module(x).isfinite(x).all())
+    ints, mask, inf = bits
+    x = (x if x.flags.c_contiguous else np.ascontiguousarray(x)).reshape(-1)
+    return bool(_max_magnitude_bits(x.view(ints), mask) < inf)
 
 
 def max_abs(x) -> float:
@@ -538,16 +545,15 @@ def max_abs(x) -> float:
 
     On the CPU the integer-bits pass of :func:`all_finite` (NaN's bits order above Inf's).
     """
-    xp = get_array_module(x)
     if x.size == 0:
         return 0.0
-    if _path(x) == "cupy" or x.dtype.kind != "f" or x.dtype.itemsize not in (4, 8):
-        m = float(xp.abs(x).max())
+    bits = _BITS.get(x.dtype) if type(x) is np.ndarray and not _CUPY_PATH_ON_NUMPY else None
+    if bits is None:
+        m = float(get_array_module(x).abs(x).max())
         return m if math.isfinite(m) else math.inf
-    x = np.ascontiguousarray(x).reshape(-1)
-    ints = np.dtype(f"int{8 * x.itemsize}")
-    m = _max_magnitude_bits(x.view(ints), ints.type(np.iinfo(ints).max))
-    v = float(np.array(m, ints).view(x.dtype))
+    ints, mask, _ = bits
+    x = (x if x.flags.c_contiguous else np.ascontiguousarray(x)).reshape(-1)
+    v = float(np.array(_max_magnitude_bits(x.view(ints), mask), ints).view(x.dtype))
     return v if math.isfinite(v) else math.inf
 
 
@@ -572,10 +578,10 @@ def decorrelation_tail(M, R, d, scale: float, add: bool) -> float:
     ``M *= scale``, ``M += R`` and :func:`max_abs`); the divergence check of the
     decorrelation update reads the result while it is in cache.
     """
-    xp = get_array_module(M)
     c = M.dtype.type(scale)
-    if (_path(M) == "cupy" or M.dtype.itemsize not in (4, 8) or M.size == 0
-            or not (M.flags.c_contiguous and R.flags.c_contiguous) or R.dtype != M.dtype):
+    bits = _BITS.get(M.dtype) if type(M) is np.ndarray and not _CUPY_PATH_ON_NUMPY else None
+    if (bits is None or M.size == 0 or not (M.flags.c_contiguous and R.flags.c_contiguous)
+            or R.dtype != M.dtype):
         if d is not None:
             for i in range(0, M.shape[0], 256):          # a bounded temporary, never n×n
                 M[i:i + 256] -= d[i:i + 256, None] * R[i:i + 256]
@@ -583,10 +589,9 @@ def decorrelation_tail(M, R, d, scale: float, add: bool) -> float:
         if add:
             M += R
         return max_abs(M)
-    ints = np.dtype(f"int{8 * M.itemsize}")
+    ints, mask, _ = bits
     has_d = d is not None
-    m = _decorrelation_tail_numba(M, M.view(ints), R, d if has_d else M[0, :0], c, has_d, bool(add),
-                                  ints.type(np.iinfo(ints).max))
+    m = _decorrelation_tail_numba(M, M.view(ints), R, d if has_d else M[0, :0], c, has_d, bool(add), mask)
     v = float(np.array(m, ints).view(M.dtype))
     return v if math.isfinite(v) else math.inf
 

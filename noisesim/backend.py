@@ -52,7 +52,10 @@ def cupy_available() -> bool:
 def get_array_module(*arrays):
     """The array module (numpy or cupy) of the given arrays."""
     for a in arrays:
-        if type(a).__module__.split(".")[0] == "cupy":
+        t = type(a)
+        if t is np.ndarray or t is float or t is int or a is None:      # the common cases, no lookup
+            continue
+        if t.__module__.split(".")[0] == "cupy":
             import cupy
 
             return cupy
