@@ -15,7 +15,7 @@ import weakref
 
 import numpy as np
 
-from noisesim import _kernels
+from noisesim import _kernels, threads
 from noisesim.backend import get_array_module, sole_owner, to_numpy
 from noisesim.errors import DivergenceError
 
@@ -118,6 +118,20 @@ def update_decorrelation(net, inputs, alpha: float, limit: float = 1e3) -> None:
         spare = _SPARE.setdefault(net, {})
     except TypeError:                         # a network that takes no weak reference
         spare = {}
+    # BLAS threads for the largest product, x*ᵀ(x* R) or the moment (see noisesim.threads)
+    flops = max(2.0 * x.shape[0] * x.shape[1] ** 2 for x in inputs)
+    with threads.for_flops(flops):
+        new = _new_matrices(net, inputs, alpha, limit, spare)
+    for l in range(len(new)):
+        old = net.decorrelation(l)
+        net.set_decorrelation(l, new[l])
+        if sole_owner(old, 1):                # nobody else sees it: next step's buffer
+            spare[("R", l)] = old
+        del old
+
+
+def _new_matrices(net, inputs, alpha, limit, spare) -> list:
+    """``R_l + ΔR_l`` of every layer, checked (see :func:`update_decorrelation`)."""
     new = []
     for l in range(net.n_layers):
         R = net.decorrelation(l)
@@ -125,9 +139,10 @@ def update_decorrelation(net, inputs, alpha: float, limit: float = 1e3) -> None:
         out = spare.pop(("R", l), None)
         if out is not None and (out.shape != R.shape or out.dtype != R.dtype):
             out = None
-        scratch = spare.get(("P", xs.shape, xs.dtype.str))
-        if scratch is None and type(xs) is np.ndarray and xs.shape[0] < xs.shape[1]:
-            scratch = spare[("P", xs.shape, xs.dtype.str)] = np.empty((xs.shape[0], R.shape[1]), R.dtype)
+        scratch = spare.get(("P", l))                  # one per layer: bounded memory
+        if type(xs) is np.ndarray and xs.shape[0] < xs.shape[1] and (
+                scratch is None or scratch.shape != (xs.shape[0], R.shape[1]) or scratch.dtype != R.dtype):
+            scratch = spare[("P", l)] = np.empty((xs.shape[0], R.shape[1]), R.dtype)
         if out is None and type(R) is np.ndarray:
             out = np.empty_like(R)
         M, big = _delta(xs, R, alpha, True, out=out, scratch=scratch)
@@ -138,10 +153,4 @@ def update_decorrelation(net, inputs, alpha: float, limit: float = 1e3) -> None:
             err.layer = l                     # for a caller that names the layer its own way
             raise
         new.append(M)
-    del M
-    for l in range(len(new)):
-        old = net.decorrelation(l)
-        net.set_decorrelation(l, new[l])
-        if sole_owner(old, 1):                 # nobody else sees it: next step's buffer
-            spare[("R", l)] = old
-        del old
+    return new
