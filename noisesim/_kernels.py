@@ -353,50 +353,34 @@ def _column_sumsq_numba(x, out):
             out[j] += v * v
 
 
-@numba.njit(cache=True, inline="always", error_model="numpy")
-def _decorrelation_tail_row(M, bits, R, d, i, c, has_d, add_r, mask):
-    # row i: M_ij ← (M_ij − d_i R_ij)·c (+ R_ij), every operation rounded to M's precision as
-    # the NumPy expressions; returns the row's largest |M_ij| as integer bits (see
-    # _dac_absmax_numba), scanned while the row is in cache
-    row = M[i]
-    if has_d:
-        di = d[i]
-        if add_r:
-            for j in range(row.shape[0]):
-                r = R[i, j]
-                row[j] = (row[j] - di * r) * c + r
-        else:
-            for j in range(row.shape[0]):
-                row[j] = (row[j] - di * R[i, j]) * c
-    elif add_r:
-        for j in range(row.shape[0]):
-            row[j] = row[j] * c + R[i, j]
-    else:
-        for j in range(row.shape[0]):
-            row[j] = row[j] * c
-    b = bits[i]
-    m = b[0] & 0
-    for j in range(b.shape[0]):
-        v = b[j] & mask
-        m = v if v > m else m
-    return m
-
-
 @numba.njit(cache=True, error_model="numpy")
-def _decorrelation_tail_ser(M, bits, R, d, c, has_d, add_r, mask):
+def _decorrelation_tail_numba(M, bits, R, d, c, has_d, add_r, mask):
+    # M_ij ← (M_ij − d_i R_ij)·c (+ R_ij), every operation rounded to M's precision as the
+    # NumPy expressions, and the largest |M_ij| as integer bits (see _dac_absmax_numba), each
+    # row scanned while it is in cache
     m = bits[0, 0] & 0
     for i in range(M.shape[0]):
-        v = _decorrelation_tail_row(M, bits, R, d, i, c, has_d, add_r, mask)
-        m = v if v > m else m
+        row = M[i]
+        if has_d:
+            di = d[i]
+            if add_r:
+                for j in range(row.shape[0]):
+                    r = R[i, j]
+                    row[j] = (row[j] - di * r) * c + r
+            else:
+                for j in range(row.shape[0]):
+                    row[j] = (row[j] - di * R[i, j]) * c
+        elif add_r:
+            for j in range(row.shape[0]):
+                row[j] = row[j] * c + R[i, j]
+        else:
+            for j in range(row.shape[0]):
+                row[j] = row[j] * c
+        b = bits[i]
+        for j in range(b.shape[0]):
+            v = b[j] & mask
+            m = v if v > m else m
     return m
-
-
-@numba.njit(cache=True, parallel=True, error_model="numpy")
-def _decorrelation_tail_par(M, bits, R, d, c, has_d, add_r, mask):
-    rows = np.empty(M.shape[0], bits.dtype)
-    for i in numba.prange(M.shape[0]):
-        rows[i] = _decorrelation_tail_row(M, bits, R, d, i, c, has_d, add_r, mask)
-    return rows.max()
 
 
 @numba.njit(cache=True, error_model="numpy")
@@ -607,8 +591,7 @@ def decorrelation_tail(M, R, d, scale: float, add: bool) -> float:
         return max_abs(M)
     ints, mask, _ = bits
     has_d = d is not None
-    run = _decorrelation_tail_par if M.size >= _PARALLEL_MIN else _decorrelation_tail_ser
-    m = run(M, M.view(ints), R, d if has_d else M[0, :0], c, has_d, bool(add), mask)
+    m = _decorrelation_tail_numba(M, M.view(ints), R, d if has_d else M[0, :0], c, has_d, bool(add), mask)
     v = float(np.array(m, ints).view(M.dtype))
     return v if math.isfinite(v) else math.inf
 

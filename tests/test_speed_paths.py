@@ -136,16 +136,3 @@ def test_an_unheld_weight_matrix_is_updated_in_place_with_the_same_bits():
     tile.apply(d)
     assert tile.weights().__array_interface__["data"][0] == addr
     np.testing.assert_array_equal(tile.weights(), expect)
-
-
-def test_decorrelation_tail_parallel_equals_serial():
-    """The row-parallel driver (large matrices) gives the serial one's bits and maximum."""
-    r = np.random.default_rng(6)
-    M, R = (r.standard_normal((300, 200)).astype(np.float32) for _ in range(2))
-    d = r.uniform(0, 2, 300).astype(np.float32)
-    ints, mask, _ = _kernels._BITS[M.dtype]
-    a, b = M.copy(), M.copy()
-    ma = _kernels._decorrelation_tail_ser(a, a.view(ints), R, d, np.float32(-0.01), True, True, mask)
-    mb = _kernels._decorrelation_tail_par(b, b.view(ints), R, d, np.float32(-0.01), True, True, mask)
-    np.testing.assert_array_equal(a, b)
-    assert ma == mb == np.abs(a).max().view(ints)
