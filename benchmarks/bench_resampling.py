@@ -21,7 +21,9 @@ measured in one run (contenders interleaved):
 
     python benchmarks/bench_resampling.py [--figures memory,k,gemm,torch] [--repeats 5]
 
-Timings swing on a shared machine: compare the ratios of one run, and print ``uptime``.
+Timings swing on a shared machine: each round measures the contenders back to back, and
+every figure is printed as ``median [min–max]`` over the rounds — times, and ratios formed
+round by round. Compare the ratios of one run, and note the load printed with them.
 """
 from __future__ import annotations
 
@@ -65,18 +67,33 @@ def timed(fn):
 
 
 def interleave(contenders: dict, repeats: int, block: int = 1, skip: int = 0) -> dict:
-    """Median seconds per call of each contender, called in turn ``block`` times each; the first
-    ``skip`` calls of each block are not counted (another thread pool may still be spinning)."""
-    times = {k: [] for k in contenders}
+    """Seconds per call of each contender, called in turn ``block`` times each per round for
+    ``repeats`` rounds; the first ``skip`` calls of each block are not counted (another thread
+    pool may still be spinning). Returns per contender the median of each round's calls (a
+    list, one per round): ratios of contenders are formed round by round (:func:`spread`)."""
+    rounds = {k: [] for k in contenders}
     for fn in contenders.values():
         fn()                                           # warm-up
     for _ in range(repeats):
         for k, fn in contenders.items():
+            times = []
             for i in range(block):
                 s = timed(fn)
                 if i >= skip:
-                    times[k].append(s)
-    return {k: statistics.median(v) for k, v in times.items()}
+                    times.append(s)
+            rounds[k].append(statistics.median(times))
+    return rounds
+
+
+def spread(values, scale=1.0, fmt="{:.1f}") -> str:
+    """``median [min–max]`` of ``values`` (times ``scale``)."""
+    v = [x * scale for x in values]
+    return f"{fmt.format(statistics.median(v))} [{fmt.format(min(v))}–{fmt.format(max(v))}]"
+
+
+def ratios(rounds: dict, a: str, b: str) -> list:
+    """``a ÷ b`` of each round (the two measured back to back)."""
+    return [x / y for x, y in zip(rounds[a], rounds[b])]
 
 
 # --------------------------------------------------------------------------- the GEMMs of a step
@@ -190,9 +207,11 @@ def fig_k(repeats):
     print("\n[k] a K = 100 DANP step ÷ a K = 1 step (interleaved)")
     x, t = problem(SIZES, BATCH)
     (n1, r1), (n100, r100) = danp(SIZES, 1), danp(SIZES, 100)
-    med = interleave({"K=1": lambda: r1.step(n1, x, t), "K=100": lambda: r100.step(n100, x, t)}, repeats)
-    print(f"K=1 {med['K=1']:.2f} s, K=100 {med['K=100']:.1f} s: ratio {med['K=100'] / med['K=1']:.1f}× (goal ≤ 30×)")
-    return med
+    rounds = interleave({"K=1": lambda: r1.step(n1, x, t), "K=100": lambda: r100.step(n100, x, t)}, repeats)
+    r = ratios(rounds, "K=100", "K=1")
+    print(f"K=1 {spread(rounds['K=1'], fmt='{:.2f}')} s, K=100 {spread(rounds['K=100'])} s: "
+          f"ratio {spread(r)}× (goal ≤ 30×)")
+    return {k: statistics.median(v) for k, v in rounds.items()}
 
 
 def fig_gemm(repeats):
@@ -202,10 +221,11 @@ def fig_gemm(repeats):
         x, t = problem(sizes, B)
         net, rule = danp(sizes)
         bare = bare_gemms(danp_gemms(sizes, B))
-        med = interleave({"step": lambda: rule.step(net, x, t), "gemms": bare}, repeats, block=3)
-        res[str(sizes)] = med["step"] / med["gemms"]
-        print(f"{sizes} batch {B}: step {med['step'] * 1e3:.1f} ms, GEMMs {med['gemms'] * 1e3:.1f} ms: "
-              f"{med['step'] / med['gemms']:.2f}× (goal ≤ 1.15× on the large network)")
+        rounds = interleave({"step": lambda: rule.step(net, x, t), "gemms": bare}, repeats, block=3)
+        r = ratios(rounds, "step", "gemms")
+        res[str(sizes)] = statistics.median(r)
+        print(f"{sizes} batch {B}: step {spread(rounds['step'], 1e3)} ms, GEMMs {spread(rounds['gemms'], 1e3)} ms: "
+              f"{spread(r, fmt='{:.2f}')}× (goal ≤ 1.15× on the large network)")
     return res
 
 
@@ -227,11 +247,13 @@ def fig_torch(repeats):
         net, rule = danp(sizes)
         ref = torch_danp(sizes, B)
         xt, tt = torch.from_numpy(x), torch.from_numpy(t)
-        med = interleave({"noisesim": lambda: rule.step(net, x, t), "torch": lambda: ref.step(xt, tt)},
-                         repeats, block=4, skip=1)
-        res[str(sizes)] = med["noisesim"] / med["torch"]
-        print(f"{sizes} batch {B}: noisesim {med['noisesim'] * 1e3:.1f} ms, torch {med['torch'] * 1e3:.1f} ms: "
-              f"{med['noisesim'] / med['torch']:.2f}× (below 1: noisesim faster)  [torch {torch.__version__}]")
+        rounds = interleave({"noisesim": lambda: rule.step(net, x, t), "torch": lambda: ref.step(xt, tt)},
+                            repeats, block=4, skip=1)
+        r = ratios(rounds, "noisesim", "torch")
+        res[str(sizes)] = statistics.median(r)
+        print(f"{sizes} batch {B}: noisesim {spread(rounds['noisesim'], 1e3)} ms, torch "
+              f"{spread(rounds['torch'], 1e3)} ms: {spread(r, fmt='{:.2f}')}× (below 1: noisesim faster)  "
+              f"[torch {torch.__version__}]")
     return res
 
 

@@ -35,8 +35,7 @@ import os
 import numba
 import numpy as np
 
-from . import _rng_numba
-from ._rng_numba import fill_row as _fill_row
+from . import _rng_numba, threads
 from .backend import get_array_module
 
 _MODE_NONE, _MODE_CLIP, _MODE_QUANT, _MODE_SIGN = 0, 1, 2, 3
@@ -228,6 +227,32 @@ def _epilogue_ser(a, out, zr, rs, zn, ns, inj, post, gain, has_r, has_n, has_inj
 
 
 @numba.njit(cache=True, inline="always", error_model="numpy")
+def _fill_row(z, bits, tail, key, i):
+    # noisesim._rng_numba.fill_row, the same numbers by the same steps (its hashes, its
+    # central inversion, its tail for the draws beyond W_SPLIT), with one change that is not
+    # in the numbers: whether a row has a tail draw is a uint8 maximum of the flags, which
+    # vectorises with the inversion; fill_row's integer count of them did not (its loop
+    # measured 1.5× this one's time per number)
+    s = _rng_numba.row_state(key, i)
+    n = z.shape[0]
+    h = (n + 1) // 2
+    for m in range(h):
+        r = _rng_numba._mix(s + np.uint64(m + 1) * _rng_numba._GAMMA)
+        bits[m] = np.uint32(r & _rng_numba._M32)
+        bits[m + h] = np.uint32(r >> _rng_numba._S32)
+    beyond = np.uint8(0)
+    for j in range(n):
+        v, t = _rng_numba._central(np.int32(bits[j]))
+        z[j] = v
+        tail[j] = t
+        beyond = max(beyond, np.uint8(t))
+    if beyond:
+        for j in range(n):
+            if tail[j]:
+                z[j] = _rng_numba._tail(np.int32(bits[j]))
+
+
+@numba.njit(cache=True, inline="always", error_model="numpy")
 def _keyed_row(a, out, i, rkey, rs, nkey, ns, inj, post, g, has_r, has_n, has_inj, has_post, acc,
                mode, half, s, b, w, zr, zn, bits, tail, row0):
     # the epilogue with its Gaussian noise drawn in place (see noisesim._rng_numba); w, zr,
@@ -351,6 +376,55 @@ def _col2im_numba(d, out, C, kh, kw, sh, sw, ph, pw):
                             out[n, y, t + c] += d[n, i, j, off + c]
 
 
+@numba.njit(cache=True, error_model="numpy")
+def _column_sumsq_numba(x, out):
+    # out_j = Σ_i x_ij² row after row: NumPy's (x * x).sum(axis=0) in its order and precision
+    out[:] = 0
+    for i in range(x.shape[0]):
+        for j in range(x.shape[1]):
+            v = x[i, j]
+            out[j] += v * v
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _decorrelation_tail_numba(M, bits, R, d, c, has_d, add_r, mask):
+    # M_ij ← (M_ij − d_i R_ij)·c (+ R_ij), every operation rounded to M's precision as the
+    # NumPy expressions, and the largest |M_ij| as integer bits (see _dac_absmax_numba), each
+    # row scanned while it is in cache
+    m = bits[0, 0] & 0
+    for i in range(M.shape[0]):
+        row = M[i]
+        if has_d:
+            di = d[i]
+            if add_r:
+                for j in range(row.shape[0]):
+                    r = R[i, j]
+                    row[j] = (row[j] - di * r) * c + r
+            else:
+                for j in range(row.shape[0]):
+                    row[j] = (row[j] - di * R[i, j]) * c
+        elif add_r:
+            for j in range(row.shape[0]):
+                row[j] = row[j] * c + R[i, j]
+        else:
+            for j in range(row.shape[0]):
+                row[j] = row[j] * c
+        b = bits[i]
+        for j in range(b.shape[0]):
+            v = b[j] & mask
+            m = v if v > m else m
+    return m
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _leaky_relu_numba(a, out, s):
+    # out = max(a, s·a): NumPy's maximum(a, a * s) in one pass (NaN propagates as there)
+    for i in range(a.shape[0]):
+        v = a[i]
+        w = v * s
+        out[i] = v if v >= w or v != v else w
+
+
 def _numba(par, ser):
     def run(first, *args):
         (par if first.size >= _PARALLEL_MIN else ser)(first, *args)
@@ -361,13 +435,20 @@ def _numba(par, ser):
 _convert_numba = _numba(_convert_par, _convert_ser)
 _epilogue_numba = _numba(_epilogue_par, _epilogue_ser)
 _pulsed_numba = _numba(_pulsed_par, _pulsed_ser)
-# The keyed epilogue (~1.5 ns an element, noise included) runs serially below the same size:
-# on 2 cores numba's threads lost to the BLAS threads that had just run the GEMM.
+# The keyed epilogue (~1.8 ns an element, noise included) runs serially below the same size
+# while other processes keep the cores busy: there numba's threads lost to the BLAS threads
+# that had just run the GEMM. Its work is the noise, compute-bound, so from
+# _KEYED_PARALLEL_FREE_MIN elements it goes parallel when noisesim.threads sees at least two
+# cores free (2000 × 1024 on 2 free cores: 2.1–2.8 ms against 3.3–3.7 ms serial, right after
+# a two-thread GEMM). Both drivers draw the same numbers.
 _KEYED_PARALLEL_MIN = _PARALLEL_MIN
+_KEYED_PARALLEL_FREE_MIN = 1 << 18
 
 
 def _keyed_numba(a, *args):
-    (_keyed_par if a.size >= _KEYED_PARALLEL_MIN else _keyed_ser)(a, *args)
+    par = a.size >= _KEYED_PARALLEL_MIN or (
+        a.size >= _KEYED_PARALLEL_FREE_MIN and numba.config.NUMBA_NUM_THREADS > 1 and threads.free_cores() >= 2)
+    (_keyed_par if par else _keyed_ser)(a, *args)
 
 
 # --------------------------------------------------------------------------- cupy (GPU)
@@ -475,21 +556,28 @@ def convert(x, bits, bound, out=None, *, gain=None):
     return out
 
 
+# per float dtype: (integers of its width, the mask of every bit but the sign, +Inf's bits)
+_BITS = {}
+for _t in (np.float32, np.float64):
+    _i = np.dtype(f"int{8 * np.dtype(_t).itemsize}")
+    _BITS[np.dtype(_t)] = (_i, _i.type(np.iinfo(_i).max), np.array(np.inf, _t).view(_i)[()])
+del _t, _i
+
+
 def all_finite(x) -> bool:
     """Whether every element of ``x`` is finite (no NaN, no ±Inf).
 
     On the CPU one vectorised pass over the integer bits: a float is finite exactly when its
     magnitude bits are below those of +Inf.
     """
-    xp = get_array_module(x)
     if x.size == 0:
         return True
-    if _path(x) == "cupy" or x.dtype.kind != "f" or x.dtype.itemsize not in (4, 8):
-        return bool(xp.isfinite(x).all())
-    x = np.ascontiguousarray(x).reshape(-1)
-    ints = np.dtype(f"int{8 * x.itemsize}")
-    inf = np.array(np.inf, x.dtype).view(ints)
-    return bool(_max_magnitude_bits(x.view(ints), ints.type(np.iinfo(ints).max)) < inf)
+    bits = _BITS.get(x.dtype) if type(x) is np.ndarray and not _CUPY_PATH_ON_NUMPY else None
+    if bits is None:
+        return bool(get_array_module(x).isfinite(x).all())
+    ints, mask, inf = bits
+    x = (x if x.flags.c_contiguous else np.ascontiguousarray(x)).reshape(-1)
+    return bool(_max_magnitude_bits(x.view(ints), mask) < inf)
 
 
 def max_abs(x) -> float:
@@ -497,17 +585,67 @@ def max_abs(x) -> float:
 
     On the CPU the integer-bits pass of :func:`all_finite` (NaN's bits order above Inf's).
     """
-    xp = get_array_module(x)
     if x.size == 0:
         return 0.0
-    if _path(x) == "cupy" or x.dtype.kind != "f" or x.dtype.itemsize not in (4, 8):
-        m = float(xp.abs(x).max())
+    bits = _BITS.get(x.dtype) if type(x) is np.ndarray and not _CUPY_PATH_ON_NUMPY else None
+    if bits is None:
+        m = float(get_array_module(x).abs(x).max())
         return m if math.isfinite(m) else math.inf
-    x = np.ascontiguousarray(x).reshape(-1)
-    ints = np.dtype(f"int{8 * x.itemsize}")
-    m = _max_magnitude_bits(x.view(ints), ints.type(np.iinfo(ints).max))
-    v = float(np.array(m, ints).view(x.dtype))
+    ints, mask, _ = bits
+    x = (x if x.flags.c_contiguous else np.ascontiguousarray(x)).reshape(-1)
+    v = float(np.array(_max_magnitude_bits(x.view(ints), mask), ints).view(x.dtype))
     return v if math.isfinite(v) else math.inf
+
+
+def column_sumsq(x):
+    """``d_j = Σ_i x_ij²`` of a 2-D array: the bits of ``(x * x).sum(axis=0)`` without its
+    temporary (on the CPU one pass, summed row after row in ``x``'s precision, as NumPy's
+    reduction over the leading axis does)."""
+    if _path(x) == "cupy" or x.dtype.kind != "f" or not x.flags.c_contiguous or x.shape[0] == 0:
+        return (x * x).sum(axis=0)
+    out = np.empty(x.shape[1], x.dtype)
+    _column_sumsq_numba(x, out)
+    return out
+
+
+def decorrelation_tail(M, R, d, scale: float, add: bool) -> float:
+    """In place: ``M ← (M − diag(d) R) · scale (+ R)`` (``d=None``: ``M ← M · scale (+ R)``);
+    returns ``max |M|`` of the result (``inf`` when it holds NaN or Inf).
+
+    On the CPU one pass over ``M`` and ``R`` with every operation rounded to their precision
+    in the order written (the bits of the NumPy expressions ``M -= d[:, None] * R``,
+    ``M *= scale``, ``M += R`` and :func:`max_abs`); the divergence check of the
+    decorrelation update reads the result while it is in cache.
+    """
+    c = M.dtype.type(scale)
+    bits = _BITS.get(M.dtype) if type(M) is np.ndarray and not _CUPY_PATH_ON_NUMPY else None
+    if (bits is None or M.size == 0 or not (M.flags.c_contiguous and R.flags.c_contiguous)
+            or R.dtype != M.dtype):
+        if d is not None:
+            for i in range(0, M.shape[0], 256):          # a bounded temporary, never n×n
+                M[i:i + 256] -= d[i:i + 256, None] * R[i:i + 256]
+        M *= c
+        if add:
+            M += R
+        return max_abs(M)
+    ints, mask, _ = bits
+    has_d = d is not None
+    m = _decorrelation_tail_numba(M, M.view(ints), R, d if has_d else M[0, :0], c, has_d, bool(add), mask)
+    v = float(np.array(m, ints).view(M.dtype))
+    return v if math.isfinite(v) else math.inf
+
+
+def leaky_relu(a, slope: float):
+    """``max(a, slope·a)`` (leaky ReLU for ``0 ≤ slope < 1``) into a new array: on the CPU one
+    pass with the bits of NumPy's ``maximum(a, a * slope)``."""
+    s = a.dtype.type(slope)
+    if _path(a) == "cupy" or a.dtype.kind != "f" or not a.flags.c_contiguous or a.size < 4096:
+        xp = get_array_module(a)
+        out = a * s
+        return xp.maximum(a, out, out=out)
+    out = np.empty_like(a)
+    _leaky_relu_numba(a.reshape(-1), out.reshape(-1), s)
+    return out
 
 
 def dac_absmax(x, bits, bound, out=None, *, chunk=None):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from . import _kernels
 from .backend import get_array_module
 
 ACTIVATIONS = ("leaky_relu", "tanh", "sigmoid", "linear")
@@ -28,8 +29,7 @@ class Activation:
     def __call__(self, a):
         xp = get_array_module(a)
         if self.name == "leaky_relu":      # max(a, s·a) = leaky ReLU for 0 ≤ s < 1 (one pass, no mask)
-            out = a * a.dtype.type(self.slope)
-            return xp.maximum(a, out, out=out)
+            return _kernels.leaky_relu(a, self.slope)
         if self.name == "tanh":
             return xp.tanh(a)
         if self.name == "sigmoid":

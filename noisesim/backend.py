@@ -14,6 +14,7 @@ another draws.
 from __future__ import annotations
 
 import logging
+import sys
 import zlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,7 +52,10 @@ def cupy_available() -> bool:
 def get_array_module(*arrays):
     """The array module (numpy or cupy) of the given arrays."""
     for a in arrays:
-        if type(a).__module__.split(".")[0] == "cupy":
+        t = type(a)
+        if t is np.ndarray or t is float or t is int or a is None:      # the common cases, no lookup
+            continue
+        if t.__module__.split(".")[0] == "cupy":
             import cupy
 
             return cupy
@@ -63,6 +67,15 @@ def to_numpy(a):
     if type(a).__module__.split(".")[0] == "cupy":
         return a.get()
     return np.asarray(a)
+
+
+def sole_owner(a, holders: int = 1) -> bool:
+    """Whether NumPy array ``a`` owns its memory and nothing holds it but the caller's own
+    ``holders`` references (CPython's reference count, less this call's parameter and
+    ``sys.getrefcount``'s argument): then the caller may overwrite it in place and no one
+    sees the change. ``False`` for every other array (views, CuPy arrays, read-only ones)."""
+    return (type(a) is np.ndarray and a.base is None and a.flags.c_contiguous and a.flags.writeable
+            and sys.getrefcount(a) <= holders + 2)
 
 
 @dataclass(frozen=True)

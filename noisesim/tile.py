@@ -41,7 +41,7 @@ import numpy as np
 import dataclasses
 
 from . import _kernels, conductance, drift, update
-from .backend import Backend, KeyTape, Streams, to_numpy
+from .backend import Backend, KeyTape, Streams, sole_owner, to_numpy
 from .config import DeviceConfig
 
 
@@ -195,7 +195,10 @@ class Tile:
         """Apply an update ``W ← W + delta`` through the device update model."""
         delta = self._check_shape("apply", delta)
         if not self.mapped:  # exact software weights: the ideal update is the only model
-            self._w = self._w + delta
+            if sole_owner(self._w, 1):          # nothing else sees W: add in place, same bits
+                self.xp.add(self._w, delta, out=self._w)
+            else:
+                self._w = self._w + delta
             return
         update.MODELS[self.config.update](self, delta)
         if self._stale:
@@ -381,8 +384,11 @@ class Tile:
         if node_std is not None:
             if node_rng is None:
                 raise ValueError("node_std was given without a node_rng stream to draw the node noise from")
-            nstd = xp.zeros(prep.rows * R, self.dtype) + (node_std / s if s is not None else node_std)
-            nstd = nstd.astype(self.dtype, copy=False)
+            if s is None and node_std.shape == (prep.rows * R,):
+                nstd = node_std.astype(self.dtype, copy=False)
+            else:
+                nstd = xp.zeros(prep.rows * R, self.dtype) + (node_std / s if s is not None else node_std)
+                nstd = nstd.astype(self.dtype, copy=False)
         if inject is not None and s is not None:
             inject = inject / s[:, None]
         out = None
@@ -402,6 +408,15 @@ class Tile:
                 gain=gain, post=post, out=out, row0=row0,
             )
         return out
+
+    def _constant_std(self, rows: int):
+        """The node noise's std for ``rows`` ungated rows: kept between reads (no caller
+        writes it)."""
+        key = (rows, self.config.node_noise)
+        if getattr(self, "_std_key", None) != key:
+            self._std_rows = self.xp.full(rows, self.config.node_noise, dtype=self.dtype)
+            self._std_key = key
+        return self._std_rows
 
     def prepare(self, x, *, check_finite: bool = False) -> "Prepared":
         """The part of a read of ``x`` that does not depend on the noise — the DAC and the GEMM
@@ -448,9 +463,11 @@ class Tile:
 
         node_std = node_rng = None
         if self.config.node_noise > 0:
-            node_std = self.xp.full(rows, self.config.node_noise, dtype=self.dtype)
             if gate is not None:
+                node_std = self.xp.full(rows, self.config.node_noise, dtype=self.dtype)
                 node_std *= gate
+            else:
+                node_std = self._constant_std(rows)
             node_rng = stream("node")
         read_rng = stream("read")
         if prep is None:

@@ -18,10 +18,12 @@ above it R diverges within a few steps, which :func:`check_decorrelation` report
 """
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 
-from noisesim import _kernels
-from noisesim.backend import get_array_module, to_numpy
+from noisesim import _kernels, threads
+from noisesim.backend import get_array_module, sole_owner, to_numpy
 from noisesim.errors import DivergenceError
 
 
@@ -44,8 +46,29 @@ def offdiag_moment(xs):
     return C
 
 
-# rows of R handled at once where ΔR needs ``diag(d) R``: a bounded temporary, never n×n
-_ROWS = 256
+def _delta(xs, R, alpha: float, add: bool, out=None, scratch=None):
+    """``ΔR`` (``add=False``) or ``R + ΔR`` (``add=True``) in one n×n buffer (``out`` when
+    given, else a new one) and ``max |·|`` of it; ``scratch`` may hold the ``(B, n)`` product
+    ``x* R``. After the GEMMs one pass over the result does the rest (diagonal term, scaling,
+    ``+ R``, the largest magnitude): :func:`noisesim._kernels.decorrelation_tail`."""
+    B, n = xs.shape
+    xp = get_array_module(xs)
+    numpy = xp is np and out is not None and xs.dtype == R.dtype == out.dtype and (
+        scratch is None or scratch.dtype == R.dtype)
+    if B >= n:
+        M = offdiag_moment(xs)
+        M = xp.matmul(M, R, out=out) if numpy else M @ R
+        big = _kernels.decorrelation_tail(M, R, None, -alpha, add)
+        return M, big
+    if numpy:
+        P = xp.matmul(xs, R, out=scratch)
+        M = xp.matmul(xs.T, P, out=out)
+        del P
+    else:
+        M = xs.T @ (xs @ R)
+    d = _kernels.column_sumsq(xs)
+    big = _kernels.decorrelation_tail(M, R, d, -alpha / B, add)
+    return M, big
 
 
 def decorrelation_delta(xs, R, alpha: float):
@@ -54,19 +77,9 @@ def decorrelation_delta(xs, R, alpha: float):
     With fewer samples than inputs (``B < n``) it is computed as
     ``−α/B (x*ᵀ(x* R) − diag(Σ_b x*²) R)``: two ``B·n²`` products instead of ``B·n² + n³``.
     Either way the only n×n arrays are the products the arithmetic needs (the moment, when
-    ``B ≥ n``, and ΔR itself): scaling and the diagonal term work in place.
+    ``B ≥ n``, and ΔR itself): the diagonal term and the scaling are one pass over ΔR.
     """
-    B, n = xs.shape
-    if B >= n:
-        M = offdiag_moment(xs) @ R
-        M *= -alpha
-        return M
-    M = xs.T @ (xs @ R)
-    d = (xs * xs).sum(axis=0)
-    for i in range(0, n, _ROWS):
-        M[i:i + _ROWS] -= d[i:i + _ROWS, None] * R[i:i + _ROWS]
-    M *= -alpha / B
-    return M
+    return _delta(xs, R, alpha, False)[0]
 
 
 def _bound(xs) -> str:
@@ -87,7 +100,11 @@ def check_decorrelation(R, xs, alpha: float, layer: int, limit: float = 1e3) -> 
 
     One pass over ``R`` (``max |R|``, NaN and Inf included), no copy of it.
     """
-    big = _kernels.max_abs(R)
+    _check_max(_kernels.max_abs(R), xs, alpha, layer, limit)
+
+
+def _check_max(big: float, xs, alpha: float, layer: int, limit: float) -> None:
+    """:func:`check_decorrelation` of a matrix whose ``max |R|`` is ``big``."""
     if not np.isfinite(big) or big > limit:
         raise DivergenceError(
             f"decorrelation of layer {layer} diverged (max |R| = {big:.3g}) with alpha={alpha:g}; "
@@ -96,27 +113,60 @@ def check_decorrelation(R, xs, alpha: float, layer: int, limit: float = 1e3) -> 
         )
 
 
+# Per network, arrays the decorrelation update may write into on its next step: per layer
+# the matrix R it replaced (when nothing else holds it) and the (B, n) scratch of x* R. A
+# fresh n×n array costs page faults on every step (3072² floats: 36 MB, beyond malloc's reuse).
+_SPARE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
 def update_decorrelation(net, inputs, alpha: float, limit: float = 1e3) -> None:
     """``R_l ← R_l + ΔR_l`` on every layer (``ΔR_l`` of :func:`decorrelation_delta` for the
     decorrelated inputs ``inputs[l]``), all layers or none.
 
-    The new matrix is formed in ΔR's own buffer, and one pass over it (``max |R|``, which is
-    ``inf`` for NaN or Inf) is both the finiteness check and the divergence check of
-    :func:`check_decorrelation`: no n×n array beyond ΔR, no separate pass for either check.
-    Raises :class:`DivergenceError` (naming α and its stable bound; its ``layer`` attribute
-    is the layer) before anything changes.
+    The new matrix is formed in one n×n buffer (on NumPy the matrix this update replaced on
+    the previous step, when nothing else holds it), and the pass that forms it also finds
+    ``max |R|`` (``inf`` for NaN or Inf): both the finiteness check and the divergence check
+    of :func:`check_decorrelation`, at no pass of its own. Raises :class:`DivergenceError`
+    (naming α and its stable bound; its ``layer`` attribute is the layer) before anything
+    changes.
     """
+    try:
+        spare = _SPARE.setdefault(net, {})
+    except TypeError:                         # a network that takes no weak reference
+        spare = {}
+    # BLAS threads for the largest product, x*ᵀ(x* R) or the moment (see noisesim.threads)
+    flops = max(2.0 * x.shape[0] * x.shape[1] ** 2 for x in inputs)
+    with threads.for_flops(flops):
+        new = _new_matrices(net, inputs, alpha, limit, spare)
+    for l in range(len(new)):
+        old = net.decorrelation(l)
+        net.set_decorrelation(l, new[l])
+        if sole_owner(old, 1):                # nobody else sees it: next step's buffer
+            spare[("R", l)] = old
+        del old
+
+
+def _new_matrices(net, inputs, alpha, limit, spare) -> list:
+    """``R_l + ΔR_l`` of every layer, checked (see :func:`update_decorrelation`)."""
     new = []
     for l in range(net.n_layers):
         R = net.decorrelation(l)
         xs = read_vectors(inputs[l], R.shape[0])
-        M = decorrelation_delta(xs, R, alpha)
-        M += R
+        out = spare.pop(("R", l), None)
+        if out is not None and (out.shape != R.shape or out.dtype != R.dtype):
+            out = None
+        scratch = spare.get(("P", l))                  # one per layer: bounded memory
+        if type(xs) is np.ndarray and xs.shape[0] < xs.shape[1] and (
+                scratch is None or scratch.shape != (xs.shape[0], R.shape[1]) or scratch.dtype != R.dtype):
+            scratch = spare[("P", l)] = np.empty((xs.shape[0], R.shape[1]), R.dtype)
+        if out is None and type(R) is np.ndarray:
+            out = np.empty_like(R)
+        M, big = _delta(xs, R, alpha, True, out=out, scratch=scratch)
+        del R, out
         try:
-            check_decorrelation(M, xs, alpha, l, limit)
+            _check_max(big, xs, alpha, l, limit)
         except DivergenceError as err:
             err.layer = l                     # for a caller that names the layer its own way
             raise
         new.append(M)
-    for l, M in enumerate(new):
-        net.set_decorrelation(l, M)
+    return new
