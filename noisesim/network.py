@@ -385,10 +385,20 @@ class Network:
             )
         return delta
 
-    def apply_update(self, l: int, delta) -> None:
-        """``W_l ← W_l + delta`` through the device update model (the only weight write)."""
+    def apply_update(self, l: int, delta, *, finite: bool = False) -> None:
+        """``W_l ← W_l + delta`` through the device update model (the only weight write).
+
+        ``delta`` is checked for NaN and Inf first unless the caller vouches for it
+        (``finite=True``: a rule's optimizer step from updates its divergence guard checked)."""
         tile = self.tiles[l]
-        tile.apply(self._check_delta("weight update", l, delta, (tile.n_out, tile.n_in)))
+        shape = (tile.n_out, tile.n_in)
+        if finite:
+            delta = self.backend.asarray(delta)
+            if delta.shape != shape:
+                raise ValueError(f"weight update for layer {l} has shape {tuple(delta.shape)}, expected {shape}")
+            tile.apply(delta)
+            return
+        tile.apply(self._check_delta("weight update", l, delta, shape))
 
     def apply_decorrelation_update(self, l: int, delta) -> None:
         """``R_l ← R_l + delta`` (digital).

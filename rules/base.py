@@ -19,7 +19,7 @@ from noisesim.protocol import Estimate
 
 from .decorrelation import update_decorrelation
 from .losses import Loss
-from .optim import OPTIMIZERS, make_optimizer
+from .optim import OPTIMIZERS, SGD, Adam, make_optimizer
 
 STATE_VERSION = 1
 
@@ -228,8 +228,11 @@ class Rule:
                 update_decorrelation(net, est.inputs, self.alpha)
             except DivergenceError as exc:
                 raise guard.decorrelation_error(self, est, exc.layer, exc) from None
+        # the guard found every update finite, and SGD's and Adam's steps from finite updates
+        # are finite: the network need not check them again (a device without the option does)
+        vouch = {"finite": True} if type(self.optimizer) in (SGD, Adam) and takes_finite(net) else {}
         for l, d in enumerate(self.optimizer.update(est.updates, self.opt_state)):
-            net.apply_update(l, d)
+            net.apply_update(l, d, **vouch)
 
 
 def blas_threads(net, rows: int):
@@ -240,6 +243,19 @@ def blas_threads(net, rows: int):
         return choose(rows)
     sizes = getattr(net, "sizes", None)
     return threads.for_layers(sizes, rows) if sizes is not None else contextlib.nullcontext()
+
+
+def takes_finite(net) -> bool:
+    """Whether ``net.apply_update`` takes ``finite=`` (a device of before the option does not)."""
+    fn = type(net).apply_update
+    found = _TAKES_GUARD.get(("finite", fn))
+    if found is None:
+        try:
+            found = "finite" in inspect.signature(fn).parameters
+        except (TypeError, ValueError):
+            found = False
+        _TAKES_GUARD[("finite", fn)] = found
+    return found
 
 
 def takes_guard(method) -> bool:

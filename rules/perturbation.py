@@ -100,13 +100,14 @@ class Contraction:
                 self.u[l] += t
 
     def result(self, count: int) -> list:
-        """The per-layer sums divided by ``count`` (``K·B``)."""
+        """The per-layer sums divided by ``count`` (``K·B``), in place: call it once."""
         out = []
         for u, g, x in zip(self.u, self.g, self.x):
             if g is not None:
                 v = rows(g).T @ rows(x)
                 u = v if u is None else u + v
-            out.append(u / count)
+            u /= count                       # the sums are this object's own arrays
+            out.append(u)
         return out
 
 

@@ -164,3 +164,15 @@ def test_same_network_on_every_backend_agrees_with_noise_off(backend_name, dtype
     x = _x().astype(dtype_name)
     got = noisesim.to_numpy(net.forward(x).out)
     np.testing.assert_allclose(got, ref.forward(x).out, **tolerance(dtype_name))
+
+
+def test_apply_update_checks_unless_the_caller_vouches_the_update_is_finite():
+    net = Network.mlp([4, 3], seed=0, backend="numpy")
+    bad = np.full((3, 4), np.nan, dtype=np.float32)
+    with pytest.raises(DivergenceError, match="NaN or Inf"):
+        net.apply_update(0, bad)
+    with pytest.raises(ValueError, match="expected \\(3, 4\\)"):
+        net.apply_update(0, np.zeros((4, 3), np.float32), finite=True)
+    w = net.get_state()["W0"]
+    net.apply_update(0, np.ones((3, 4), np.float32), finite=True)
+    np.testing.assert_allclose(net.get_state()["W0"], w + 1)
