@@ -26,7 +26,7 @@
              ``--array-col2im`` adds BP and DBP steps that run the array col2im
              (``Layer.fold_plain``, the code kept for CuPy) instead of the Numba kernel
              (``Layer.fold``): the kernel's gain, in the same run.
-``memory``   peak resident memory (``ru_maxrss``) of a fresh process that builds the network
+``memory``   peak resident memory (``VmHWM``, falling back to ``ru_maxrss``) of a fresh process that builds the network
              and takes one DANP step (noisy baseline, ``ideal``), on the paper's ConvNet and on
              the Tiny ImageNet ConvNet ``c5x5x32s2 c3x3x64s2 c5x5x128 f512 f512 f200``
              (64×64×3, 200 classes), batch ``--step-batch``.
@@ -40,13 +40,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
 import time
 
 import numpy as np
+
+from _memory import peak_rss_kb     # benchmarks/_memory.py, next to this script
 
 import noisesim
 import rules
@@ -320,10 +321,10 @@ def run_child(which: str, batch: int) -> None:
     shape, spec, classes = NETS[which]
     x, t = problem(shape, classes, batch)
     net, rule = trainer("danp", {"baseline": "noisy"}, shape, spec)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base = peak_rss_kb()
     with threads.for_layers(net.sizes, batch):
         s = timed(lambda: rule.step(net, x, t))
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = peak_rss_kb()
     print(json.dumps({"net": which, "batch": batch, "peak_gb": peak / 2 ** 20, "before_gb": base / 2 ** 20,
                       "step_s": s}))
 

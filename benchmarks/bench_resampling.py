@@ -7,7 +7,7 @@ measured in one run (contenders interleaved):
 ``memory``  peak resident memory of a fresh process that builds the network and takes one
             DANP step, at K = 1, 10, 30, 100 (default budget) and at K = 100 under other
             budgets (``memory_budget=``, bytes: the trade of memory for speed), with each
-            step's time. ``ru_maxrss`` of the child process.
+            step's time. The peak resident memory (``VmHWM``) of the child process.
 ``k``       a K = 100 step ÷ a K = 1 step (interleaved).
 ``gemm``    a DANP (K = 1) step ÷ the bare time of the GEMMs that step runs (the same shapes
             and layouts, listed in :func:`danp_gemms`).
@@ -30,13 +30,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
 import time
 
 import numpy as np
+
+from _memory import peak_rss_kb     # benchmarks/_memory.py, next to this script
 
 import noisesim
 import rules
@@ -184,9 +185,9 @@ def child(K: int, budget) -> dict:
 def run_child(K: int, budget: float) -> None:
     x, t = problem(SIZES, BATCH)
     net, rule = danp(SIZES, K, budget or None)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base = peak_rss_kb()
     s = timed(lambda: rule.step(net, x, t))
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = peak_rss_kb()
     print(json.dumps({"K": K, "budget": budget, "peak_gb": peak / 2 ** 20, "before_gb": base / 2 ** 20, "step_s": s}))
 
 
