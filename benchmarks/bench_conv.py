@@ -186,23 +186,13 @@ def fig_fold(args) -> dict:
 def aihwkit_convs(net):
     """aihwkit's AnalogConv2d layers holding ``net``'s kernels, configured like ``pcm``."""
     import torch
-    from aihwkit.inference.noise.pcm import PCMLikeNoiseModel
     from aihwkit.nn import AnalogConv2d
     from aihwkit.simulator.configs import InferenceRPUConfig
-    from aihwkit.simulator.parameters.enums import BoundManagementType, NoiseManagementType, WeightNoiseType
+    from _aihwkit import pcm_like
 
     mods = []
     for l, lay in enumerate(net.layers):
-        rpu = InferenceRPUConfig()
-        rpu.forward.w_noise = 0.0175
-        rpu.forward.w_noise_type = WeightNoiseType.ADDITIVE_CONSTANT
-        rpu.forward.out_noise = 0.04
-        rpu.forward.inp_res = 1 / 254
-        rpu.forward.out_res = 1 / 254
-        rpu.forward.out_bound = 10.0
-        rpu.forward.noise_management = NoiseManagementType.ABS_MAX
-        rpu.forward.bound_management = BoundManagementType.NONE
-        rpu.noise_model = PCMLikeNoiseModel(g_max=25.0)
+        rpu = pcm_like(InferenceRPUConfig())
         C_in, kh, kw = lay.in_shape[-1], *lay.kernel
         m = AnalogConv2d(C_in, lay.n_out, lay.kernel, stride=lay.stride, padding=lay.padding, bias=False,
                          rpu_config=rpu)

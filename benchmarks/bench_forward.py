@@ -63,29 +63,16 @@ def aihwkit_layers(n_in, n_out, w):
         import torch
         from aihwkit.nn import AnalogLinear
         from aihwkit.simulator.configs import InferenceRPUConfig, TorchInferenceRPUConfig
-        from aihwkit.simulator.parameters.enums import BoundManagementType, NoiseManagementType, WeightNoiseType
-        from aihwkit.inference.noise.pcm import PCMLikeNoiseModel
+        from _aihwkit import pcm_like
     except Exception as exc:  # ImportError or a broken build
         return None, f"{type(exc).__name__}: {exc}"
     out = []
     for name, cls in (("aihwkit InferenceRPUConfig (default C++ tile)", InferenceRPUConfig),
                       ("aihwkit TorchInferenceRPUConfig (PyTorch tile)*", TorchInferenceRPUConfig)):
-        rpu = cls()
-        if cls is InferenceRPUConfig:      # the PyTorch tile has no per-read weight noise
-            rpu.forward.w_noise = 0.0175
-            rpu.forward.w_noise_type = WeightNoiseType.ADDITIVE_CONSTANT
-        else:
-            rpu.forward.w_noise = 0.0
-            rpu.forward.w_noise_type = WeightNoiseType.NONE
-        rpu.forward.out_noise = 0.04
-        rpu.forward.inp_res = 1 / 254
-        rpu.forward.out_res = 1 / 254
-        rpu.forward.out_bound = 10.0
-        rpu.forward.noise_management = NoiseManagementType.ABS_MAX
-        rpu.forward.bound_management = BoundManagementType.NONE
+        # the PyTorch tile has no per-read weight noise
+        rpu = pcm_like(cls(), weight_noise=cls is InferenceRPUConfig)
         rpu.mapping.max_input_size = 0          # untiled, like "pcm untiled"
         rpu.mapping.max_output_size = 0
-        rpu.noise_model = PCMLikeNoiseModel(g_max=25.0)
         layer = AnalogLinear(n_in, n_out, bias=False, rpu_config=rpu)
         layer.set_weights(torch.from_numpy(w.astype(np.float32)))
         layer.eval()
