@@ -48,3 +48,27 @@ def test_arrays_of_the_cupy_path_take_the_array_code(monkeypatch):
     monkeypatch.setattr(_kernels, "_CUPY_PATH_ON_NUMPY", True)
     g = lay.fold(d)
     assert calls == [] and g.shape == (2, 8, 8, 2)
+
+
+@pytest.mark.parametrize("n", [1, 7, 16, 33, 64, 127, 128, 300])
+@pytest.mark.parametrize("parallel", [False, True])
+def test_the_keyed_epilogue_draws_each_rows_normals_whatever_the_row_width(n, parallel):
+    """Short rows (a convolution's reads) draw their normals a block of rows at a time: the
+    numbers are still row ``row0 + i``'s of the key, as the row-by-row generator draws them."""
+    from noisesim import _kernels, _rng_numba
+    rows, row0 = 301, 17
+    rng = np.random.default_rng(n)
+    a = rng.standard_normal((rows, n)).astype(np.float32)
+    rs = rng.uniform(0.1, 1, rows).astype(np.float32)
+    ns = rng.uniform(0.1, 1, rows).astype(np.float32)
+    zr = np.empty((row0 + rows, n), np.float32)
+    zn = np.empty((row0 + rows, n), np.float32)
+    _rng_numba._fill_normal(zr, np.uint64(11))
+    _rng_numba._fill_normal(zn, np.uint64(23))
+    want = a + rs[:, None] * zr[row0:] + ns[:, None] * zn[row0:]
+    got = a.copy()
+    kernel = _kernels._keyed_par if parallel else _kernels._keyed_ser
+    mode, half, step, bound = _kernels.converter_params(None, None)
+    kernel(got, got, np.uint64(11), rs, np.uint64(23), ns, a[:0, :0], a[0, :0], 1.0, True, True, False, False,
+           False, mode, half, step, bound, row0)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
