@@ -189,10 +189,16 @@ class TraceWriter:
                 raise TraceWriteError(self.path, f"cannot write the trace's header and initial state: "
                                       f"{_sink.describe(exc)}", None) from None
             raise
+        self._attach(f, 0)
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def _attach(self, f, steps: int) -> None:
+        """Start writing to the open file ``f``, which holds ``steps`` complete steps: through a
+        writer process (``f`` closed here and reopened there) or through a sink in this one."""
         self._schema = None
-        self._written = 0          # steps handed over (to the sink, or the process)
-        self._confirmed = 0        # steps known to be in the file
-        self._failed = None        # why the writer process stopped, once it has
+        self._written = steps       # steps handed over (to the sink, or the process)
+        self._confirmed = steps     # steps known to be in the file
+        self._failed = None         # why the writer process stopped, once it has
         self._pump, self._pump_error = None, None
         if self.background:
             f.close()
@@ -201,7 +207,6 @@ class TraceWriter:
         else:
             self._f, self._sink, self._proc = f, Sink(f), None
 
-    # -- helpers ---------------------------------------------------------------------------------
     _stored_schema = None         # the schema of a continued trace (``resume_steps``)
 
     def _continue(self, config_json: str, compression, k: int) -> None:
@@ -251,16 +256,7 @@ class TraceWriter:
         except BaseException:
             f.close()
             raise
-        self._schema = None
-        self._written = self._confirmed = k       # steps in the file already
-        self._failed = None
-        self._pump, self._pump_error = None, None
-        if self.background:
-            f.close()
-            self._f, self._sink = None, None
-            self._proc = _start_process(self.path)
-        else:
-            self._f, self._sink, self._proc = f, Sink(f), None
+        self._attach(f, k)
 
     @staticmethod
     def _write_state(f, group: str, state: dict) -> None:
