@@ -90,6 +90,11 @@ def sizes(data, hidden) -> list[int]:
     return [data.n_features, *[int(h) for h in hidden], data.n_outputs]
 
 
+def rule_label(name: str) -> str:
+    """The display label of rule ``name`` with its default options (``DANP``, ``BP`` …)."""
+    return make_rule(name).label
+
+
 def rule_kw(name: str, **perturbation) -> dict:
     """The perturbation options (``baseline``, ``samples``) that rule ``name`` accepts;
     backprop takes none of them."""

@@ -89,12 +89,11 @@ which the sixteen rate searches (102 five-epoch trials, cached) took about a thi
 from __future__ import annotations
 
 from .. import paper
-from ..experiment import (EVALUATION, common, learning_curves, learning_table, make_rule, resolve_lrs, rule_names,
-                          train_runs)
+from ..experiment import EVALUATION, common, learning_curves, learning_table, resolve_lrs, rule_names, train_runs
 from ..result import Result, fmt_spread, spread
 from ..scenario import register
 from ._comparison import (QUICK_SEARCH, SEARCH, channels_last, conv_architecture, differences, gain_verdict, load_data,
-                          mean, per_seed, rule_kw, search_trial, spec)
+                          mean, per_seed, rule_kw, rule_label, search_trial, spec)
 
 RULES = ("bp", "dbp", "np", "dnp", "anp", "danp", "inp", "dinp")
 PAIRS = (("np", "dnp"), ("anp", "danp"), ("inp", "dinp"), ("bp", "dbp"))
@@ -114,10 +113,6 @@ QUICK = {"n_train": 300, "n_test": 200, "epochs": 2, "n_seeds": 1,
          "layers.mnist1d": "c5x4s2 c3x8s2 f16 f10", "layers.digits": "c3x3x4 c3x3x8s2 f16 f10",
          "lr_search": dict(QUICK_SEARCH)}
 PAPER = {"blas_threads": None, "datasets": ["cifar10"], "batch_size": 1000, "epochs": 100, "lr": "paper"}
-
-
-def _label(name: str) -> str:
-    return make_rule(name).label
 
 
 @register("convnet", "BP, NP, ANP, INP with and without decorrelation on a convolutional network "
@@ -144,12 +139,12 @@ def run(cfg: dict, ctx) -> Result:
         kw = {n: rule_kw(n, baseline=cfg["baseline"]) for n in names}
         trial = search_trial(cfg, data, sz, B, kw, net_kw=net_kw)
         lrs = resolve_lrs(cfg, names, architecture=ARCH, result=res, trial=trial, suffix=f" ({ds})")
-        specs = [spec(cfg, _label(n), n, lrs[n], baseline=cfg["baseline"]) for n in names]
+        specs = [spec(cfg, rule_label(n), n, lrs[n], baseline=cfg["baseline"]) for n in names]
         runs = train_runs(cfg, specs, data, sizes=sz, epochs=cfg["epochs"], batch_size=B, progress=ctx.progress,
                           ctx=ctx, net_kw=net_kw, group_suffix=f" ({ds})")
         runs_by[ds], lrs_by[ds] = runs, lrs
         for n in names:
-            lab = _label(n)
+            lab = rule_label(n)
             combined[f"{lab} ({ds})"] = runs[lab]
             p = table_paper.get(n)
             extra[f"{lab} ({ds})"] = {
@@ -167,7 +162,7 @@ def run(cfg: dict, ctx) -> Result:
         for base, better in PAIRS + (("np", "anp"), ("dnp", "danp")):
             if base not in names or better not in names:
                 continue
-            a, b = per_seed(runs, _label(better)), per_seed(runs, _label(base))
+            a, b = per_seed(runs, rule_label(better)), per_seed(runs, rule_label(base))
             g = differences(a, b)
             gains[ds, base, better] = (g, a, b)
             s = spread(g)

@@ -58,12 +58,12 @@ from __future__ import annotations
 import numpy as np
 
 from .. import paper
-from ..experiment import (EVALUATION, common, learning_curves, learning_table, make_rule, resolve_lrs, rule_names,
+from ..experiment import (EVALUATION, common, learning_curves, learning_table, resolve_lrs, rule_names,
                           train_runs)
 from ..result import Result, fmt_spread, spread
 from ..scenario import register
 from ._comparison import (QUICK_SEARCH, SEARCH, differences, gain_verdict, load_data, mean, per_seed, rule_kw,
-                          search_trial, sizes, spec)
+                          rule_label, search_trial, sizes, spec)
 
 RULES = ("np", "dnp", "anp", "danp", "inp", "dinp", "bp", "dbp")
 SINGLE = ("np", "dnp", "bp", "dbp")          # in one layer ANP and INP are NP
@@ -80,10 +80,6 @@ QUICK = {"hidden": [32, 32, 32], "epochs": 2, "n_train": 300, "n_test": 200,
          "lr_search": dict(QUICK_SEARCH)}
 PAPER = {"blas_threads": None, "dataset": "cifar10",
          "hidden": [1024, 1024, 1024], "batch_size": 1000, "epochs": 100, "lr": "paper"}
-
-
-def _label(name: str) -> str:
-    return make_rule(name).label
 
 
 @register("decorrelation", "NP, ANP, INP and BP with and without decorrelation, 1 and 3 hidden layers "
@@ -105,13 +101,13 @@ def run(cfg: dict, ctx) -> Result:
         kw = {n: rule_kw(n, baseline=cfg["baseline"]) for n in arch_names}
         trial = search_trial(cfg, data, sz, cfg["batch_size"], kw)
         lrs = resolve_lrs(cfg, arch_names, architecture=arch, result=res, trial=trial, suffix=f" ({arch})")
-        specs = [spec(cfg, _label(n), n, lrs[n], baseline=cfg["baseline"]) for n in arch_names]
+        specs = [spec(cfg, rule_label(n), n, lrs[n], baseline=cfg["baseline"]) for n in arch_names]
         runs = train_runs(cfg, specs, data, sizes=sz, epochs=cfg["epochs"], batch_size=cfg["batch_size"],
                           progress=ctx.progress, ctx=ctx, group_suffix=f" ({arch})")
         runs_by_arch[arch], lrs_by_arch[arch] = runs, lrs
         table_paper = paper.PEAK_ACCURACY.get(arch, {})
         for n in arch_names:
-            lab = _label(n)
+            lab = rule_label(n)
             combined[f"{lab} ({arch})"] = runs[lab]
             ours_train = spread(per_seed(runs, lab, "train_acc"))["mean"]
             p = table_paper.get(n)
@@ -129,13 +125,13 @@ def run(cfg: dict, ctx) -> Result:
         for plain, dec in PAIRS:
             if plain not in arch_names or dec not in arch_names:
                 continue
-            a, b = per_seed(runs, _label(dec)), per_seed(runs, _label(plain))
+            a, b = per_seed(runs, rule_label(dec)), per_seed(runs, rule_label(plain))
             g = differences(a, b)
             gains[arch, plain] = (g, a, b)
             s = spread(g)
             pp = paper.PEAK_ACCURACY.get(arch, {})
             pg = (pp[dec][1] - pp[plain][1]) / 100 if plain in pp and dec in pp else None
-            gains_t.add(architecture=arch, rule=_label(plain), plain_peak_test_acc=mean(b),
+            gains_t.add(architecture=arch, rule=rule_label(plain), plain_peak_test_acc=mean(b),
                         decorrelated_peak_test_acc=mean(a), gain=s["mean"], gain_min=s["min"], gain_max=s["max"],
                         paper_gain=pg, lr_plain=lrs_by_arch[arch][plain], lr_decorrelated=lrs_by_arch[arch][dec])
 
@@ -202,7 +198,7 @@ def _claims(res, cfg, gains, runs3, names, arch3, lrs_by_arch):
     st = (f"DINP reaches the highest peak test accuracy of DNP, DANP and DINP ({arch3}): its lead over the "
           "better of the two, averaged over seeds, is positive")
     if all(n in names for n in need):
-        peaks = {n: per_seed(runs3, make_rule(n).label) for n in need}
+        peaks = {n: per_seed(runs3, rule_label(n)) for n in need}
         lead = [min(peaks["dinp"][i] - peaks["danp"][i], peaks["dinp"][i] - peaks["dnp"][i])
                 for i in range(len(peaks["dinp"]))]
         holds = bool(np.mean(lead) > 0)
