@@ -35,7 +35,7 @@ import os
 import numba
 import numpy as np
 
-from . import _rng_numba, threads
+from . import _rng_numba
 from .backend import get_array_module
 
 _MODE_NONE, _MODE_CLIP, _MODE_QUANT, _MODE_SIGN = 0, 1, 2, 3
@@ -520,20 +520,12 @@ def _numba(par, ser):
 _convert_numba = _numba(_convert_par, _convert_ser)
 _epilogue_numba = _numba(_epilogue_par, _epilogue_ser)
 _pulsed_numba = _numba(_pulsed_par, _pulsed_ser)
-# The keyed epilogue (~1.8 ns an element, noise included) runs serially below the same size
-# while other processes keep the cores busy: there numba's threads lost to the BLAS threads
-# that had just run the GEMM. Its work is the noise, compute-bound, so from
-# _KEYED_PARALLEL_FREE_MIN elements it goes parallel when noisesim.threads sees at least two
-# cores free (2000 × 1024 on 2 free cores: 2.1–2.8 ms against 3.3–3.7 ms serial, right after
-# a two-thread GEMM). Both drivers draw the same numbers.
-_KEYED_PARALLEL_MIN = _PARALLEL_MIN
-_KEYED_PARALLEL_FREE_MIN = 1 << 18
-
-
-def _keyed_numba(a, *args):
-    par = a.size >= _KEYED_PARALLEL_MIN or (
-        a.size >= _KEYED_PARALLEL_FREE_MIN and numba.config.NUMBA_NUM_THREADS > 1 and threads.free_cores() >= 2)
-    (_keyed_par if par else _keyed_ser)(a, *args)
+# The keyed epilogue (~1.8 ns an element, noise included) follows the same rule: its work is
+# compute-bound, but it runs right after a GEMM whose BLAS threads keep spinning on the other
+# core, and numba's threads lose to them (2000 × 1024 after a two-thread GEMM: 5.3–5.9 ms
+# parallel against 3.6–3.8 ms serial; a DANP step on 3072-1024³-10 2 % and a noisy conv
+# forward 7 % faster serial, both measured interleaved). Both drivers draw the same numbers.
+_keyed_numba = _numba(_keyed_par, _keyed_ser)
 
 
 # --------------------------------------------------------------------------- cupy (GPU)
