@@ -11,7 +11,13 @@
              ÷ the three GEMMs back to back). The im2col is inside the noisy side only. Both
              sides run under the BLAS threads noisesim chooses for the network
              (:func:`noisesim.threads.for_layers`). Also printed: each layer's im2col
-             (``Layer.unfold``) alone.
+             (``Layer.unfold``) alone, and the *floor* of the goal: the same GEMMs plus one
+             standard normal per output (the read noise every position's read must draw:
+             ``noisesim._rng_numba``'s generator, the package's fastest, on every core at once,
+             as many numbers in rows of 1024, its fastest shape) and plus the im2col copies — what any implementation that draws
+             independent noise per output and materialises the DAC'd patch rows (the ``abs_max``
+             DAC scales each patch by its own ``max|x|``, so a pixel's code depends on the patch)
+             pays at least. NumPy's ``standard_normal`` (float32, one thread) is timed beside it.
 ``fold``     the col2im of every conv layer of both ConvNets (batch ``--batch``): the Numba
              kernel (``Layer.fold``) ÷ the array code kept for CuPy (``Layer.fold_plain``).
 ``aihwkit``  the same three layers as aihwkit ``AnalogConv2d`` with an inference configuration
@@ -45,19 +51,35 @@ import subprocess
 import sys
 import time
 
+import numba
 import numpy as np
 
 from _memory import peak_rss_kb     # benchmarks/_memory.py, next to this script
 
 import noisesim
 import rules
-from noisesim import threads
+from noisesim import _rng_numba, threads
 
 CONV3 = "c3x3x16s2 c3x3x32s2 c3x3x64"
 CONVNET = CONV3 + " f1024 f10"
 TINY = "c5x5x32s2 c3x3x64s2 c5x5x128 f512 f512 f200"
 NETS = {"convnet": ((32, 32, 3), CONVNET, 10), "tiny": ((64, 64, 3), TINY, 200)}
 GOAL = 1.5
+
+
+@numba.njit(parallel=True, cache=True)
+def _normals_all_cores(out, key, parts):
+    # rows split in ``parts`` blocks over the threads: the keyed generator's numbers for
+    # every row, as its serial driver draws them (``_rng_numba.fill_normal``)
+    M = out.shape[0]
+    per = (M + parts - 1) // parts
+    for p in numba.prange(parts):
+        z = np.empty(out.shape[1], np.float32)
+        bits, tail = _rng_numba.scratch(out.shape[1])
+        for i in range(p * per, min(M, (p + 1) * per)):
+            _rng_numba.fill_row(z, bits, tail, key, i)
+            for j in range(out.shape[1]):
+                out[i, j] = z[j]
 
 
 def timed(fn):
@@ -138,7 +160,22 @@ def fig_forward(args) -> dict:
                 fn()
         return run
 
-    contenders = {"forward": lambda: net.forward(x), "gemms": sized(all_gemms)}
+    n_out = sum(u.shape[0] * W.shape[0] for u, W in gemm_ops)
+    flat = np.empty((-(-n_out // 1024), 1024), np.float32)     # as many normals, in rows of 1024
+    numpy_rng = np.random.default_rng(0)
+
+    def normals():
+        _normals_all_cores(flat, np.uint64(12345), 4 * numba.get_num_threads())
+
+    def numpy_normals():
+        numpy_rng.standard_normal(flat.shape, dtype=np.float32, out=flat)
+
+    def unfolds():
+        for l, lay in enumerate(net.layers):
+            lay.unfold(ins[l])
+
+    contenders = {"forward": lambda: net.forward(x), "gemms": sized(all_gemms),
+                  "normals": normals, "numpy normals": numpy_normals, "unfolds": unfolds}
     for l, lay in enumerate(net.layers):
         contenders[f"layer{l}"] = sized(layer(l))
         contenders[f"gemm{l}"] = sized(gemm(l))
@@ -161,6 +198,17 @@ def fig_forward(args) -> dict:
     out["all"] = r
     print(f"{'all':<12} {'':>18} {ms(times['forward']):>10} {ms(times['gemms']):>10} {fmt(r):>22}   "
           f"goal ≤ {GOAL}×: {'met' if r[0] <= GOAL else 'NOT met'}")
+    floor = [(g + z) / g for g, z in zip(times["gemms"], times["normals"])]
+    floor_u = [(g + z + u) / g for g, z, u in zip(times["gemms"], times["normals"], times["unfolds"])]
+    out["floor_normals"] = (statistics.median(floor), min(floor), max(floor))
+    out["floor_normals_im2col"] = (statistics.median(floor_u), min(floor_u), max(floor_u))
+    print(f"floor: {n_out / 1e6:.2f} M outputs, one normal each: {ms(times['normals'])} on {numba.get_num_threads()} "
+          f"threads ({statistics.median(times['normals']) / n_out * 1e9:.2f} ns a number; NumPy's standard_normal "
+          f"{ms(times['numpy normals'])} on one); im2col copies {ms(times['unfolds'])}")
+    print(f"       (GEMMs + normals) ÷ GEMMs {fmt(out['floor_normals'])}; (GEMMs + normals + im2col) ÷ GEMMs "
+          f"{fmt(out['floor_normals_im2col'])}: the goal of {GOAL}× is "
+          f"{'out of reach' if out['floor_normals'][0] > GOAL else 'within reach'} for a forward that draws "
+          "independent noise per output")
     return {"forward": out, "times_ms": {k: statistics.median(v) * 1e3 for k, v in times.items()}}
 
 
