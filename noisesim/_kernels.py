@@ -125,7 +125,7 @@ def _dac_absmax_numba(x, bits, mask, out, scale, scale_bits, sumsq, chunk, mode,
     # bits sort above every finite value, so a row holding one gets a non-finite s: this
     # pass is the finiteness check of the input (see Tile.read's check_finite).
     one = x.dtype.type(1.0)
-    s_, b = x.dtype.type(step), x.dtype.type(bound)
+    s_, b, h = x.dtype.type(step), x.dtype.type(bound), x.dtype.type(half)
     for i in range(x.shape[0]):
         m = bits[i, 0] & mask
         for j in range(1, x.shape[1]):
@@ -134,10 +134,15 @@ def _dac_absmax_numba(x, bits, mask, out, scale, scale_bits, sumsq, chunk, mode,
         scale_bits[i] = m
         if scale[i] == 0:
             scale[i] = one
+        g = one / scale[i]
         row = out[i]
-        for j in range(x.shape[1]):
-            row[j] = x[i, j]
-        _convert_inplace(row, one / scale[i], one, mode, half, s_, b)
+        if mode == _MODE_QUANT:                   # the common case: straight from x, no copy
+            for j in range(x.shape[1]):
+                row[j] = _quantise(x[i, j] * g, h, s_) * one
+        else:
+            for j in range(x.shape[1]):
+                row[j] = x[i, j]
+            _convert_inplace(row, g, one, mode, half, s_, b)
         for c in range(sumsq.shape[1]):          # one sum per chunk of columns (per tile)
             part = row[c * chunk:c * chunk + chunk]
             acc = 0.0
