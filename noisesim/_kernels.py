@@ -378,10 +378,44 @@ def _keyed_block(a, out, i0, G, rkey, rs, nkey, ns, inj, post, g, has_r, has_n, 
     if has_n:
         _fill_rows(ZN, bits, tail, nkey, row0 + i0, G)
     one, zero_ = a.dtype.type(1.0), a.dtype.type(0.0)
+    if mode == _MODE_QUANT:
+        _tail_block_quant(a, out, i0, G, ZR, ZN, rs, ns, inj, post, g, has_r, has_n, has_inj, has_post, acc, half, s)
+        return
     for q in range(G):
         i = i0 + q
         _tail_row(a, out, i, w, ZR[q], rs[i] if has_r else zero_, ZN[q], ns[i] if has_n else zero_, inj, has_inj,
                   g, post[i] if has_post else one, acc, mode, half, s, b)
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _tail_block_quant(a, out, i0, G, ZR, ZN, rs, ns, inj, post, g, has_r, has_n, has_inj, has_post, acc, half, s):
+    # _tail_row's quantising case for rows i0 … i0+G−1 (row q of the block's normals), by the
+    # same operations in the same order (so the same bits), each row in one loop: no pass
+    # through a row scratch, and the normals indexed in place rather than through row views.
+    # A function of its own (not inlined into the drivers): inlined there, beside the other
+    # modes' path, it measured slower than before (225 000 rows of 16: 21.3 ms against 19.4);
+    # on its own, 15.0
+    n = a.shape[1]
+    t = a.dtype.type                   # _tail_row's scratch row is of a's dtype
+    h, one, zero_ = t(half), t(1.0), t(0.0)
+    for q in range(G):
+        i = i0 + q
+        r = rs[i] if has_r else zero_
+        nq = ns[i] if has_n else zero_
+        p = post[i] if has_post else one
+        if has_inj:
+            if acc:
+                for j in range(n):
+                    out[i, j] += _quantise(t(a[i, j] + r * ZR[q, j] + nq * ZN[q, j] + inj[i, j]) * g, h, s) * p
+            else:
+                for j in range(n):
+                    out[i, j] = _quantise(t(a[i, j] + r * ZR[q, j] + nq * ZN[q, j] + inj[i, j]) * g, h, s) * p
+        elif acc:
+            for j in range(n):
+                out[i, j] += _quantise(t(a[i, j] + r * ZR[q, j] + nq * ZN[q, j]) * g, h, s) * p
+        else:
+            for j in range(n):
+                out[i, j] = _quantise(t(a[i, j] + r * ZR[q, j] + nq * ZN[q, j]) * g, h, s) * p
 
 
 @numba.njit(cache=True, inline="always", error_model="numpy")

@@ -237,3 +237,65 @@ def test_dac_absmax_quantiser_gives_the_numpy_expression_s_bits(dtype):
         np.testing.assert_array_equal(out, k * t(step))
         if dtype == np.float32:                          # float32 squares: the float64 sum is exact
             np.testing.assert_array_equal(sq, (out * out).astype(np.float64).sum(axis=1).astype(np.float32))
+
+
+# The keyed epilogue's short-row driver as it was before its quantising tail ran in one loop
+# over the block's normals (each row through _tail_row, with row views of the block): the
+# reference the kernels must match bit for bit.
+@numba.njit(cache=False, error_model="numpy")
+def _keyed_short_reference(a, out, rkey, rs, nkey, ns, inj, post, gain, has_r, has_n, has_inj, has_post, acc,
+                           mode, half, step, bound, row0):
+    s, b, g = a.dtype.type(step), a.dtype.type(bound), a.dtype.type(gain)
+    n = a.shape[1]
+    G = max(1, _kernels._BLOCK // max(n, 1))
+    w, ZR, ZN, bits, tail = _kernels._block_scratch(G, n, a.dtype)
+    one, zero_ = a.dtype.type(1.0), a.dtype.type(0.0)
+    for i0 in range(0, a.shape[0], G):
+        Gq = min(G, a.shape[0] - i0)
+        if has_r:
+            _kernels._fill_rows(ZR, bits, tail, rkey, row0 + i0, Gq)
+        if has_n:
+            _kernels._fill_rows(ZN, bits, tail, nkey, row0 + i0, Gq)
+        for q in range(Gq):
+            i = i0 + q
+            _kernels._tail_row(a, out, i, w, ZR[q], rs[i] if has_r else zero_, ZN[q], ns[i] if has_n else zero_,
+                               inj, has_inj, g, post[i] if has_post else one, acc, mode, half, s, b)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bits, bound", [(8, 10.0), (4, 1.0), (None, 3.0), (1, 1.0), (None, None)])
+def test_keyed_short_rows_give_the_previous_kernel_s_bits(dtype, bits, bound):
+    """The keyed epilogue on rows shorter than ``_SHORT_ROW`` (a convolution's reads), serial
+    and parallel, against its previous short-row driver, bit for bit: every converter mode,
+    read and node noise on and off, injection, accumulation, row offsets, widths 1 … 127, with
+    NaN, ±Inf and zero in the analog outputs and in the per-row factors."""
+    mode, half, step, b = _kernels.converter_params(bits, bound)
+    r = np.random.default_rng(9)
+    e1, e2 = np.zeros(0, dtype), np.zeros((0, 0), dtype)
+    widths = list(range(1, 20)) + [27, 31, 32, 33, 63, 64, 100, 127]
+    for n in widths:
+        M = int(r.integers(1, 3 * _kernels._BLOCK // n + 3))
+        A = (r.standard_normal((M, n)) * 4).astype(dtype)
+        A.flat[r.integers(A.size, size=3)] = [np.nan, np.inf, -np.inf]
+        A[r.integers(M)] = 0
+        rs = r.uniform(0, 2, M).astype(dtype)
+        ns = r.uniform(0, 1, M).astype(dtype)
+        post = r.uniform(-3, 3, M).astype(dtype)
+        post[r.integers(M)] = np.inf
+        inj = r.standard_normal((M, n)).astype(dtype)
+        base = r.standard_normal((M, n)).astype(dtype)
+        for has_r, has_n, has_inj, has_post, acc in [(True, False, False, True, False), (True, True, True, True, True),
+                                                     (False, True, False, False, True), (True, True, False, True, False),
+                                                     (False, False, True, False, False)]:
+            row0 = int(r.integers(0, 1000))
+            args = (np.uint64(2 ** 63 + n), rs if has_r else e1, np.uint64(n * 7 + 1), ns if has_n else e1,
+                    inj if has_inj else e2, post if has_post else e1, 0.73, has_r, has_n, has_inj, has_post, acc,
+                    mode, half, step, b)
+            with np.errstate(all="ignore"):
+                ref_a, ref_o = A.copy(), base.copy()
+                _keyed_short_reference(ref_a, ref_o if acc else ref_a, *args, row0)
+                for fn in (_kernels._keyed_ser, _kernels._keyed_par):
+                    got_a, got_o = A.copy(), base.copy()
+                    fn(got_a, got_o if acc else got_a, *args, row0)
+                    np.testing.assert_array_equal(got_a.view(np.uint8), ref_a.view(np.uint8), err_msg=f"n={n}")
+                    np.testing.assert_array_equal(got_o.view(np.uint8), ref_o.view(np.uint8), err_msg=f"n={n}")
