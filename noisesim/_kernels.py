@@ -295,7 +295,7 @@ def _keyed_par(a, out, rkey, rs, nkey, ns, inj, post, gain, has_r, has_n, has_in
         i0 = k * G
         w, ZR, ZN, bits, tail = _block_scratch(G, n, a.dtype)
         _keyed_block(a, out, i0, min(G, a.shape[0] - i0), rkey, rs, nkey, ns, inj, post, g, has_r, has_n,
-                     has_inj, has_post, acc, mode, half, s, b, w, ZR, ZN, bits, tail, row0)
+                     has_inj, has_post, acc, mode, half, s, b, w, ZR, ZN, bits, tail, row0, False)
 
 
 @numba.njit(cache=True, error_model="numpy")
@@ -313,7 +313,7 @@ def _keyed_ser(a, out, rkey, rs, nkey, ns, inj, post, gain, has_r, has_n, has_in
     w, ZR, ZN, bits, tail = _block_scratch(G, n, a.dtype)
     for i0 in range(0, a.shape[0], G):
         _keyed_block(a, out, i0, min(G, a.shape[0] - i0), rkey, rs, nkey, ns, inj, post, g, has_r, has_n,
-                     has_inj, has_post, acc, mode, half, s, b, w, ZR, ZN, bits, tail, row0)
+                     has_inj, has_post, acc, mode, half, s, b, w, ZR, ZN, bits, tail, row0, True)
 
 
 # Rows shorter than this (a convolution's reads: one per position, C_out outputs) draw their
@@ -371,14 +371,14 @@ def _fill_rows(Z, bits, tail, key, r0, G):
 
 @numba.njit(cache=True, inline="always", error_model="numpy")
 def _keyed_block(a, out, i0, G, rkey, rs, nkey, ns, inj, post, g, has_r, has_n, has_inj, has_post, acc,
-                 mode, half, s, b, w, ZR, ZN, bits, tail, row0):
+                 mode, half, s, b, w, ZR, ZN, bits, tail, row0, fused_quant):
     # rows i0 … i0+G−1 of the keyed epilogue, their normals drawn as one block
     if has_r:
         _fill_rows(ZR, bits, tail, rkey, row0 + i0, G)
     if has_n:
         _fill_rows(ZN, bits, tail, nkey, row0 + i0, G)
     one, zero_ = a.dtype.type(1.0), a.dtype.type(0.0)
-    if mode == _MODE_QUANT:
+    if fused_quant and mode == _MODE_QUANT:
         _tail_block_quant(a, out, i0, G, ZR, ZN, rs, ns, inj, post, g, has_r, has_n, has_inj, has_post, acc, half, s)
         return
     for q in range(G):
@@ -394,7 +394,8 @@ def _tail_block_quant(a, out, i0, G, ZR, ZN, rs, ns, inj, post, g, has_r, has_n,
     # through a row scratch, and the normals indexed in place rather than through row views.
     # A function of its own (not inlined into the drivers): inlined there, beside the other
     # modes' path, it measured slower than before (225 000 rows of 16: 21.3 ms against 19.4);
-    # on its own, 15.0
+    # on its own, 15.0. The serial driver only (``fused_quant``): called from the parallel
+    # one it measured slower there (8.8 ms against 7.4), which keeps _tail_row
     n = a.shape[1]
     t = a.dtype.type                   # _tail_row's scratch row is of a's dtype
     h, one, zero_ = t(half), t(1.0), t(0.0)
