@@ -2,6 +2,7 @@
 expressions they replace: the same bits, and no array a caller holds is ever overwritten."""
 from __future__ import annotations
 
+import numba
 import numpy as np
 import pytest
 
@@ -136,3 +137,165 @@ def test_an_unheld_weight_matrix_is_updated_in_place_with_the_same_bits():
     tile.apply(d)
     assert tile.weights().__array_interface__["data"][0] == addr
     np.testing.assert_array_equal(tile.weights(), expect)
+
+
+# The DAC kernel as it was before its quantising mode converted straight from the input (a
+# copy of the row, then the converter in place): kept here, with the module's flags, as the
+# reference the kernel must match bit for bit.
+@numba.njit(cache=False, error_model="numpy", fastmath={"reassoc", "nsz", "arcp", "contract"})
+def _dac_absmax_reference(x, bits, mask, out, scale, scale_bits, sumsq, chunk, mode, half, step, bound):
+    one = x.dtype.type(1.0)
+    s_, b = x.dtype.type(step), x.dtype.type(bound)
+    for i in range(x.shape[0]):
+        m = bits[i, 0] & mask
+        for j in range(1, x.shape[1]):
+            v = bits[i, j] & mask
+            m = v if v > m else m
+        scale_bits[i] = m
+        if scale[i] == 0:
+            scale[i] = one
+        row = out[i]
+        for j in range(x.shape[1]):
+            row[j] = x[i, j]
+        _kernels._convert_inplace(row, one / scale[i], one, mode, half, s_, b)
+        for c in range(sumsq.shape[1]):
+            part = row[c * chunk:c * chunk + chunk]
+            acc = 0.0
+            for j in range(part.shape[0]):
+                acc += part[j] * part[j]
+            sumsq[i, c] = acc
+
+
+def _dac_reference(x, bits, bound, chunk=None):
+    mode, half, step, b = _kernels.converter_params(bits, bound)
+    n = x.shape[1]
+    chunk = n if chunk is None or chunk >= n else chunk
+    out = np.empty_like(x)
+    scale = np.empty(x.shape[0], x.dtype)
+    sumsq = np.empty((x.shape[0], -(-n // chunk)), x.dtype)
+    ints = np.dtype(f"int{8 * x.itemsize}")
+    _dac_absmax_reference(x, x.view(ints), ints.type(np.iinfo(ints).max), out, scale, scale.view(ints), sumsq,
+                          max(chunk, 1), mode, half, step, b)
+    return out, scale, sumsq
+
+
+def _rows_with_specials(r, rows, n, dtype):
+    """Random rows of widely varying magnitude, with all-zero rows, NaN and ±Inf rows (some
+    with a NaN of another payload or sign) and rows whose maximum is subnormal or tiny."""
+    x = (r.standard_normal((rows, n)) * np.exp(r.uniform(-8, 8, (rows, 1)))).astype(dtype)
+    x[r.random((rows, n)) < 0.1] = 0
+    x[1] = 0
+    x[2, r.integers(n)] = np.nan
+    x[3, r.integers(n)] = np.inf
+    x[4, r.integers(n)] = -np.inf
+    x[5, r.integers(n)] = -np.nan
+    x[6] *= np.finfo(dtype).tiny                     # subnormal and tiny maxima: 1/s overflows
+    x[7] = np.finfo(dtype).smallest_subnormal * r.integers(-3, 4, n)
+    x[8, :] = -x[8, :]
+    if n > 1:
+        bad = np.array(np.nan, dtype).view(f"u{x.itemsize}") | 1           # a NaN with a payload
+        x[9, r.integers(n)] = bad.view(dtype)
+        x[9, r.integers(n)] = np.inf
+    return x
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bits, bound", [(8, 1.0), (4, 2.5), (16, 1.0), (None, 1.0), (1, 1.0), (None, None)])
+def test_dac_absmax_gives_the_previous_kernel_s_bits(dtype, bits, bound):
+    """``(x̂, s, Σ x̂²)`` of :func:`noisesim._kernels.dac_absmax` against the kernel it replaced,
+    bit for bit, for every converter mode, widths 1 … 300, per row and per chunk, with NaN,
+    ±Inf, zero, subnormal and tiny rows."""
+    r = np.random.default_rng(7)
+    for n in range(1, 301):
+        x = _rows_with_specials(r, 12, n, dtype)
+        for chunk in (None, 16, 27, 512):
+            with np.errstate(all="ignore"):
+                got = _kernels.dac_absmax(x, bits, bound, chunk=chunk)
+                ref = _dac_reference(x, bits, bound, chunk)
+            sq = got[2] if chunk is not None else got[2][:, None]
+            for g, e in zip((got[0], got[1], sq), ref):
+                assert g.dtype == e.dtype and g.shape == e.shape
+                np.testing.assert_array_equal(g.view(np.uint8), e.view(np.uint8), err_msg=f"n={n} chunk={chunk}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dac_absmax_quantiser_gives_the_numpy_expression_s_bits(dtype):
+    """The 8-bit quantising DAC of finite rows against plain NumPy: ``s = max|x|`` (1 for a zero
+    row), ``x̂ = Δ·clip(rint((x·(1/s))·(1/Δ)), −127, 127)`` (the kernel divides by Δ as a product
+    with its reciprocal) and, for float32, ``Σ x̂²`` of float32 squares summed in float64."""
+    r = np.random.default_rng(8)
+    t = np.dtype(dtype).type
+    mode, half, step, _ = _kernels.converter_params(8, 1.0)
+    for n in (1, 2, 7, 16, 27, 33, 144, 288, 300):
+        x = (r.standard_normal((500, n)) * np.exp(r.uniform(-5, 5, (500, 1)))).astype(dtype)
+        x[::17] = 0
+        out, s, sq = _kernels.dac_absmax(x, 8, 1.0)
+        m = np.abs(x).max(axis=1)
+        m[m == 0] = 1
+        np.testing.assert_array_equal(s, m)
+        k = np.clip(np.rint((x * (t(1) / m)[:, None]) * (t(1) / t(step))), -half, half)
+        np.testing.assert_array_equal(out, k * t(step))
+        if dtype == np.float32:                          # float32 squares: the float64 sum is exact
+            np.testing.assert_array_equal(sq, (out * out).astype(np.float64).sum(axis=1).astype(np.float32))
+
+
+# The keyed epilogue's short-row driver as it was before its quantising tail ran in one loop
+# over the block's normals (each row through _tail_row, with row views of the block): the
+# reference the kernels must match bit for bit.
+@numba.njit(cache=False, error_model="numpy")
+def _keyed_short_reference(a, out, rkey, rs, nkey, ns, inj, post, gain, has_r, has_n, has_inj, has_post, acc,
+                           mode, half, step, bound, row0):
+    s, b, g = a.dtype.type(step), a.dtype.type(bound), a.dtype.type(gain)
+    n = a.shape[1]
+    G = max(1, _kernels._BLOCK // max(n, 1))
+    w, ZR, ZN, bits, tail = _kernels._block_scratch(G, n, a.dtype)
+    one, zero_ = a.dtype.type(1.0), a.dtype.type(0.0)
+    for i0 in range(0, a.shape[0], G):
+        Gq = min(G, a.shape[0] - i0)
+        if has_r:
+            _kernels._fill_rows(ZR, bits, tail, rkey, row0 + i0, Gq)
+        if has_n:
+            _kernels._fill_rows(ZN, bits, tail, nkey, row0 + i0, Gq)
+        for q in range(Gq):
+            i = i0 + q
+            _kernels._tail_row(a, out, i, w, ZR[q], rs[i] if has_r else zero_, ZN[q], ns[i] if has_n else zero_,
+                               inj, has_inj, g, post[i] if has_post else one, acc, mode, half, s, b)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bits, bound", [(8, 10.0), (4, 1.0), (None, 3.0), (1, 1.0), (None, None)])
+def test_keyed_short_rows_give_the_previous_kernel_s_bits(dtype, bits, bound):
+    """The keyed epilogue on rows shorter than ``_SHORT_ROW`` (a convolution's reads), serial
+    and parallel, against its previous short-row driver, bit for bit: every converter mode,
+    read and node noise on and off, injection, accumulation, row offsets, widths 1 … 127, with
+    NaN, ±Inf and zero in the analog outputs and in the per-row factors."""
+    mode, half, step, b = _kernels.converter_params(bits, bound)
+    r = np.random.default_rng(9)
+    e1, e2 = np.zeros(0, dtype), np.zeros((0, 0), dtype)
+    widths = list(range(1, 20)) + [27, 31, 32, 33, 63, 64, 100, 127]
+    for n in widths:
+        M = int(r.integers(1, 3 * _kernels._BLOCK // n + 3))
+        A = (r.standard_normal((M, n)) * 4).astype(dtype)
+        A.flat[r.integers(A.size, size=3)] = [np.nan, np.inf, -np.inf]
+        A[r.integers(M)] = 0
+        rs = r.uniform(0, 2, M).astype(dtype)
+        ns = r.uniform(0, 1, M).astype(dtype)
+        post = r.uniform(-3, 3, M).astype(dtype)
+        post[r.integers(M)] = np.inf
+        inj = r.standard_normal((M, n)).astype(dtype)
+        base = r.standard_normal((M, n)).astype(dtype)
+        for has_r, has_n, has_inj, has_post, acc in [(True, False, False, True, False), (True, True, True, True, True),
+                                                     (False, True, False, False, True), (True, True, False, True, False),
+                                                     (False, False, True, False, False)]:
+            row0 = int(r.integers(0, 1000))
+            args = (np.uint64(2 ** 63 + n), rs if has_r else e1, np.uint64(n * 7 + 1), ns if has_n else e1,
+                    inj if has_inj else e2, post if has_post else e1, 0.73, has_r, has_n, has_inj, has_post, acc,
+                    mode, half, step, b)
+            with np.errstate(all="ignore"):
+                ref_a, ref_o = A.copy(), base.copy()
+                _keyed_short_reference(ref_a, ref_o if acc else ref_a, *args, row0)
+                for fn in (_kernels._keyed_ser, _kernels._keyed_par):
+                    got_a, got_o = A.copy(), base.copy()
+                    fn(got_a, got_o if acc else got_a, *args, row0)
+                    np.testing.assert_array_equal(got_a.view(np.uint8), ref_a.view(np.uint8), err_msg=f"n={n}")
+                    np.testing.assert_array_equal(got_o.view(np.uint8), ref_o.view(np.uint8), err_msg=f"n={n}")
