@@ -697,6 +697,38 @@ def all_finite(x) -> bool:
     return bool(_max_magnitude_bits(x.view(ints), mask) < inf)
 
 
+@numba.njit(cache=True, error_model="numpy")
+def _divide_magnitude_bits(x, bits, c, mask):
+    # x /= c in place, block by block, and the largest magnitude bits of the result (see
+    # _max_magnitude_bits), read while the block is still in cache: one pass over memory
+    m = bits[0] & mask
+    m = m ^ m
+    n = x.shape[0]
+    for s in range(0, n, 4096):
+        e = min(n, s + 4096)
+        for j in range(s, e):
+            x[j] = x[j] / c
+        for j in range(s, e):
+            v = bits[j] & mask
+            m = v if v > m else m
+    return m
+
+
+def divide_all_finite(x, count) -> bool:
+    """``x /= count`` in place, and whether every element of the result is finite.
+
+    On the CPU one pass (the same bits as NumPy's in-place division); elsewhere the division
+    and :func:`all_finite`.
+    """
+    bits = _BITS.get(x.dtype) if type(x) is np.ndarray and not _CUPY_PATH_ON_NUMPY else None
+    if bits is None or x.size == 0 or not x.flags.c_contiguous:
+        x /= count
+        return all_finite(x)
+    ints, mask, inf = bits
+    flat = x.reshape(-1)
+    return bool(_divide_magnitude_bits(flat, flat.view(ints), x.dtype.type(count), mask) < inf)
+
+
 def max_abs(x) -> float:
     """``max |x|`` over every element in one pass without a copy (NaN or Inf: ``inf``).
 

@@ -21,6 +21,8 @@ class Estimate:
     ``(B, *positions, k·C_in)``); ``outputs`` the reference
     pass's network output (``None`` when rebuilt from a trace); ``losses`` the per-sample
     losses of the reference pass; ``record`` the arrays the rule consumed (what a trace stores).
+    ``finite``: the update arrays the rule found finite while forming them (the divergence
+    guard does not pass over these again; an update replaced since is checked as usual).
     """
 
     updates: list
@@ -30,6 +32,7 @@ class Estimate:
     outputs: Any = None
     losses: Any = None
     record: dict = field(default_factory=dict)
+    finite: tuple = ()
 
 
 @runtime_checkable

@@ -165,7 +165,8 @@ class ActivityNodePerturbation(PerturbationRule):
         else:
             record = {"updates": updates}
         Lr, xr, out = ref
-        return Estimate(updates, host_float(Lr.mean()), P, xr, out, Lr, record)
+        return Estimate(updates, host_float(Lr.mean()), P, xr, out, Lr, record,
+                        finite=tuple(updates) if acc.finite else ())
 
     def updates_from_record(self, record: dict) -> list:
         """ANP updates from ``dL (K, B)``, ``da[l] (K, B, n_l)``, ``inputs[l] (K|1, B, n)``

@@ -334,8 +334,9 @@ class DivergenceGuard:
                 f"the loss {loss:.3g} exceeded {self.max_loss_ratio:g}× its starting value {self.start_loss:.3g} " \
                 "(max_loss_ratio)"
             raise self._error(rule, est, what, *self._first_blown(est))
+        vouched = est.finite
         for l, u in enumerate(est.updates):
-            if not _kernels.all_finite(u):
+            if not ((l < len(vouched) and vouched[l] is u) or _kernels.all_finite(u)):
                 raise self._error(rule, est, f"the update of layer {l} is not finite", l,
                                   f"the update of layer {l}", "lr")
 

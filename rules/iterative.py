@@ -137,7 +137,8 @@ class IterativeNodePerturbation(InjectingRule):
         else:
             record = {"updates": updates}
         Lr, xr, out = ref
-        return Estimate(updates, host_float(Lr.mean()), P, xr, out, Lr, record)
+        return Estimate(updates, host_float(Lr.mean()), P, xr, out, Lr, record,
+                        finite=tuple(updates) if acc.finite else ())
 
     def updates_from_record(self, record: dict) -> list:
         """INP updates from ``dL (K, L, B)``, ``eps[l] (K, B, n_l)``, ``inputs[l]`` (or the

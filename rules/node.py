@@ -153,7 +153,8 @@ class NodePerturbation(InjectingRule):
         else:
             record = {"updates": updates}
         Lr, xr, out = ref
-        return Estimate(updates, host_float(Lr.mean()), P, xr, out, Lr, record)
+        return Estimate(updates, host_float(Lr.mean()), P, xr, out, Lr, record,
+                        finite=tuple(updates) if acc.finite else ())
 
     def updates_from_record(self, record: dict) -> list:
         """NP updates from ``dL``, ``eps`` (and ``eps2``), ``inputs``; σ from the config (or

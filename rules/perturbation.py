@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from noisesim import _kernels
 from noisesim.layers import rows
 
 from .base import Estimate, Rule, layout
@@ -100,13 +101,17 @@ class Contraction:
                 self.u[l] += t
 
     def result(self, count: int) -> list:
-        """The per-layer sums divided by ``count`` (``K·B``), in place: call it once."""
+        """The per-layer sums divided by ``count`` (``K·B``), in place: call it once.
+        Afterwards :attr:`finite` says whether every one of them is finite (found by the
+        division's own pass)."""
         out = []
+        self.finite = True
         for u, g, x in zip(self.u, self.g, self.x):
             if g is not None:
                 v = rows(g).T @ rows(x)
                 u = v if u is None else u + v
-            u /= count                       # the sums are this object's own arrays
+            # the sums are this object's own arrays
+            self.finite = _kernels.divide_all_finite(u, count) and self.finite
             out.append(u)
         return out
 

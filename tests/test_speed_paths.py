@@ -299,3 +299,54 @@ def test_keyed_short_rows_give_the_previous_kernel_s_bits(dtype, bits, bound):
                     fn(got_a, got_o if acc else got_a, *args, row0)
                     np.testing.assert_array_equal(got_a.view(np.uint8), ref_a.view(np.uint8), err_msg=f"n={n}")
                     np.testing.assert_array_equal(got_o.view(np.uint8), ref_o.view(np.uint8), err_msg=f"n={n}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("count", [1, 3, 1000, 99_991, 2 ** 24 + 1, 10 ** 9 + 7])
+def test_divide_all_finite_gives_numpy_s_bits(dtype, count):
+    """``x /= count`` in the same pass that finds NaN/Inf: the bits of NumPy's in-place
+    division for every magnitude, and ``False`` exactly when the result is not finite."""
+    r = np.random.default_rng(count % 1000)
+    for shape in [(1,), (4097,), (300, 70), (2, 3, 5)]:
+        x = (r.standard_normal(shape) * 10.0 ** r.uniform(-30, 30, shape)).astype(dtype)
+        ref = x.copy()
+        ref /= count
+        assert _kernels.divide_all_finite(x, count) is True
+        np.testing.assert_array_equal(x.view(np.uint8), ref.view(np.uint8))
+    for bad in (np.nan, np.inf, -np.inf):
+        x = np.ones(10_000, dtype)
+        x[r.integers(10_000)] = bad
+        assert _kernels.divide_all_finite(x, count) is False
+    x = np.full(9, np.finfo(dtype).max, dtype)
+    assert _kernels.divide_all_finite(x, 0.5) is False          # finite in, overflowing out
+    y = np.ones((4, 6), dtype)[:, ::2]                          # not contiguous: NumPy's path
+    assert _kernels.divide_all_finite(y, 4) is True and (y == dtype(0.25)).all()
+
+
+def test_a_perturbation_estimate_vouches_for_its_finite_updates_only():
+    """ANP, NP and INP hand the guard the updates their division found finite (so the guard
+    does not pass over them again); sums with a NaN are not vouched for; an update replaced
+    after the estimate is checked again and stops the step."""
+    import rules
+    from rules.base import DivergenceGuard
+    from rules.perturbation import Contraction
+    from noisesim.errors import DivergenceError
+    dev = noisesim.DeviceConfig.preset("ideal")
+    r = np.random.default_rng(0)
+    x = r.standard_normal((16, 6)).astype(np.float32)
+    t = np.eye(3, dtype=np.float32)[r.integers(0, 3, 16)]
+    for name in ("anp", "np", "inp"):
+        net = noisesim.Network.mlp([6, 5, 3], device=dev, seed=0, backend="numpy")
+        rule = rules.make(name, lr=1e-3)
+        rule.init(net)
+        est = rule.estimate(net, x, t)
+        assert len(est.finite) == net.n_layers and all(f is u for f, u in zip(est.finite, est.updates))
+        DivergenceGuard(max_loss_ratio=None, step=None, scales=False).check(rule, est)
+        est.updates[1] = est.updates[1] * np.float32("nan")
+        with pytest.raises(DivergenceError, match="update of layer 1"):
+            DivergenceGuard(max_loss_ratio=None, step=None, scales=False).check(rule, est)
+    acc = Contraction(2)
+    acc.add(0, np.ones((1, 4, 3), np.float32), np.ones((1, 4, 2), np.float32))
+    acc.add(1, np.full((1, 4, 3), np.nan, np.float32), np.ones((1, 4, 2), np.float32))
+    acc.result(4)
+    assert acc.finite is False
