@@ -698,20 +698,16 @@ def all_finite(x) -> bool:
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _divide_magnitude_bits(x, bits, c, mask):
-    # x /= c in place, block by block, and the largest magnitude bits of the result (see
-    # _max_magnitude_bits), read while the block is still in cache: one pass over memory
-    m = bits[0] & mask
-    m = m ^ m
-    n = x.shape[0]
-    for s in range(0, n, 4096):
-        e = min(n, s + 4096)
-        for j in range(s, e):
-            x[j] = x[j] / c
-        for j in range(s, e):
-            v = bits[j] & mask
-            m = v if v > m else m
-    return m
+def _divide_finite(x, c):
+    # x /= c in place and whether every quotient is finite: v − v is 0 exactly for a finite
+    # v (NaN for ±Inf and NaN); an integer or-reduction of the test vectorises with the
+    # division, where the bits' maximum read through a second view of x did not
+    bad = 0
+    for j in range(x.shape[0]):
+        v = x[j] / c
+        x[j] = v
+        bad |= np.int32(not (v - v == 0))
+    return bad == 0
 
 
 def divide_all_finite(x, count) -> bool:
@@ -724,9 +720,7 @@ def divide_all_finite(x, count) -> bool:
     if bits is None or x.size == 0 or not x.flags.c_contiguous:
         x /= count
         return all_finite(x)
-    ints, mask, inf = bits
-    flat = x.reshape(-1)
-    return bool(_divide_magnitude_bits(flat, flat.view(ints), x.dtype.type(count), mask) < inf)
+    return bool(_divide_finite(x.reshape(-1), x.dtype.type(count)))
 
 
 def max_abs(x) -> float:
