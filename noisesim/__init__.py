@@ -11,7 +11,7 @@ from .activation import Activation
 from .backend import Backend, Streams, cupy_available, get_array_module, get_backend, to_numpy
 from .config import ACCESS_LEVELS, DeviceConfig
 from .errors import AccessError, DivergenceError
-from .layers import Conv, Dense
+from .layers import Conv, Dense, Flatten
 from .network import Network, Pass
 from .presets import PRESETS
 from .protocol import DeviceNetwork, Estimate
@@ -22,6 +22,6 @@ from . import trace  # noqa: E402  (HDF5 traces: noisesim.trace.TraceWriter, ope
 __all__ = [
     "__version__", "Activation", "Backend", "Streams", "cupy_available", "get_array_module",
     "get_backend", "to_numpy", "ACCESS_LEVELS", "DeviceConfig", "AccessError", "DivergenceError",
-    "Network", "Pass", "Conv", "Dense", "PRESETS", "DeviceNetwork", "Estimate", "Tile", "layers", "registry",
+    "Network", "Pass", "Conv", "Dense", "Flatten", "PRESETS", "DeviceNetwork", "Estimate", "Tile", "layers", "registry",
     "state", "trace",
 ]

@@ -17,7 +17,10 @@ A dense layer after a convolution flattens its input (row-major, channels fastes
 Specifications: :class:`Dense`, :class:`Conv`, or a string of tokens separated by spaces or
 commas, as Table 1 of the node-perturbation paper writes them — ``c3x3x16s2`` is a 3×3
 convolution with 16 output channels and stride 2 (``p1`` adds padding 1), ``c5x16`` a 1-D
-kernel of 5 (square on 2-D inputs), ``f1024`` a dense layer of 1024 units::
+kernel of 5 (square on 2-D inputs), ``f1024`` a dense layer of 1024 units, ``flat`` an
+explicit flatten (what a dense layer does to a spatial input anyway; ``flat3600`` also checks
+that the flattened width is 3600 — a model ported from code that writes ``Linear(3600, …)``
+after its flatten fails when built if the shapes say otherwise)::
 
     Network.build((32, 32, 3), "c3x3x16s2 c3x3x32s2 c3x3x64 f1024 f10")     # the paper's ConvNet
 
@@ -69,6 +72,18 @@ class Conv:
         return f"c{k}x{self.channels}" + (f"s{s}" if s != "1" else "") + (f"p{p}" if p != "0" else "")
 
 
+@dataclass(frozen=True)
+class Flatten:
+    """An explicit flatten of a spatial input (row-major, channels fastest): no crossbar, no
+    weights, nothing a dense layer would not do anyway. ``width``: the flattened width the
+    next layer expects (checked when the network is built), or ``None``."""
+
+    width: Union[int, None] = None
+
+    def spec(self) -> str:
+        return "flat" if self.width is None else f"flat{self.width}"
+
+
 def dense(units: int) -> Dense:
     """A :class:`Dense` layer."""
     return Dense(units)
@@ -79,9 +94,9 @@ def conv(channels: int, kernel=3, stride=1, padding=0) -> Conv:
     return Conv(channels, kernel, stride, padding)
 
 
-Spec = Union[Dense, Conv]
+Spec = Union[Dense, Conv, Flatten]
 
-_TOKEN = re.compile(r"^(?:(?P<f>f|fc)(?P<units>\d+)|c(?P<dims>\d+(?:x\d+)*)(?:s(?P<s>\d+(?:x\d+)?))?(?:p(?P<p>\d+(?:x\d+)?))?)$")
+_TOKEN = re.compile(r"^(?:(?P<flat>flat(?:ten)?)(?P<width>\d+)?|(?P<f>f|fc)(?P<units>\d+)|c(?P<dims>\d+(?:x\d+)*)(?:s(?P<s>\d+(?:x\d+)?))?(?:p(?P<p>\d+(?:x\d+)?))?)$")
 
 
 def parse(text: str) -> list:
@@ -92,8 +107,12 @@ def parse(text: str) -> list:
     for tok in filter(None, re.split(r"[\s,]+", text.strip())):
         m = _TOKEN.match(tok.lower())
         if m is None:
-            raise ValueError(f"layer {len(out)}: {tok!r} is not a layer; write fN (dense, N units) or "
-                             "cKxC[sS][pP] / cKxKxC[sS][pP] (convolution: kernel, channels, stride, padding)")
+            raise ValueError(f"layer {len(out)}: {tok!r} is not a layer; write fN (dense, N units), "
+                             "cKxC[sS][pP] / cKxKxC[sS][pP] (convolution: kernel, channels, stride, padding) "
+                             "or flat[N] (flatten, checking the width N)")
+        if m["flat"]:
+            out.append(Flatten(None if m["width"] is None else int(m["width"])))
+            continue
         if m["f"]:
             out.append(Dense(int(m["units"])))
             continue
@@ -234,9 +253,11 @@ def build(input_shape: Sequence[int], specs, *, bias: bool = False) -> list:
 
     ``input_shape``: ``(n,)`` for vectors, ``(L, C)`` for 1-D and ``(H, W, C)`` for 2-D
     convolutions (channels last). ``specs``: a string (see :func:`parse`) or a list of
-    :class:`Dense`/:class:`Conv`. Raises ``ValueError`` naming the layer and the shapes when a
-    layer does not fit its input: a kernel larger than the (padded) input, a convolution after a
-    dense layer, a non-positive size.
+    :class:`Dense`/:class:`Conv`/:class:`Flatten`. Raises ``ValueError`` naming the layer and the
+    shapes when a layer does not fit its input: a kernel larger than the (padded) input, a
+    convolution after a dense layer or a flatten, a flatten to another width than its input's,
+    a flatten with no layer after it, a non-positive size. A flatten builds no layer (the layers
+    are numbered as the network's, and are those built without it).
     """
     if isinstance(specs, str):
         specs = parse(specs)
@@ -249,15 +270,28 @@ def build(input_shape: Sequence[int], specs, *, bias: bool = False) -> list:
                          "must be positive sizes: (n,), (length, channels) or (height, width, channels)")
     if len(shape) > 3:
         raise ValueError(f"input_shape={shape} has {len(shape) - 1} spatial axes; 1-D and 2-D inputs are supported")
-    out = []
-    for i, s in enumerate(specs):
+    out, flattened = [], False
+    for j, s in enumerate(specs):
+        i = len(out)                       # the network's layer index (a flatten is no layer)
         where = f"layer {i} ({s.spec() if hasattr(s, 'spec') else s!r})"
+        if isinstance(s, Flatten):
+            where = f"the flatten ({s.spec()}) before layer {i}"
+            width = math.prod(shape)
+            if s.width is not None and (not _positive(s.width) or s.width != width):
+                raise ValueError(f"{where}: its input of shape {shape} flattens to width {width}, not {s.width!r}")
+            if j == len(specs) - 1:
+                raise ValueError(f"{where}: no layer follows it (the network's output is its last layer's)")
+            flattened = True       # the next layer sees the same input: a dense layer flattens it
+            continue
         if isinstance(s, Dense):
             if not _positive(s.units):
                 raise ValueError(f"{where}: units={s.units!r} must be a positive integer")
             layer = Layer(i, "dense", shape, (), math.prod(shape), int(s.units), bias)
         elif isinstance(s, Conv):
             nd = len(shape) - 1
+            if flattened and nd >= 1:
+                raise ValueError(f"{where}: a convolution after a flatten (its input of shape {shape} was "
+                                 "flattened); put convolutions before the flatten")
             if nd < 1:
                 raise ValueError(f"{where}: a convolution needs a spatial input, but its input has shape {shape} "
                                  "(a dense layer flattens; put convolutions first, or give input_shape with "
@@ -275,7 +309,7 @@ def build(input_shape: Sequence[int], specs, *, bias: bool = False) -> list:
             pos = tuple((n + 2 * pp - kk) // ss + 1 for n, kk, ss, pp in zip(spatial, k, st, p))
             layer = Layer(i, "conv", shape, pos, math.prod(k) * shape[-1], int(s.channels), bias, k, st, p)
         else:
-            raise TypeError(f"layer {i}: {s!r} is not a layer specification (Dense, Conv or a string token)")
+            raise TypeError(f"layer {i}: {s!r} is not a layer specification (Dense, Conv, Flatten or a string token)")
         out.append(layer)
         shape = layer.out_shape
     return out

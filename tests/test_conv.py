@@ -7,7 +7,7 @@ from scipy import signal
 
 import rules
 from noisesim import DeviceConfig, Network
-from noisesim.layers import Conv, Dense, build, parse
+from noisesim.layers import Conv, Dense, Flatten, build, parse
 
 
 def quiet(**kw):
@@ -91,12 +91,32 @@ def test_the_papers_convnets_are_one_line_each():
     ((8, 8, 1), "c3x2x3x4 f2", ["layer 0", "c3x2x3x4"]),
     ((8, 8, 1), [Conv(2, (3, 3, 3))], ["layer 0", "3 values for 2 spatial axes"]),
     ((8, 8, 1), "q12", ["layer 0", "'q12' is not a layer"]),
+    ((8, 8, 1), "c3x3x2 flat71 f4", ["flatten (flat71) before layer 1", "(6, 6, 2)", "width 72", "not 71"]),
+    ((8, 8, 1), "c3x3x2 flat c3x3x2 f4", ["layer 1", "convolution after a flatten", "(6, 6, 2)"]),
+    ((8, 8, 1), "c3x3x2 flat", ["flatten (flat) before layer 1", "no layer follows it"]),
+    ((8, 8, 1), [Conv(2, 3), Flatten(0), Dense(4)], ["flatten (flat0)", "not 0"]),
 ])
 def test_shapes_that_do_not_fit_fail_at_build(shape, spec, words):
     with pytest.raises(ValueError) as err:
         Network.build(shape, spec)
     for w in words:
         assert w in str(err.value)
+
+
+def test_an_explicit_flatten_checks_its_width_and_builds_the_same_network():
+    """``flat``/``flatN`` (or :class:`Flatten`) builds no layer: the network is the one built
+    without it (same layers, same weights, same reads); ``flatN`` checks the width."""
+    assert parse("c3x3x2, flatten flat72 f4") == [Conv(2, (3, 3), 1, 0), Flatten(), Flatten(72), Dense(4)]
+    assert [f.spec() for f in (Flatten(), Flatten(72))] == ["flat", "flat72"]
+    dev = DeviceConfig.preset("pcm")
+    a = Network.build((8, 8, 1), "c3x3x2 flat72 f4", dev, seed=3, backend="numpy")
+    b = Network.build((8, 8, 1), [Conv(2, 3), Dense(4)], dev, seed=3, backend="numpy")
+    assert a.layers == b.layers and a.n_layers == 2
+    x = np.random.default_rng(0).uniform(0, 1, (5, 64)).astype(np.float32)
+    pa, pb = a.forward(x), b.forward(x)
+    for l in range(2):
+        np.testing.assert_array_equal(a.tiles[l].weights(), b.tiles[l].weights())
+        np.testing.assert_array_equal(pa.pre[l], pb.pre[l])
 
 
 def test_weights_that_do_not_fit_their_layers_fail_naming_both_shapes():
