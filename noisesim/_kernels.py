@@ -716,8 +716,8 @@ def divide_all_finite(x, count) -> bool:
     On the CPU one pass (the same bits as NumPy's in-place division); elsewhere the division
     and :func:`all_finite`.
     """
-    bits = _BITS.get(x.dtype) if type(x) is np.ndarray and not _CUPY_PATH_ON_NUMPY else None
-    if bits is None or x.size == 0 or not x.flags.c_contiguous:
+    if (type(x) is not np.ndarray or _CUPY_PATH_ON_NUMPY or x.dtype not in _BITS or x.size == 0
+            or not x.flags.c_contiguous):
         x /= count
         return all_finite(x)
     return bool(_divide_finite(x.reshape(-1), x.dtype.type(count)))
