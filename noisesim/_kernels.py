@@ -511,33 +511,29 @@ def _column_sumsq_numba(x, out):
             out[j] += v * v
 
 
+@numba.njit(cache=True, inline="always", error_model="numpy")
+def _tail_value(m, di, r, c, has_d, add_r):
+    # (m − d_i r)·c (+ r), each operation rounded to the arrays' precision as NumPy's
+    if has_d:
+        m = m - di * r
+    m = m * c
+    return m + r if add_r else m
+
+
 @numba.njit(cache=True, error_model="numpy")
-def _decorrelation_tail_numba(M, bits, R, d, c, has_d, add_r, mask):
-    # M_ij ← (M_ij − d_i R_ij)·c (+ R_ij), every operation rounded to M's precision as the
-    # NumPy expressions, and the largest |M_ij| as integer bits (see _dac_absmax_numba), each
-    # row scanned while it is in cache
-    m = bits[0, 0] & 0
+def _decorrelation_tail_numba(M, R, d, c, has_d, add_r):
+    # M_ij ← (M_ij − d_i R_ij)·c (+ R_ij) and, in the same loop, the largest |M_ij| as integer
+    # bits (see _dac_absmax_numba): the new value's bits are read from the register it is in
+    m = _rng_numba.magnitude_bits(M.dtype.type(0))
+    zero = M.dtype.type(0)
     for i in range(M.shape[0]):
-        row = M[i]
-        if has_d:
-            di = d[i]
-            if add_r:
-                for j in range(row.shape[0]):
-                    r = R[i, j]
-                    row[j] = (row[j] - di * r) * c + r
-            else:
-                for j in range(row.shape[0]):
-                    row[j] = (row[j] - di * R[i, j]) * c
-        elif add_r:
-            for j in range(row.shape[0]):
-                row[j] = row[j] * c + R[i, j]
-        else:
-            for j in range(row.shape[0]):
-                row[j] = row[j] * c
-        b = bits[i]
-        for j in range(b.shape[0]):
-            v = b[j] & mask
-            m = v if v > m else m
+        row, Ri = M[i], R[i]
+        di = d[i] if has_d else zero
+        for j in range(row.shape[0]):
+            v = _tail_value(row[j], di, Ri[j], c, has_d, add_r)
+            row[j] = v
+            b = _rng_numba.magnitude_bits(v)
+            m = b if b > m else m
     return m
 
 
@@ -771,10 +767,9 @@ def decorrelation_tail(M, R, d, scale: float, add: bool) -> float:
         if add:
             M += R
         return max_abs(M)
-    ints, mask, _ = bits
     has_d = d is not None
-    m = _decorrelation_tail_numba(M, M.view(ints), R, d if has_d else M[0, :0], c, has_d, bool(add), mask)
-    v = float(np.array(m, ints).view(M.dtype))
+    m = _decorrelation_tail_numba(M, R, d if has_d else M[0, :0], c, has_d, bool(add))
+    v = float(np.array(m, bits[0]).view(M.dtype))
     return v if math.isfinite(v) else math.inf
 
 

@@ -75,6 +75,21 @@ def _f32_bits(typingctx, x):
 
 
 @intrinsic
+def magnitude_bits(typingctx, x):
+    """The IEEE bits of a float32 or float64 with the sign bit cleared, as an int32 or int64 (a
+    bit cast and a mask, no conversion): these integers order finite magnitudes as the floats
+    do, with +Inf above them and NaN above +Inf (see :func:`noisesim._kernels.max_abs`)."""
+    if not isinstance(x, types.Float):
+        return None
+    width = x.bitwidth
+
+    def codegen(context, builder, sig, args):
+        ity = ir.IntType(width)
+        return builder.and_(builder.bitcast(args[0], ity), ir.Constant(ity, (1 << (width - 1)) - 1))
+    return (types.int32 if width == 32 else types.int64)(x), codegen
+
+
+@intrinsic
 def _bits_f32(typingctx, i):
     """The float32 whose IEEE bits are the int32 ``i``."""
     def codegen(context, builder, sig, args):
