@@ -501,6 +501,96 @@ def _col2im_numba(d, out, C, kh, kw, sh, sw, ph, pw):
                             out[n, y, t + c] += d[n, i, j, off + c]
 
 
+@numba.njit(cache=True, inline="always", error_model="numpy")
+def _pairwise_block_sq(a, lo, n):
+    # NumPy's pairwise sum of the squares a[lo:lo+n]² (each rounded), n ≤ 128: eight running
+    # sums combined as a tree, then the remainder (numpy/_core/src/umath/loops_utils.h.src)
+    if n < 8:
+        res = a.dtype.type(0)
+        for i in range(lo, lo + n):
+            res += a[i] * a[i]
+        return res
+    r0, r1, r2, r3 = a[lo] * a[lo], a[lo + 1] * a[lo + 1], a[lo + 2] * a[lo + 2], a[lo + 3] * a[lo + 3]
+    r4, r5, r6, r7 = a[lo + 4] * a[lo + 4], a[lo + 5] * a[lo + 5], a[lo + 6] * a[lo + 6], a[lo + 7] * a[lo + 7]
+    m = n - n % 8
+    for i in range(lo + 8, lo + m, 8):
+        r0 += a[i] * a[i]
+        r1 += a[i + 1] * a[i + 1]
+        r2 += a[i + 2] * a[i + 2]
+        r3 += a[i + 3] * a[i + 3]
+        r4 += a[i + 4] * a[i + 4]
+        r5 += a[i + 5] * a[i + 5]
+        r6 += a[i + 6] * a[i + 6]
+        r7 += a[i + 7] * a[i + 7]
+    res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+    for i in range(lo + m, lo + n):
+        res += a[i] * a[i]
+    return res
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _pairwise_plan(n):
+    # NumPy's pairwise summation of n numbers as a postfix program: (start, length) of a
+    # block to sum (length ≤ 128), or length −1 to add the two partial sums on top. It halves
+    # at multiples of 8 and sums the left half first; run on an explicit stack, since Numba's
+    # cache does not keep recursive functions
+    prog = np.empty((max(1, 4 * (n // 64 + 1)), 2), np.int64)
+    segs = np.empty((192, 3), np.int64)
+    segs[0, 0], segs[0, 1], segs[0, 2] = 0, n, 0
+    sp, k = 1, 0
+    while sp > 0:
+        sp -= 1
+        lo, m, done = segs[sp, 0], segs[sp, 1], segs[sp, 2]
+        if m <= 128:
+            prog[k, 0], prog[k, 1] = lo, m
+            k += 1
+        elif done:
+            prog[k, 0], prog[k, 1] = 0, -1
+            k += 1
+        else:
+            m2 = m // 2
+            m2 -= m2 % 8
+            segs[sp, 2] = 1                                     # add once both halves are in
+            segs[sp + 1, 0], segs[sp + 1, 1], segs[sp + 1, 2] = lo + m2, m - m2, 0
+            segs[sp + 2, 0], segs[sp + 2, 1], segs[sp + 2, 2] = lo, m2, 0       # left first
+            sp += 3
+    return prog[:k]
+
+
+@numba.njit(cache=True, inline="always", error_model="numpy")
+def _pairwise_sumsq(a, prog, vals):
+    # Σ a² of a 1-D contiguous row in NumPy's order, by the program of _pairwise_plan
+    vp = 0
+    for k in range(prog.shape[0]):
+        if prog[k, 1] < 0:
+            vals[vp - 2] = vals[vp - 2] + vals[vp - 1]
+            vp -= 1
+        else:
+            vals[vp] = _pairwise_block_sq(a, prog[k, 0], prog[k, 1])
+            vp += 1
+    return vals[0]
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _difference_sumsq_numba(first, second, out, sums, in_place):
+    # out_i = first_i − second_i and sums_i = Σ_j out_ij²
+    # in NumPy's pairwise order, the row read back while it is in cache. In place the loop
+    # names one array only: the compiler's overlap check of first and out would otherwise
+    # send it to its scalar version
+    prog = _pairwise_plan(out.shape[1])
+    vals = np.empty(prog.shape[0] + 1, out.dtype)
+    for i in range(out.shape[0]):
+        s, o = second[i], out[i]
+        if in_place:
+            for j in range(o.shape[0]):
+                o[j] = o[j] - s[j]
+        else:
+            f = first[i]
+            for j in range(o.shape[0]):
+                o[j] = f[j] - s[j]
+        sums[i] = _pairwise_sumsq(o, prog, vals)
+
+
 @numba.njit(cache=True, error_model="numpy")
 def _column_sumsq_numba(x, out):
     # out_j = Σ_i x_ij² row after row: NumPy's (x * x).sum(axis=0) in its order and precision
@@ -734,6 +824,32 @@ def max_abs(x) -> float:
     x = (x if x.flags.c_contiguous else np.ascontiguousarray(x)).reshape(-1)
     v = float(np.array(_max_magnitude_bits(x.view(ints), mask), ints).view(x.dtype))
     return v if math.isfinite(v) else math.inf
+
+
+def difference_sumsq(first, second, out=None):
+    """``out = first − second`` and each row's ``Σ_j out_ij²``, for 2-D ``first`` and ``second``
+    of one shape ``(rows, n)``.
+
+    ``out`` may be ``first`` itself (in place); ``None``: a new array. On the CPU one pass with
+    the bits of ``out = first − second`` and ``(out * out).sum(axis=1)``: NumPy's pairwise
+    summation replayed (:func:`_pairwise_plan`), without a temporary of the squares. Returns
+    ``(out, sums)``.
+    """
+    if first.shape != second.shape or first.ndim != 2:
+        raise ValueError(f"difference_sumsq: shapes {first.shape} and {second.shape}; expected one 2-D shape")
+    xp = get_array_module(first)
+    numpy = (_path(first) == "numpy" and first.dtype.kind == "f" and first.dtype == second.dtype
+             and all(a.flags.c_contiguous for a in (first, second) + (() if out is None else (out,)))
+             and (out is None or out.dtype == first.dtype))
+    if not numpy:
+        out = xp.subtract(first, second, out=out)
+        return out, (out * out).sum(axis=1)
+    if out is None:
+        out = np.empty_like(first)
+    sums = np.empty(first.shape[0], first.dtype)
+    in_place = out is first or (out.ctypes.data == first.ctypes.data and out.shape == first.shape)
+    _difference_sumsq_numba(first, second, out, sums, in_place)
+    return out, sums
 
 
 def column_sumsq(x):

@@ -48,6 +48,7 @@ the sums are formed sample by sample, so the estimate does not depend on the par
 """
 from __future__ import annotations
 
+from noisesim import _kernels
 from noisesim.backend import get_array_module
 from noisesim.layers import per_sample, sample_sum, unit_count
 
@@ -55,12 +56,41 @@ from .base import Estimate, host_float
 from .perturbation import Contraction, PerturbationRule, concat, parts, record_inputs, stacked
 
 
-def _add_activity(acc, dL, da, xs, n_units: int, shared=None, scratch: bool = False) -> None:
+def _differences(firsts, seconds, da):
+    """``δa_i = firsts[i] − seconds[i]`` written into ``da[i]`` for each sample ``i`` (``da``
+    may be a view of the firsts: in place) and ``‖δa_i‖²`` per sample, shape ``(k, B)``: the
+    bits of ``da = firsts − seconds`` and ``sample_sum(da * da)`` in one pass
+    (:func:`noisesim._kernels.difference_sumsq`)."""
+    xp = get_array_module(da)
+    sums = xp.empty(da.shape[:2], da.dtype)
+    for i, (f, s) in enumerate(zip(firsts, seconds)):
+        B = f.shape[0]
+        _, sums[i] = _kernels.difference_sumsq(f.reshape(B, -1), s.reshape(B, -1), out=da[i].reshape(B, -1))
+    return sums
+
+
+def _pair_differences(pre, s: int, ref, in_place: bool):
+    """Per layer ``δa`` of a part's passes and their squared norm per sample summed over the
+    layers: noisy pairs ``a[s::2] − a[s+1::2]`` (``ref`` None) or ``a[s:] − ref[l]`` (a clean
+    reference). ``in_place``: written over the first pass of each pair, which nothing else
+    reads afterwards."""
+    da, norms = [], []
+    for l, a in enumerate(pre):
+        firsts = a[s::2] if ref is None else a[s:]
+        seconds = a[s + 1::2] if ref is None else [ref[l]] * len(firsts)
+        out = firsts if in_place else get_array_module(a).empty_like(firsts)
+        norms.append(_differences(firsts, seconds, out))
+        da.append(out)
+    return da, sum(norms)
+
+
+def _add_activity(acc, dL, da, xs, n_units: int, shared=None, scratch: bool = False, norm2=None) -> None:
     """Add the ANP terms of the samples ``dL (k, B)``, ``da[l] (k, B, n_l)``, ``xs[l]`` to ``acc``
     (``shared[l]``: see :meth:`Contraction.add`; ``scratch``: ``da`` is not needed afterwards
-    and may be overwritten)."""
+    and may be overwritten; ``norm2``: ``‖δa‖²`` per sample over all layers, when known)."""
     xp = get_array_module(dL)
-    norm2 = sum(sample_sum(d * d) for d in da)
+    if norm2 is None:
+        norm2 = sum(sample_sum(d * d) for d in da)
     safe = xp.where(norm2 > 0, norm2, 1)
     c = xp.where(norm2 > 0, n_units * dL / safe, 0).astype(dL.dtype, copy=False)
     for l, (d, x) in enumerate(zip(da, xs)):
@@ -146,12 +176,12 @@ class ActivityNodePerturbation(PerturbationRule):
                     a0 = [own(a[0]) for a in p.pre]
                     xs_ref = [own(xi[:1]) for xi in p.inputs]
                 xs = xs_ref
-                da = [a[s:] - r0 for a, r0 in zip(p.pre, a0)]
+                da, norm2 = _pair_differences(p.pre, s, a0, in_place=not keep)
             else:
                 dL = L[0::2] - L[1::2]
-                da = [a[0::2] - a[1::2] for a in p.pre]
+                da, norm2 = _pair_differences(p.pre, 0, None, in_place=not keep)
                 xs = [xi[1::2] for xi in p.inputs]
-            _add_activity(acc, dL, da, xs, n_units, shared, scratch=not keep)
+            _add_activity(acc, dL, da, xs, n_units, shared, scratch=not keep, norm2=norm2)
             if keep:
                 rec["dL"].append(dL)
                 for l in range(net.n_layers):

@@ -350,3 +350,62 @@ def test_a_perturbation_estimate_vouches_for_its_finite_updates_only():
     acc.add(1, np.full((1, 4, 3), np.nan, np.float32), np.ones((1, 4, 2), np.float32))
     acc.result(4)
     assert acc.finite is False
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_difference_sumsq_gives_numpy_s_bits(dtype):
+    """``out = f − s`` and each row's ``Σ out²`` in one pass: the bits of NumPy's subtraction
+    and of its pairwise ``(out * out).sum(axis=1)``, for widths on both sides of every block
+    boundary of its summation, in place and not; NaN and Inf rows as NumPy gives them."""
+    r = np.random.default_rng(5)
+    for n in [0, 1, 7, 8, 9, 127, 128, 129, 136, 255, 256, 257, 300, 1023, 1024, 1025, 3082, 70001]:
+        f, s = (r.standard_normal((6, n)) * r.uniform(0.01, 100, (6, 1))).astype(dtype), r.standard_normal((6, n)).astype(dtype)
+        if n:
+            f[2, n // 2] = np.nan
+            f[3, 0] = np.inf
+        with np.errstate(invalid="ignore", over="ignore"):
+            ref = f - s
+            sums = (ref * ref).sum(axis=1)
+            out, got = _kernels.difference_sumsq(f, s)
+            np.testing.assert_array_equal(out.view(np.uint8), ref.view(np.uint8))
+            np.testing.assert_array_equal(got.view(np.uint8), sums.view(np.uint8))
+            g = f.copy()
+            out, got = _kernels.difference_sumsq(g, s, out=g)
+        assert out is g
+        np.testing.assert_array_equal(g.view(np.uint8), ref.view(np.uint8))
+        np.testing.assert_array_equal(got.view(np.uint8), sums.view(np.uint8))
+    with pytest.raises(ValueError, match="shapes"):
+        _kernels.difference_sumsq(np.zeros((2, 3), dtype), np.zeros((1, 3), dtype))
+
+
+@pytest.mark.parametrize("shape", [(1000, 1024), (100, 10), (50, 6, 6, 4)])
+@pytest.mark.parametrize("clean", [False, True])
+def test_activity_differences_give_the_bits_of_the_numpy_expressions(shape, clean):
+    """ANP's ``δa`` of a part's passes and ``‖δa‖²`` per sample over the layers, in place over
+    the first pass of each pair: the bits of ``a[0::2] − a[1::2]`` (or ``a[s:] − a0``) and
+    ``Σ_l sample_sum(δa_l²)``, dense and convolutional shapes alike."""
+    from noisesim.layers import sample_sum
+    from rules.activity import _pair_differences
+
+    r = np.random.default_rng(6)
+    pre = [r.standard_normal((5 if clean else 4, *shape)).astype(np.float32) for _ in range(2)]
+    pre.append(r.standard_normal((5 if clean else 4, shape[0], 10)).astype(np.float32))
+    if clean:
+        ref = [a[0].copy() for a in pre]
+        want = [a[1:] - r0 for a, r0 in zip(pre, ref)]
+    else:
+        ref = None
+        want = [a[0::2] - a[1::2] for a in pre]
+    norm2 = sum(sample_sum(d * d) for d in want)
+    keep = [a.copy() for a in pre]
+    da, got = _pair_differences(pre, 1 if clean else 0, ref, in_place=False)
+    for a, b in zip(pre, keep):                     # not in place: the passes are untouched
+        np.testing.assert_array_equal(a, b)
+    da2, got2 = _pair_differences(pre, 1 if clean else 0, ref, in_place=True)
+    for d, d2, w in zip(da, da2, want):
+        np.testing.assert_array_equal(d.view(np.uint32), w.view(np.uint32))
+        np.testing.assert_array_equal(d2.view(np.uint32), w.view(np.uint32))
+    for a, d2 in zip(pre, da2):                     # in place: over the first pass of each pair
+        assert np.shares_memory(a, d2)
+    np.testing.assert_array_equal(got.view(np.uint32), norm2.view(np.uint32))
+    np.testing.assert_array_equal(got2.view(np.uint32), norm2.view(np.uint32))
