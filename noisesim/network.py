@@ -400,6 +400,13 @@ class Network:
             return
         tile.apply(self._check_delta("weight update", l, delta, shape))
 
+    def update_in_place(self, l: int):
+        """Layer ``l``'s weight array when an update may be added to it in place with the bits
+        of :meth:`apply_update` (an unmapped tile on NumPy whose weights nothing else holds),
+        else ``None``. A caller that adds a delta to it has applied that update, unchecked:
+        for an optimizer's step from updates its divergence guard found finite."""
+        return self.tiles[l].update_in_place()
+
     def apply_decorrelation_update(self, l: int, delta) -> None:
         """``R_l ← R_l + delta`` (digital).
 

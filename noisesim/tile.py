@@ -191,6 +191,14 @@ class Tile:
             gp, gm = conductance.apply_faults(gp, gm, self.fab, xp)
         return (gp * g).astype(self.dtype, copy=False), (gm * g).astype(self.dtype, copy=False)
 
+    def update_in_place(self):
+        """``W`` itself when an update may be added to it in place with the bits of
+        :meth:`apply` (exact software weights, a NumPy array nothing else holds), else
+        ``None``: a caller that adds ``delta`` to it has applied the update."""
+        if self.mapped or not sole_owner(self._w, 1):
+            return None
+        return self._w
+
     def apply(self, delta) -> None:
         """Apply an update ``W ← W + delta`` through the device update model."""
         delta = self._check_shape("apply", delta)

@@ -231,8 +231,17 @@ class Rule:
         # the guard found every update finite, and SGD's and Adam's steps from finite updates
         # are finite: the network need not check them again (a device without the option does)
         vouch = {"finite": True} if type(self.optimizer) in (SGD, Adam) and takes_finite(net) else {}
-        for l, d in enumerate(self.optimizer.update(est.updates, self.opt_state)):
-            net.apply_update(l, d, **vouch)
+        # Adam adds its step straight to weights the network lets it write (same bits, no
+        # array of deltas); the layers it did not are applied as before
+        into = None
+        if vouch and type(self.optimizer) is Adam and hasattr(net, "update_in_place"):
+            into = [net.update_in_place(l) for l in range(len(est.updates))]
+        deltas = self.optimizer.update(est.updates, self.opt_state, into=into) if into else \
+            self.optimizer.update(est.updates, self.opt_state)
+        del into
+        for l, d in enumerate(deltas):
+            if d is not None:
+                net.apply_update(l, d, **vouch)
 
 
 def blas_threads(net, rows: int):

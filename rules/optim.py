@@ -74,7 +74,14 @@ class Adam:
         n = _n(params_like)
         return {"t": 0, "m": [None] * n, "v": [None] * n}
 
-    def update(self, grads, state: dict) -> list:
+    def update(self, grads, state: dict, into=None) -> list:
+        """The deltas of one step (see the module docstring).
+
+        ``into``: per layer an array to add the delta to in place (the weights, see
+        :meth:`noisesim.Network.update_in_place`), or ``None``. Where the one-pass step serves
+        it, the delta is added there as ``w + delta`` rounds it, without an array of its own,
+        and that layer's entry of the result is ``None``.
+        """
         state["t"] += 1
         t, m, v = state["t"], state["m"], state["v"]
         b1, b2 = self.beta1, self.beta2
@@ -83,15 +90,18 @@ class Adam:
         for i, g in enumerate(grads):
             if _fused(g, m[i], v[i]):
                 # one pass over g, m, v (the element-wise expressions below, in the same order
-                # and precision, so the same bits): an Adam step reads 3 arrays and writes 3
+                # and precision, so the same bits): an Adam step reads 3 arrays and writes 3,
+                # or adds its delta to the weights where it need not write it
                 first = m[i] is None
                 if first:
                     m[i], v[i] = np.empty_like(g), np.empty_like(g)
-                d = np.empty_like(g)
+                w = None if into is None else into[i]
+                add = w is not None and _fused(g, w, w) and w.shape == g.shape
+                d = w if add else np.empty_like(g)
                 c = g.dtype.type
-                _adam_numba(g.reshape(-1), m[i].reshape(-1), v[i].reshape(-1), d.reshape(-1), first,
+                _adam_numba(g.reshape(-1), m[i].reshape(-1), v[i].reshape(-1), d.reshape(-1), first, add,
                             c(b1), c(1 - b1), c(b2), c(1 - b2), c(-lr_t), c(self.eps))
-                out.append(d)
+                out.append(None if add else d)
                 continue
             if m[i] is None:
                 m[i] = (1 - b1) * g
@@ -114,8 +124,9 @@ def _fused(g, m, v) -> bool:
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _adam_numba(g, m, v, d, first, b1, c1, b2, c2, neg_lr, eps):
-    # NumPy's expressions element by element, each rounded to the arrays' precision
+def _adam_numba(g, m, v, d, first, add, b1, c1, b2, c2, neg_lr, eps):
+    # NumPy's expressions element by element, each rounded to the arrays' precision; add:
+    # d ← d + delta (the weights), else d ← delta
     for j in range(g.shape[0]):
         gj = g[j]
         if first:
@@ -128,7 +139,8 @@ def _adam_numba(g, m, v, d, first, b1, c1, b2, c2, neg_lr, eps):
             vj = vj + c2 * (gj * gj)
         m[j] = mj
         v[j] = vj
-        d[j] = (neg_lr * mj) / (np.sqrt(vj) + eps)
+        step = (neg_lr * mj) / (np.sqrt(vj) + eps)
+        d[j] = d[j] + step if add else step
 
 
 def make_optimizer(name: str, lr: float, momentum: float = 0.0):

@@ -409,3 +409,45 @@ def test_activity_differences_give_the_bits_of_the_numpy_expressions(shape, clea
         assert np.shares_memory(a, d2)
     np.testing.assert_array_equal(got.view(np.uint32), norm2.view(np.uint32))
     np.testing.assert_array_equal(got2.view(np.uint32), norm2.view(np.uint32))
+
+
+def test_adam_adds_its_step_to_weights_nobody_holds_with_the_bits_of_apply_update(monkeypatch):
+    """A rule's Adam step goes straight into the weights of unmapped NumPy tiles (no array of
+    deltas): the same bits as ``apply_update(l, delta)``, in the same array; weights someone
+    holds are left as they were, and the update still lands."""
+    import rules
+
+    def trained(in_place: bool, hold: bool = False):
+        net = noisesim.Network.mlp([12, 16, 3], device=noisesim.DeviceConfig.preset("ideal"), seed=4, backend="numpy")
+        if not in_place:
+            monkeypatch.setattr(net, "update_in_place", lambda l: None)
+        rule = rules.make("danp", baseline="noisy", lr=1e-2, alpha=1e-3)
+        rule.init(net)
+        r = np.random.default_rng(3)
+        w0 = [id(t._w) for t in net.tiles]                   # ids: a reference would hold W
+        applied = []
+        apply_update = net.apply_update
+        monkeypatch.setattr(net, "apply_update", lambda l, d, **kw: (applied.append(l), apply_update(l, d, **kw)))
+        held = net.tiles[0].weights().copy() if hold else None
+        holder = net.tiles[0].weights() if hold else None
+        for _ in range(3):
+            rule.step(net, r.standard_normal((20, 12)).astype(np.float32), np.eye(3, dtype=np.float32)[r.integers(0, 3, 20)])
+        if hold:
+            np.testing.assert_array_equal(holder, held)          # the caller's array is untouched
+        # the step went into the weights without apply_update, except where W was held
+        assert set(applied) == (set(range(net.n_layers)) if not in_place else {0} if hold else set())
+        return net, w0
+
+    fused, w_fused = trained(True)
+    plain, _ = trained(False)
+    held, _ = trained(True, hold=True)
+    for l in range(fused.n_layers):
+        assert id(fused.tiles[l]._w) == w_fused[l]               # written in place
+        np.testing.assert_array_equal(fused.tiles[l]._w.view(np.uint32), plain.tiles[l]._w.view(np.uint32))
+        np.testing.assert_array_equal(held.tiles[l]._w.view(np.uint32), plain.tiles[l]._w.view(np.uint32))
+    assert net_in_place_is_none_when_mapped()
+
+
+def net_in_place_is_none_when_mapped() -> bool:
+    net = noisesim.Network.mlp([4, 3], device=noisesim.DeviceConfig.preset("pcm"), seed=0, backend="numpy")
+    return net.update_in_place(0) is None
