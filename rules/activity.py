@@ -99,7 +99,7 @@ def _add_activity(acc, dL, da, xs, n_units: int, shared=None, scratch: bool = Fa
             G = d
         else:
             G = per_sample(c, d) * d
-        acc.add(l, G, x, None if shared is None else shared[l])
+        acc.add(l, G, x, None if shared is None else shared[l], owned=scratch)
 
 
 def activity_updates(dL, da, xs, n_units: int) -> list:

@@ -40,7 +40,7 @@ def _add_iterative(acc, dL, eps, xs, shared=None) -> None:
         n2 = sample_sum(v * v)                                   # (K, B)
         safe = xp.where(n2 > 0, n2, 1)
         c = xp.where(n2 > 0, unit_count(v) * dL[:, l] / safe, 0).astype(v.dtype, copy=False)
-        acc.add(l, per_sample(c, v) * v, x, None if shared is None else shared[l])
+        acc.add(l, per_sample(c, v) * v, x, None if shared is None else shared[l], owned=True)
 
 
 def iterative_updates(dL, eps, xs) -> list:

@@ -41,11 +41,11 @@ def _add_node(acc, dL, eps, xs, sigma: float, eps2=None, shared=None) -> None:
     if eps2 is None:
         c = dL / (sigma * sigma)
         for l, (e, x) in enumerate(zip(eps, xs)):
-            acc.add(l, per_sample(c, e) * e, x, sh(l))
+            acc.add(l, per_sample(c, e) * e, x, sh(l), owned=True)
         return
     c = dL / (2 * sigma * sigma)
     for l, (e1, e2, x) in enumerate(zip(eps, eps2, xs)):
-        acc.add(l, per_sample(c, e1) * (e1 - e2), x, sh(l))
+        acc.add(l, per_sample(c, e1) * (e1 - e2), x, sh(l), owned=True)
 
 
 def node_updates(dL, eps, xs, sigma: float, eps2=None) -> list:

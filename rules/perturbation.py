@@ -76,12 +76,14 @@ class Contraction:
         self.g = [None] * n_layers
         self.x = [None] * n_layers
 
-    def add(self, l: int, G, xs, shared: bool | None = None) -> None:
+    def add(self, l: int, G, xs, shared: bool | None = None, owned: bool = False) -> None:
         """Add the samples ``G (k, B, n_out)`` with inputs ``xs (k|1, B, n_in)`` to layer ``l``.
 
         ``shared``: whether every sample of the *whole* estimate shares this layer's input
         (default: :func:`shares_input` of ``xs`` for ``k`` samples). A layer is contracted
         one way for all its samples, so parts of one estimate must say it alike.
+        ``owned``: ``G`` is the caller's scratch, which nobody reads afterwards: a single
+        sample's array may become the running sum instead of a copy of it.
         """
         if shared is None:
             shared = shares_input(xs, G.shape[0])
@@ -89,7 +91,7 @@ class Contraction:
             self.x[l] = xs[0]
             for k in range(G.shape[0]):
                 if self.g[l] is None:
-                    self.g[l] = G[k].copy()
+                    self.g[l] = G[k] if owned and G.shape[0] == 1 else G[k].copy()
                 else:
                     self.g[l] += G[k]
             return
