@@ -7,6 +7,9 @@
 >>> cnn = noisesim.Network.build((8, 8, 1), "c3x3x8 c3x3x8s2 f10", device=dev, seed=0)
 """
 from ._version import __version__
+from . import heap
+if heap.wanted():
+    heap.keep_freed_memory()          # freed arrays stay in the heap for the next step (see noisesim.heap)
 from .activation import Activation
 from .backend import Backend, Streams, cupy_available, get_array_module, get_backend, to_numpy
 from .config import ACCESS_LEVELS, DeviceConfig
