@@ -287,3 +287,26 @@ def test_the_one_pass_adam_step_gives_numpy_s_bits(monkeypatch):
             for x, y in zip(a, b):
                 assert x.dtype == dt
                 np.testing.assert_array_equal(x, y)
+
+
+def test_parts_stack_no_layer_array_beyond_part_array_bytes(monkeypatch):
+    """However large the budget, a part stacks no more samples than keep each layer's stacked
+    array within ``PART_ARRAY_BYTES`` (at least one sample); the estimate is the same bits."""
+    import rules.perturbation as pert
+
+    net = noisesim.Network.mlp([3072, 1024, 1024, 1024, 10], device=noisesim.DeviceConfig.preset("ideal"), seed=0,
+                               backend="numpy")
+    rule = rules.make("danp", baseline="noisy", samples=100)
+    assert rule._plan(net, 1000, 2) == (4, False)       # 8 passes × 1000 × 1024 × 4 B = 32.8 MB ≤ 32 MiB
+    assert rules.make("danp", baseline="noisy", samples=100, memory_budget=1e12)._plan(net, 1000, 2)[0] == 4
+    assert rules.make("danp", baseline="noisy", samples=3)._plan(net, 1000, 2)[0] == 3
+    assert rules.make("danp", baseline="noisy", samples=100)._plan(net, 5000, 2)[0] == 1    # at least one
+    ests = []
+    for cap in (pert.PART_ARRAY_BYTES, 1):
+        monkeypatch.setattr(pert, "PART_ARRAY_BYTES", cap)
+        small, x, t = _setup()
+        rule = rules.make("anp", baseline="noisy", samples=5, record=True)
+        assert rule._plan(small, len(x), 2)[0] == (5 if cap > 1 else 1)
+        ests.append(rule.estimate(small, x, t))
+    for u, v in zip(*(e.updates for e in ests)):
+        np.testing.assert_array_equal(u, v)
