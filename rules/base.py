@@ -233,12 +233,11 @@ class Rule:
         vouch = {"finite": True} if type(self.optimizer) in (SGD, Adam) and takes_finite(net) else {}
         # Adam adds its step straight to weights the network lets it write (same bits, no
         # array of deltas); the layers it did not are applied as before
-        into = None
+        into = {}
         if vouch and type(self.optimizer) is Adam and hasattr(net, "update_in_place"):
-            into = [net.update_in_place(l) for l in range(len(est.updates))]
-        deltas = self.optimizer.update(est.updates, self.opt_state, into=into) if into else \
-            self.optimizer.update(est.updates, self.opt_state)
-        del into
+            into = {"into": [net.update_in_place(l) for l in range(len(est.updates))]}
+        deltas = self.optimizer.update(est.updates, self.opt_state, **into)
+        del into                    # its references to W: apply_update adds in place without them
         for l, d in enumerate(deltas):
             if d is not None:
                 net.apply_update(l, d, **vouch)
